@@ -1,0 +1,104 @@
+"""``talkbench evaluate | merge | leaderboard``."""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+from talkbench.cli import app, parse_weights, print_summary, progress_bar, stderr
+from talkbench.evaluate import EvaluateConfig, EvaluationError, evaluate, parse_shard
+from talkbench.store import StoreMismatchError
+
+logger = logging.getLogger("talkbench")
+
+DEFAULT_METRICS = "psnr,psnr_talklip_compat,ssim"
+
+
+@app.command("evaluate")
+def evaluate_command(
+    generated: Path = typer.Argument(..., help="Folder of generated clips (same relative paths as the reference)."),
+    reference: Optional[Path] = typer.Option(None, "--reference", "-r", help="Ground-truth folder (clips + transcripts)."),
+    suite: str = typer.Option("auto", help="Suite layout: auto, lrs2, lrw, talklip-filelist, folder."),
+    filelist: Optional[Path] = typer.Option(None, help="TalkLip filelist (test.wrd style) for --suite talklip-filelist."),
+    metrics: str = typer.Option(DEFAULT_METRICS, help="Comma-separated metric columns, e.g. wer1,lse_c,lse_d,psnr,ssim."),
+    protocol: str = typer.Option("talklip2023", help="talklip2023 (the paper's Table 1) or avhubert-official."),
+    name: str = typer.Option("", "--name", help="Model name for the leaderboard row (default: the folder name)."),
+    split: str = typer.Option("test", help="Split name recorded in the summary."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Run directory (default runs/<name>)."),
+    device: str = typer.Option("cpu", help="cpu, cuda or cuda:N."),
+    weights: Optional[List[str]] = typer.Option(None, "--weights", help="NAME=PATH: use a local checkpoint file."),
+    strict: bool = typer.Option(False, help="Stop at the first clip that fails."),
+    shard: Optional[str] = typer.Option(None, help="K/N: evaluate the K-th of N deterministic shards."),
+    retry_failed: bool = typer.Option(False, help="Recompute clips stored with an error."),
+    lse_mode: str = typer.Option("wav2lip", help="LSE frames: wav2lip (whole frame) or pipeline (face tracks)."),
+    lse_jpeg_compat: bool = typer.Option(False, help="Reproduce the reference's JPEG round trip of frames."),
+    max_frames: int = typer.Option(600, help="Lip-reading clips longer than this become error rows."),
+    as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON on stdout."),
+) -> None:
+    """Score a folder of generated clips; per-clip rows are stored as they finish (re-run to resume)."""
+    model = name or generated.resolve().name
+    run_dir = out or Path("runs") / model
+    try:
+        config = EvaluateConfig(
+            generated=generated, reference=reference, out=run_dir, suite=suite, filelist=filelist,
+            metrics=tuple(m.strip() for m in metrics.split(",") if m.strip()), protocol=protocol, model=model,
+            split=split, device=device, weights=parse_weights(weights), strict=strict,
+            shard=parse_shard(shard) if shard else None, retry_failed=retry_failed,
+            options={"lse_mode": lse_mode, "lse_jpeg_compat": lse_jpeg_compat, "max_frames": max_frames},
+        )
+        started = time.perf_counter()
+        with progress_bar() as bar:
+            task = bar.add_task("evaluate", total=None, rate="-")
+
+            def advance(done: int, total: int) -> None:
+                elapsed = max(time.perf_counter() - started, 1e-9)
+                bar.update(task, completed=done, total=total, rate=f"{done / elapsed:.2f}")
+
+            result = evaluate(config, progress=advance)
+    except (EvaluationError, StoreMismatchError, ValueError) as err:
+        stderr.print(f"[red]error:[/red] {err}")
+        raise typer.Exit(2) from None
+    print_summary(result.summary, as_json)
+    if result.n_failed:
+        stderr.print(f"[yellow]{result.n_failed} of {result.n_clips} clip(s) failed[/yellow]; "
+                     f"see the error column of {result.run_dir / 'clips.csv'}")
+    stderr.print(f"results in {result.run_dir} ({result.computed} clip(s) computed in this run)")
+
+
+@app.command("merge")
+def merge_command(
+    run_dirs: List[Path] = typer.Argument(..., help="Run directories of the shards."),
+    out: Path = typer.Option(..., "--out", "-o", help="Run directory to write the merged run to."),
+    as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON on stdout."),
+) -> None:
+    """Combine shard run directories into the summary a single run would give."""
+    from talkbench.merge import merge_runs
+
+    try:
+        summary = merge_runs(run_dirs, out)
+    except (ValueError, StoreMismatchError) as err:
+        stderr.print(f"[red]error:[/red] {err}")
+        raise typer.Exit(2) from None
+    print_summary(summary, as_json)
+
+
+@app.command("leaderboard")
+def leaderboard_command(
+    sources: List[Path] = typer.Argument(..., help="Run directories or CSV files in the leaderboard schema."),
+    out: Path = typer.Option(Path("results/leaderboard.csv"), "--out", "-o", help="CSV to write (+ .md, PNGs)."),
+) -> None:
+    """Merge summary rows into a leaderboard CSV, a Markdown table and one PNG chart per metric."""
+    from talkbench.leaderboard import build_leaderboard
+
+    try:
+        rows = build_leaderboard(sources, out)
+    except ValueError as err:
+        stderr.print(f"[red]error:[/red] {err}")
+        raise typer.Exit(2) from None
+    stdout_md = out.with_suffix(".md").read_text()
+    typer.echo(stdout_md)
+    stderr.print(f"{len(rows)} row(s) -> {out}")

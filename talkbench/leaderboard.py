@@ -1,0 +1,146 @@
+"""``talkbench leaderboard``: merge summary rows into the published CSV, a Markdown table and charts.
+
+Rows of different (suite, protocol) are never ranked together: the Markdown has one table per group
+and each chart one panel per group. Rows copied from papers keep ``source = reported``; measured rows
+are ``measured``. Within a group, a newer row of the same (model, source) replaces an older one.
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+from talkbench.summary import HIGHER_IS_BETTER, METRIC_COLUMNS, SUMMARY_COLUMNS, write_csv
+
+logger = logging.getLogger(__name__)
+
+GroupKey = tuple[str, str]  # (suite, protocol)
+
+
+def read_summary_rows(sources: Iterable[Path]) -> list[dict[str, Any]]:
+    """Rows from run directories (their ``summary.csv``) or CSV files in the leaderboard schema.
+
+    Raises:
+        ValueError: a source is neither, or a CSV lacks the schema's key columns.
+    """
+    rows: list[dict[str, Any]] = []
+    for source in sources:
+        path = Path(source)
+        csv_path = path / "summary.csv" if path.is_dir() else path
+        if not csv_path.is_file():
+            raise ValueError(f"{source}: not a run directory with summary.csv, nor a CSV file.")
+        with csv_path.open(newline="") as handle:
+            reader = csv.DictReader(handle)
+            missing = {"model", "suite", "protocol", "source"} - set(reader.fieldnames or ())
+            if missing:
+                raise ValueError(f"{csv_path}: missing column(s) {', '.join(sorted(missing))}; "
+                                 "expected the leaderboard schema (see README).")
+            rows.extend(dict(row) for row in reader)
+    return rows
+
+
+def _number(value: Any) -> float | None:
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return None
+
+
+def deduplicate(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Keep the last row of each (suite, protocol, model, source, split)."""
+    kept: dict[tuple[str, ...], dict[str, Any]] = {}
+    for row in rows:
+        key = tuple(str(row.get(c, "")) for c in ("suite", "protocol", "model", "source", "split"))
+        kept[key] = row
+    return list(kept.values())
+
+
+def group_rows(rows: Sequence[dict[str, Any]]) -> dict[GroupKey, list[dict[str, Any]]]:
+    """Rows by (suite, protocol), in order of first appearance."""
+    groups: dict[GroupKey, list[dict[str, Any]]] = {}
+    for row in rows:
+        groups.setdefault((str(row.get("suite", "")), str(row.get("protocol", ""))), []).append(row)
+    return groups
+
+
+def present_metrics(rows: Sequence[dict[str, Any]]) -> list[str]:
+    """Metric columns that at least one row fills."""
+    return [m for m in METRIC_COLUMNS if any(_number(r.get(m)) is not None for r in rows)]
+
+
+def markdown(rows: Sequence[dict[str, Any]]) -> str:
+    """One table per (suite, protocol); the best value of each metric in bold; reported rows marked."""
+    lines: list[str] = []
+    for (suite, protocol), group in group_rows(rows).items():
+        metrics = present_metrics(group)
+        lines += [f"### {suite or '?'} — protocol {protocol or '?'}", ""]
+        lines.append("| model | source | n_clips | " + " | ".join(metrics) + " |")
+        lines.append("|---|---|---|" + "---|" * len(metrics))
+        best = {m: _best(group, m) for m in metrics}
+        for row in group:
+            cells = []
+            for m in metrics:
+                value = _number(row.get(m))
+                text = "" if value is None else f"{value:.4g}" if abs(value) < 1e4 else f"{value:.1f}"
+                cells.append(f"**{text}**" if value is not None and value == best[m] else text)
+            source = str(row.get("source", ""))
+            marker = f"{source} ({row['citation']})" if source == "reported" and row.get("citation") else source
+            lines.append(f"| {row.get('model', '')} | {marker} | {row.get('n_clips', '')} | " + " | ".join(cells) + " |")
+        lines.append("")
+    arrows = ", ".join(f"{m} {'↑' if HIGHER_IS_BETTER[m] else '↓'}" for m in METRIC_COLUMNS)
+    lines.append(f"Higher or lower is better: {arrows}.")
+    return "\n".join(lines) + "\n"
+
+
+def _best(rows: Sequence[dict[str, Any]], metric: str) -> float | None:
+    values = [v for v in (_number(r.get(metric)) for r in rows) if v is not None]
+    if not values:
+        return None
+    return max(values) if HIGHER_IS_BETTER[metric] else min(values)
+
+
+def plot_metric(rows: Sequence[dict[str, Any]], metric: str, path: Path) -> None:
+    """One PNG bar chart for ``metric``: a panel per (suite, protocol); reported bars hatched."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    groups = {k: [r for r in g if _number(r.get(metric)) is not None] for k, g in group_rows(rows).items()}
+    groups = {k: g for k, g in groups.items() if g}
+    fig, axes = plt.subplots(1, len(groups), figsize=(max(4.0, 2.2 + 0.9 * max(len(g) for g in groups.values()))
+                                                       * len(groups), 3.6), squeeze=False)
+    for ax, ((suite, protocol), group) in zip(axes[0], groups.items()):
+        values = [_number(r[metric]) for r in group]
+        bars = ax.bar(range(len(group)), values, color=["#bbbbbb" if r.get("source") == "reported" else "#3b6ea8"
+                                                        for r in group])
+        for bar, row in zip(bars, group):
+            if row.get("source") == "reported":
+                bar.set_hatch("//")
+        ax.set_xticks(range(len(group)), [str(r.get("model", "")) for r in group], rotation=30, ha="right",
+                      fontsize=8)
+        ax.set_title(f"{suite} / {protocol}", fontsize=9)
+        ax.set_ylabel(f"{metric} ({'higher' if HIGHER_IS_BETTER[metric] else 'lower'} is better)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def build_leaderboard(sources: Sequence[Path], out_csv: Path) -> list[dict[str, Any]]:
+    """Merge summary rows into ``out_csv`` (+ ``.md`` and one ``<stem>_<metric>.png`` per metric).
+
+    Returns:
+        the rows written, in schema order.
+    """
+    rows = deduplicate(read_summary_rows(sources))
+    if not rows:
+        raise ValueError("no summary rows found in the given sources.")
+    out_csv.parent.mkdir(parents=True, exist_ok=True)
+    write_csv(out_csv, rows, SUMMARY_COLUMNS)
+    out_csv.with_suffix(".md").write_text(markdown(rows))
+    for metric in present_metrics(rows):
+        plot_metric(rows, metric, out_csv.with_name(f"{out_csv.stem}_{metric}.png"))
+    logger.info("wrote %s (+ .md, %d chart(s))", out_csv, len(present_metrics(rows)))
+    return rows

@@ -1,0 +1,114 @@
+"""The summary row of a run: fixed schema, raw floats, provenance columns.
+
+The per-metric aggregation belongs to each observer module (module-level ``summarize(rows)``), so
+that a run, a resumed run and a merge of shards all compute the summary with the same code from the
+stored per-clip rows, without loading any network.
+"""
+
+from __future__ import annotations
+
+import csv
+import datetime as _dt
+import importlib
+import io
+from pathlib import Path
+from typing import Any, Iterable, Mapping, Sequence
+
+from talkbench import __version__
+from talkbench.observers import METRIC_SOURCES
+from talkbench.store import ClipRecord
+
+#: Columns of ``summary.csv`` and of the leaderboard, in this order.
+SUMMARY_COLUMNS: tuple[str, ...] = (
+    "model", "suite", "split", "protocol", "n_clips", "n_failed",
+    "psnr", "psnr_talklip_compat", "ssim", "lse_c", "lse_d", "av_offset",
+    "wer1", "cer1", "wer2", "wer2_corpus", "acc", "acc_top5",
+    "observers", "talkbench_version", "date", "source", "citation",
+)
+METRIC_COLUMNS: tuple[str, ...] = SUMMARY_COLUMNS[6:18]
+#: Whether a higher value is better, per metric column (for ranking and charts).
+HIGHER_IS_BETTER: dict[str, bool] = {
+    "psnr": True, "psnr_talklip_compat": True, "ssim": True, "lse_c": True, "lse_d": False,
+    "av_offset": False, "wer1": False, "cer1": False, "wer2": False, "wer2_corpus": False,
+    "acc": True, "acc_top5": True,
+}
+
+
+def aggregate(metrics: Sequence[str], records: Iterable[ClipRecord]) -> dict[str, float]:
+    """Dataset-level metrics from stored clips; failed clips (``error`` set) count in no metric.
+
+    Args:
+        metrics: the metric columns asked for.
+        records: the stored clips.
+    Returns:
+        metric column -> value, for every column the involved observer modules produce.
+    """
+    ok_rows = [r.values for r in records if r.error is None]
+    modules: list[str] = []
+    for metric in metrics:
+        if METRIC_SOURCES[metric] not in modules:
+            modules.append(METRIC_SOURCES[metric])
+    result: dict[str, float] = {}
+    for module_name in modules:
+        module = importlib.import_module(module_name)
+        if ok_rows:
+            result.update(module.summarize(ok_rows))
+    return result
+
+
+def summary_row(meta: Mapping[str, Any], records: Sequence[ClipRecord]) -> dict[str, Any]:
+    """The one-row summary of a run, in :data:`SUMMARY_COLUMNS` order (metrics not run are empty)."""
+    metrics = list(meta["metrics"])
+    values = aggregate(metrics, records)
+    row: dict[str, Any] = {column: "" for column in SUMMARY_COLUMNS}
+    row.update(
+        model=meta.get("model", ""),
+        suite=meta.get("suite", ""),
+        split=meta.get("split", "test"),
+        protocol=meta.get("protocol", ""),
+        n_clips=len(records),
+        n_failed=sum(1 for r in records if r.error is not None),
+        observers=";".join(f"{k}={v}" for k, v in sorted(meta.get("observers", {}).items())),
+        talkbench_version=__version__,
+        date=_dt.date.today().isoformat(),
+        source="measured",
+        citation="",
+    )
+    for column in METRIC_COLUMNS:
+        if column in values:
+            row[column] = float(values[column])
+    return row
+
+
+def write_csv(path: Path, rows: Sequence[Mapping[str, Any]], columns: Sequence[str]) -> None:
+    """Write rows with a fixed column order (atomically: temp file then rename)."""
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=list(columns), extrasaction="ignore", lineterminator="\n")
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({c: _cell(row.get(c, "")) for c in columns})
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(buffer.getvalue())
+    tmp.replace(path)
+
+
+def _cell(value: Any) -> Any:
+    if isinstance(value, float):
+        return repr(value)  # raw float, full precision, no thousands separators
+    return value
+
+
+def clip_columns(records: Sequence[ClipRecord]) -> list[str]:
+    """``clip_id``, then every measured column in first-seen order, then ``error``."""
+    columns: list[str] = ["clip_id"]
+    for record in records:
+        for key in record.values:
+            if key not in columns:
+                columns.append(key)
+    columns.append("error")
+    return columns
+
+
+def clip_rows(records: Sequence[ClipRecord]) -> list[dict[str, Any]]:
+    """Rows of ``clips.csv``: one per stored clip."""
+    return [{"clip_id": r.clip_id, **r.values, "error": r.error or ""} for r in records]
