@@ -147,7 +147,8 @@ def _numpy_reconstruct(subtype: Any, shape: Any, dtype: Any) -> Any:
 
     if subtype is not np.ndarray:
         raise UnsafeCheckpointError(f"refusing numpy array subclass {subtype!r}")
-    return np.core.multiarray._reconstruct(subtype, shape, dtype) if hasattr(np, "core") else np.empty(0)
+    core = np._core if hasattr(np, "_core") else np.core  # numpy >= 2 renamed core to _core
+    return core.multiarray._reconstruct(subtype, shape, dtype)
 
 
 _ALLOWED.update(_numpy_globals())
@@ -159,6 +160,9 @@ class RestrictedUnpickler(pickle.Unpickler):
     def find_class(self, module: str, name: str) -> Any:
         if (module, name) in _ALLOWED:
             return _ALLOWED[(module, name)]
+        # Protocol-2 pickles (torch.save's default) name Python 3 builtins with Python 2's module name.
+        if module == "__builtin__" and ("builtins", name) in _ALLOWED:
+            return _ALLOWED[("builtins", name)]
         if any(module == p.rstrip(".") or module.startswith(p) for p in FOREIGN_PREFIXES):
             return _foreign_class(module, name)
         raise UnsafeCheckpointError(

@@ -71,3 +71,6 @@ def main() -> None:
 
 # Sub-commands live in their own modules; importing them registers them on `app`.
 from talkbench.cli import commands  # noqa: E402,F401
+from talkbench.cli import models as _models  # noqa: E402
+
+app.add_typer(_models.app, name="models")
