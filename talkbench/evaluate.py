@@ -14,8 +14,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
-import numpy as np
-
 from talkbench import media, suites
 from talkbench.observers import ALL_METRICS, ClipData, ClipSkipped, Observer, ObserverContext, build_observers
 from talkbench.store import ClipRecord, ResultStore
@@ -137,7 +135,7 @@ def _clip_data(pair: suites.ClipPair, observers: Sequence[Observer]) -> ClipData
         reference = media.decode_clip(pair.reference, need_audio=False)
     if any(o.needs_text for o in observers) and not pair.text:
         raise ClipSkipped("no transcript/label for this clip (needed by the lip-reading metrics)")
-    boxes = np.load(pair.boxes) if pair.boxes is not None else None
+    boxes = suites.load_boxes(pair.boxes, generated.num_frames) if pair.boxes is not None else None
     return ClipData(clip_id=pair.clip_id, generated=generated, reference=reference, text=pair.text, boxes=boxes)
 
 
@@ -189,9 +187,6 @@ def evaluate(config: EvaluateConfig, progress: Callable[[int, int], Any] | None 
     except (ValueError, OSError) as err:
         raise EvaluationError(str(err)) from err
     pairs = [p for p in suite.pairs if in_shard(p.clip_id, config.shard)]
-    if suite.unmatched_generated:
-        logger.warning("%d generated clip(s) match no reference clip/transcript (first: %s); recorded as errors",
-                       len(suite.unmatched_generated), ", ".join(suite.unmatched_generated[:5]))
     if not pairs and not suite.unmatched_generated:
         raise EvaluationError(f"{config.generated}: no clips found for suite {suite.kind!r}.")
 

@@ -84,7 +84,8 @@ class ResultStore:
                 for key, value in meta.items():
                     self._db.execute("INSERT INTO meta VALUES (?, ?)", (key, json.dumps(value, sort_keys=True)))
             return
-        differing = sorted(k for k in set(stored) | set(meta) if stored.get(k) != _roundtrip(meta.get(k)))
+        # Only the settings given now are compared: keys added later (e.g. `observers`) are checked by their writers.
+        differing = sorted(k for k in meta if stored.get(k) != _roundtrip(meta[k]))
         if differing:
             details = "; ".join(f"{k}: stored {stored.get(k)!r}, now {meta.get(k)!r}" for k in differing)
             raise StoreMismatchError(

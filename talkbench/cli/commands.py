@@ -102,3 +102,19 @@ def leaderboard_command(
     stdout_md = out.with_suffix(".md").read_text()
     typer.echo(stdout_md)
     stderr.print(f"{len(rows)} row(s) -> {out}")
+
+
+@app.command("demo")
+def demo_command(
+    out: Path = typer.Option(Path("results/demo"), "--out", "-o", help="Where the runs and leaderboard go."),
+    work: Path = typer.Option(Path("runs/demo-work"), help="Scratch folder for the demo suite's clips."),
+    weights: Optional[List[str]] = typer.Option(None, "--weights", help="NAME=PATH: add observers with local weights."),
+    device: str = typer.Option("cpu", help="cpu, cuda or cuda:N."),
+) -> None:
+    """Run the whole protocol on the embedded sample suite and print its leaderboard."""
+    from talkbench.demo import DEMO_METRICS, run_demo
+
+    started = time.perf_counter()
+    run_demo(out, work, metrics=DEMO_METRICS, weights=parse_weights(weights), device=device)
+    typer.echo((out / "leaderboard.md").read_text())
+    stderr.print(f"demo finished in {time.perf_counter() - started:.1f} s; leaderboard in {out / 'leaderboard.csv'}")

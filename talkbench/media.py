@@ -1,0 +1,479 @@
+"""Decode and encode audio-visual clips with PyAV (FFmpeg's libraries, no subprocess).
+
+Frames come out as uint8 ``T×H×W×3`` in **BGR** order, which is what the reference scripts see
+through ``cv2.VideoCapture`` (bit-identical on H.264 and MPEG-4 Part 2 clips: same swscale conversion);
+audio comes out as mono 16 kHz, resampled by FFmpeg's own resampler (``swr``), as
+``ffmpeg -ac 1 -ar 16000 -acodec pcm_s16le`` does. The samples are kept as int16 (what the reference
+scripts read from a wav file with ``scipy.io.wavfile``) and as float32 in [-1, 1).
+
+Frame rate: the reference pipelines run ``ffmpeg -r 25`` on clips of other rates. That is *not* the
+``fps`` filter: the FFmpeg CLI (5.1, the version of the reference machine) converts with its
+"video sync" rule in constant-frame-rate mode, which lets the output lag the input by up to ~1.1
+frames before it drops one and duplicates a frame only once the lead exceeds ~1.1 frames (for 30 fps
+input it keeps frames 0–12 and drops 13, 19, 25, …; the fps filter drops 3, 9, 15, …).
+:func:`cfr_frame_indices` reimplements that rule on timestamps; on 26 test clips (12.5–60 fps,
+29.97 fps, variable frame rate, gaps, video starting after audio) it picks exactly the frames
+``ffmpeg -i IN -r 25 OUT.mp4`` of FFmpeg 5.1.9 writes. :func:`decode_clip` applies it to clips whose
+stream rate is not 25; 25 fps clips are returned as decoded, as ``cv2.VideoCapture`` reads them.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+from dataclasses import dataclass
+from fractions import Fraction
+from pathlib import Path
+from typing import Sequence
+
+import av
+import numpy as np
+
+logger = logging.getLogger(__name__)
+
+SAMPLE_RATE = 16000
+TARGET_FPS = 25.0
+
+
+class MediaError(ValueError):
+    """A media file cannot be used; the message names the file and says what to do."""
+
+
+@dataclass
+class Clip:
+    """One decoded clip.
+
+    Attributes:
+        path: the file it came from.
+        frames: uint8 array ``T×H×W×3``, BGR, at ``fps``.
+        fps: frame rate of ``frames`` (25.0 after conversion).
+        audio_int16: int16 array ``N`` (mono, 16 kHz), or None when the file has no audio stream.
+        source_fps: frame rate of the file before any conversion.
+    """
+
+    path: Path
+    frames: np.ndarray
+    fps: float
+    audio_int16: np.ndarray | None
+    source_fps: float
+
+    @property
+    def audio(self) -> np.ndarray | None:
+        """float32 mono samples in [-1, 1) at 16 kHz, ``N``; None without audio."""
+        if self.audio_int16 is None:
+            return None
+        return self.audio_int16.astype(np.float32) / 32768.0
+
+    @property
+    def num_frames(self) -> int:
+        return int(self.frames.shape[0])
+
+    @property
+    def duration_s(self) -> float:
+        return self.num_frames / self.fps
+
+
+#: Extensions of the video files that talkbench reads and matches (suites pair by stem + any of these).
+VIDEO_EXTENSIONS: tuple[str, ...] = (".mp4", ".avi", ".mkv", ".mov")
+
+#: ``fps_mode`` values of :func:`decode_clip`.
+FPS_MODES: tuple[str, ...] = ("auto", "cfr", "passthrough")
+
+# Container formats whose stream frame count comes from a complete sample index: fewer packets than
+# that count means the file was cut short (an AVI's count also holds dropped-frame entries, so it is
+# not used as evidence).
+_INDEXED_FORMATS = ("mov", "mp4")
+
+# Leading bytes of containers we recognise; an unreadable file that starts like one of these is a
+# damaged media file rather than "not a media file".
+_SIGNATURES: tuple[tuple[int, bytes, str], ...] = (
+    (4, b"ftyp", "MP4/MOV"), (4, b"moov", "MP4/MOV"), (4, b"mdat", "MP4/MOV"), (4, b"free", "MP4/MOV"),
+    (4, b"wide", "MP4/MOV"), (0, b"\x1aE\xdf\xa3", "Matroska/WebM"), (8, b"AVI ", "AVI"), (8, b"WAVE", "WAV"),
+    (0, b"OggS", "Ogg"), (0, b"fLaC", "FLAC"), (0, b"ID3", "MP3"), (0, b"FLV", "FLV"),
+)
+
+_WRITE_FORMATS = {".mp4": "mp4", ".mov": "mov", ".mkv": "matroska", ".avi": "avi"}
+_CODEC_EXTENSIONS = {"h264": (".mp4", ".mov", ".mkv"), "ffv1": (".mkv", ".avi")}
+
+
+# --------------------------------------------------------------------------------------------------
+# Frame-rate conversion (ffmpeg -r 25)
+# --------------------------------------------------------------------------------------------------
+
+def _round_half_away(x: Fraction) -> int:
+    """``av_rescale_q``'s rounding: to nearest, halves away from zero."""
+    magnitude = abs(x)
+    whole = int(magnitude)
+    if magnitude - whole >= Fraction(1, 2):
+        whole += 1
+    return whole if x >= 0 else -whole
+
+
+def _lrintf(x: float) -> int:
+    """C ``lrintf``: the double is narrowed to float32, then rounded half to even."""
+    return int(np.rint(np.float32(x)))
+
+
+def _encoder_pts(pts: int, time_base: Fraction, out_tb: Fraction) -> float:
+    """The CLI's high-precision frame time in output ticks (``adjust_frame_pts_to_encoder_tb``)."""
+    extra_bits = min(max(29 - (out_tb.denominator.bit_length() - 1), 0), 16)
+    scaled = _round_half_away(pts * time_base / (out_tb / (1 << extra_bits))) / (1 << extra_bits)
+    # the CLI nudges every time off exact midpoints; FFSIGN(0) is -1
+    return scaled + (1.0 if scaled > 0 else -1.0) / (1 << 17)
+
+
+def cfr_frame_indices(pts: Sequence[int], time_base: Fraction, durations: Sequence[int | None],
+                      stream_rate: Fraction | None, start_pts: int = 0, fps: Fraction | float = 25,
+                      single_stream: bool = False) -> list[int]:
+    """Which decoded frame fills each output frame of ``ffmpeg -i IN -r FPS OUT.mp4`` (FFmpeg 5.1).
+
+    The CLI converts in its "video sync" step, constant-frame-rate mode: with ``delta`` = where the
+    frame's end falls relative to the next output tick (in ticks), a frame is dropped when
+    ``delta < -1.1``, written ``round(delta)`` times when ``delta > 1.1`` (the first of those copies
+    may repeat the previous frame to fill a gap), else written once; at the end the last frame is
+    repeated as often as the median of the last three gap fills. A frame's length is its packet
+    duration rounded to whole output ticks (``lrintf``), else ``min(1/stream_rate, 1 tick)``.
+
+    Args:
+        pts: presentation times of the decoded frames, in ``time_base`` units, in output order.
+        time_base: the stream's time base (seconds per unit).
+        durations: packet durations in ``time_base`` units (0 or None when unknown).
+        stream_rate: the stream's guessed frame rate (frames/s), or None.
+        start_pts: the file's start time in ``time_base`` units (the CLI shifts the file to start at 0;
+            a video stream starting after the audio gets leading copies of its first frame).
+        fps: output frame rate.
+        single_stream: the input file has only this stream (the CLI then does not pad a late start).
+    Returns:
+        indices into the decoded frames, one per output frame.
+    """
+    if len(durations) != len(pts):
+        raise ValueError(f"cfr_frame_indices: {len(pts)} pts but {len(durations)} durations.")
+    out_tb = 1 / Fraction(fps).limit_denominator(1_000_000)
+    nominal = min(float(1 / (Fraction(stream_rate) * out_tb)), 1.0) if stream_rate else 0.0
+    next_tick = 0
+    chosen: list[int] = []
+    gap_history = [0, 0, 0]  # the CLI's last_nb0_frames
+    previous: int | None = None
+    for i, (frame_pts, packet_duration) in enumerate(zip(pts, durations)):
+        sync = _encoder_pts(frame_pts - start_pts, time_base, out_tb)
+        duration = nominal
+        if packet_duration:
+            rounded = _lrintf(float(packet_duration * time_base / out_tb))
+            if rounded > 0:
+                duration = float(rounded)
+        delta0 = sync - next_tick  # drift of this frame's start against the next output tick
+        delta = delta0 + duration
+        copies, gap_fill = 1, 0
+        if delta0 < 0 < delta:  # the frame started a little before its tick: clipped to start on it
+            delta0 = 0.0
+        if single_stream and not chosen and delta0 >= 0.5:  # "VSCFR": no leading copies
+            delta, delta0 = duration, 0.0
+            next_tick = int(np.rint(sync))
+        if delta < -1.1:
+            copies = 0
+        elif delta > 1.1:
+            copies = _lrintf(delta)
+            if delta0 > 1.1:
+                gap_fill = _lrintf(delta0 - 0.6)
+        gap_fill = min(gap_fill, copies)
+        gap_history = [gap_fill] + gap_history[:2]
+        for k in range(copies):
+            chosen.append(previous if (k < gap_fill and previous is not None) else i)
+        next_tick += copies
+        previous = i
+    if previous is not None:
+        chosen.extend([previous] * sorted(gap_history)[1])
+    return chosen
+
+
+# --------------------------------------------------------------------------------------------------
+# Opening files
+# --------------------------------------------------------------------------------------------------
+
+def _sniff(path: Path) -> str | None:
+    """Name of the container the file's first bytes announce, or None."""
+    with open(path, "rb") as handle:
+        head = handle.read(16)
+    for offset, magic, name in _SIGNATURES:
+        if head[offset:offset + len(magic)] == magic:
+            return name
+    return None
+
+
+def _open_input(path: Path) -> av.container.InputContainer:
+    """Open a media file for reading; every failure becomes a :class:`MediaError` that says what to do."""
+    if not path.exists():
+        raise MediaError(f"{path}: file not found. Check the path (relative paths start at {Path.cwd()}).")
+    if path.is_dir():
+        raise MediaError(f"{path}: is a folder, not a media file. Give the path of a video or audio file.")
+    if path.stat().st_size == 0:
+        raise MediaError(f"{path}: file is empty (0 bytes). Re-create or re-download it.")
+    try:
+        return av.open(str(path), mode="r")
+    except PermissionError as err:
+        raise MediaError(f"{path}: cannot be read ({err.strerror}). Fix its permissions.") from err
+    except av.error.FFmpegError as err:
+        known = _sniff(path)
+        if known is not None:
+            raise MediaError(
+                f"{path}: truncated or corrupt {known} file (FFmpeg: {err.strerror}). "
+                "Re-export or re-download it; an interrupted write leaves such files."
+            ) from err
+        raise MediaError(
+            f"{path}: not a media file FFmpeg can read (FFmpeg: {err.strerror}). "
+            f"Give a video ({', '.join(VIDEO_EXTENSIONS)}) or an audio file."
+        ) from err
+
+
+def _corrupt(path: Path, err: av.error.FFmpegError) -> MediaError:
+    return MediaError(f"{path}: truncated or corrupt stream, decoding failed (FFmpeg: {err.strerror}). "
+                      "Re-export or re-download the file.")
+
+
+def _audio_chunks(resampler: av.AudioResampler, frame: av.AudioFrame | None) -> list[np.ndarray]:
+    """Resample one decoded frame (None = flush) to 16 kHz mono s16; returns int16 sample blocks."""
+    return [out.to_ndarray().reshape(-1) for out in resampler.resample(frame)]
+
+
+def _join_audio(chunks: list[np.ndarray]) -> np.ndarray:
+    return np.concatenate(chunks).astype(np.int16, copy=False) if chunks else np.zeros(0, np.int16)
+
+
+@dataclass
+class _Decoded:
+    """Everything one demux pass yields: BGR frames with their timing, and the resampled audio."""
+
+    frames: list[np.ndarray]
+    pts: list[int | None]
+    durations: list[int | None]
+    audio: np.ndarray | None
+    n_video_packets: int
+
+
+def _decode_streams(path: Path, container: av.container.InputContainer, video: av.video.stream.VideoStream,
+                    audio: av.audio.stream.AudioStream | None) -> _Decoded:
+    """Decode the video (to BGR) and audio (to 16 kHz mono int16) streams in one pass over the file."""
+    decoded = _Decoded([], [], [], None, 0)
+    resampler = av.AudioResampler(format="s16", layout="mono", rate=SAMPLE_RATE)
+    chunks: list[np.ndarray] = []
+    try:
+        for packet in container.demux(*[s for s in (video, audio) if s is not None]):
+            is_video = packet.stream.index == video.index
+            decoded.n_video_packets += int(is_video and packet.size > 0)
+            for frame in packet.decode():
+                if is_video:
+                    decoded.frames.append(frame.to_ndarray(format="bgr24"))  # swscale, as cv2 converts
+                    decoded.pts.append(frame.pts)
+                    decoded.durations.append(frame.duration)
+                else:
+                    chunks.extend(_audio_chunks(resampler, frame))
+        if audio is not None:
+            chunks.extend(_audio_chunks(resampler, None))
+            decoded.audio = _join_audio(chunks)
+    except av.error.FFmpegError as err:
+        raise _corrupt(path, err) from err
+    return decoded
+
+
+# --------------------------------------------------------------------------------------------------
+# Public API
+# --------------------------------------------------------------------------------------------------
+
+def decode_clip(path: str | Path, need_audio: bool = True, *, fps_mode: str = "auto") -> Clip:
+    """Decode a video file: BGR uint8 frames at 25 fps and 16 kHz mono int16 audio.
+
+    Args:
+        path: video file (any container/codec FFmpeg reads).
+        need_audio: raise when the file has no audio stream (else ``audio_int16`` is None then).
+        fps_mode: ``"auto"`` converts streams whose frame rate is not 25 as ``ffmpeg -r 25`` does
+            (:func:`cfr_frame_indices`) and returns 25 fps streams as decoded (= ``cv2.VideoCapture``);
+            ``"cfr"`` applies the ``-r 25`` rule to every stream (fills timestamp gaps as FFmpeg's CLI
+            does when it extracts frames, e.g. to JPEG files); ``"passthrough"`` never converts.
+    Returns:
+        a :class:`Clip`: ``frames`` uint8 ``T×H×W×3`` BGR, ``audio_int16`` ``N`` (or None).
+    Raises:
+        MediaError: missing file, not a media file, no video stream, no audio stream (when needed),
+            no frames, truncated or corrupt file. The message names the file and the fix.
+    """
+    if fps_mode not in FPS_MODES:
+        raise ValueError(f"fps_mode must be one of {', '.join(FPS_MODES)}, got {fps_mode!r}.")
+    path = Path(path)
+    with _open_input(path) as container:
+        if not container.streams.video:
+            raise MediaError(f"{path}: has no video stream (audio only?). Give a video file.")
+        video = container.streams.video[0]
+        audio = container.streams.audio[0] if container.streams.audio else None
+        if audio is None and need_audio:
+            raise MediaError(f"{path}: has no audio stream, and this step needs the clip's sound. "
+                             "Mux the audio track into the video (talkbench.media.write_clip does).")
+        decoded = _decode_streams(path, container, video, audio)
+        if not decoded.frames:
+            raise MediaError(f"{path}: the video stream has no decodable frames. Re-export the clip.")
+        declared = int(video.frames or 0)
+        if declared > decoded.n_video_packets and any(f in container.format.name for f in _INDEXED_FORMATS):
+            raise MediaError(f"{path}: truncated file: its index lists {declared} video frames but the data "
+                             f"stops after {decoded.n_video_packets}. Re-export or re-download it.")
+        rate = video.guessed_rate or video.average_rate
+        start_us = container.start_time
+        single_stream = len(container.streams) == 1
+        time_base = video.time_base
+    sizes = {f.shape for f in decoded.frames}
+    if len(sizes) > 1:
+        raise MediaError(f"{path}: the frame size changes inside the clip ({sorted(sizes)}); "
+                         "re-encode it at one size.")
+    if need_audio and decoded.audio.size == 0:
+        raise MediaError(f"{path}: the audio stream has no decodable samples. Re-export the clip with its audio.")
+
+    source_fps = float(rate) if rate else TARGET_FPS
+    frames, fps = decoded.frames, source_fps
+    if fps_mode == "cfr" or (fps_mode == "auto" and abs(source_fps - TARGET_FPS) > 1e-6):
+        start_pts = _round_half_away(Fraction(start_us, 1_000_000) / time_base) if start_us is not None else 0
+        indices = cfr_frame_indices(_fill_missing_pts(decoded.pts, time_base, rate), time_base, decoded.durations,
+                                    rate, start_pts, TARGET_FPS, single_stream)
+        if indices != list(range(len(frames))):
+            logger.info("%s: %.3f fps -> 25 fps (%d -> %d frames, as ffmpeg -r 25)",
+                        path, source_fps, len(frames), len(indices))
+        frames, fps = [frames[i] for i in indices], TARGET_FPS
+        if not frames:
+            raise MediaError(f"{path}: no frames left after the conversion to 25 fps. Re-export the clip.")
+    return Clip(path=path, frames=np.stack(frames), fps=fps, audio_int16=decoded.audio, source_fps=source_fps)
+
+
+def _fill_missing_pts(pts: Sequence[int | None], time_base: Fraction, rate: Fraction | None) -> list[int]:
+    """Frames without a timestamp follow the previous one by one nominal frame period."""
+    step = int(round(1 / (Fraction(rate) * time_base))) if rate else 1
+    filled: list[int] = []
+    for value in pts:
+        filled.append(value if value is not None else (filled[-1] + step if filled else 0))
+    return filled
+
+
+def read_wav_int16(path: str | Path) -> np.ndarray:
+    """Read the first audio stream of any audio or video file as 16 kHz mono int16 (FFmpeg's resampler).
+
+    A 16 kHz mono 16-bit wav comes back sample for sample as ``scipy.io.wavfile.read`` gives it.
+
+    Returns:
+        int16 array ``N``.
+    Raises:
+        MediaError: missing, unreadable or corrupt file; no audio stream; no samples.
+    """
+    path = Path(path)
+    with _open_input(path) as container:
+        if not container.streams.audio:
+            raise MediaError(f"{path}: has no audio stream. Give a wav/mp3/… file or a video with sound.")
+        resampler = av.AudioResampler(format="s16", layout="mono", rate=SAMPLE_RATE)
+        chunks: list[np.ndarray] = []
+        try:
+            for frame in container.decode(audio=0):
+                chunks.extend(_audio_chunks(resampler, frame))
+            chunks.extend(_audio_chunks(resampler, None))
+        except av.error.FFmpegError as err:
+            raise _corrupt(path, err) from err
+    samples = _join_audio(chunks)
+    if samples.size == 0:
+        raise MediaError(f"{path}: the audio stream has no decodable samples. Re-export the file.")
+    return samples
+
+
+def _check_write_args(path: Path, frames_bgr: np.ndarray, audio_int16: np.ndarray | None, fps: float,
+                      codec: str, crf: int | None) -> None:
+    if codec not in _CODEC_EXTENSIONS:
+        raise ValueError(f"codec must be one of {', '.join(_CODEC_EXTENSIONS)}, got {codec!r}.")
+    if path.suffix.lower() not in _CODEC_EXTENSIONS[codec]:
+        raise ValueError(f"{path}: codec {codec!r} is written to {', '.join(_CODEC_EXTENSIONS[codec])} files; "
+                         "change the file extension or the codec.")
+    if not isinstance(frames_bgr, np.ndarray) or frames_bgr.dtype != np.uint8 or frames_bgr.ndim != 4 \
+            or frames_bgr.shape[-1] != 3 or frames_bgr.shape[0] == 0:
+        shape = getattr(frames_bgr, "shape", None)
+        dtype = getattr(frames_bgr, "dtype", type(frames_bgr).__name__)
+        raise ValueError(f"{path}: frames must be a non-empty uint8 array T×H×W×3 (BGR), got {dtype} {shape}.")
+    height, width = frames_bgr.shape[1:3]
+    if codec == "h264" and (height % 2 or width % 2):
+        raise ValueError(f"{path}: H.264 yuv420p needs an even width and height, got {width}×{height}; "
+                         "crop or pad the frames, or use codec='ffv1'.")
+    if audio_int16 is not None and (not isinstance(audio_int16, np.ndarray) or audio_int16.dtype != np.int16
+                                    or audio_int16.ndim != 1):
+        raise ValueError(f"{path}: audio must be a 1-D int16 array (16 kHz mono) or None, "
+                         f"got {getattr(audio_int16, 'dtype', type(audio_int16).__name__)} "
+                         f"{getattr(audio_int16, 'shape', None)}.")
+    if not fps > 0:
+        raise ValueError(f"{path}: fps must be positive, got {fps}.")
+    if crf is not None and codec != "h264":
+        raise ValueError(f"{path}: crf applies to h264 only ({codec} is lossless); leave it None.")
+    if crf is not None and not 0 <= crf <= 51:
+        raise ValueError(f"{path}: crf must be within 0..51 (libx264), got {crf}.")
+
+
+def write_clip(path: str | Path, frames_bgr: np.ndarray, audio_int16: np.ndarray | None, fps: float = 25.0,
+               codec: str = "h264", crf: int | None = None) -> None:
+    """Write frames (and audio) to a video file, atomically.
+
+    ``h264``: libx264, yuv420p (BT.601 limited range, as FFmpeg's CLI converts BGR by default), AAC audio,
+    in .mp4/.mov/.mkv; ``crf`` None = libx264's default (23). ``ffv1``: lossless FFV1 in ``bgr0`` (the
+    decoded frames equal ``frames_bgr`` bit for bit) with PCM s16 audio, in .mkv/.avi.
+    The file is written to a hidden temporary file in the same folder and renamed into place, so an
+    interrupted write never leaves a partial file under ``path``.
+
+    Args:
+        path: output file; its folder is created if needed.
+        frames_bgr: uint8 ``T×H×W×3`` BGR (H and W even for h264).
+        audio_int16: mono 16 kHz int16 ``N``, or None for a silent clip.
+        fps: frame rate.
+    Raises:
+        ValueError: bad arguments (the message says which and how to fix it).
+    """
+    path = Path(path)
+    _check_write_args(path, frames_bgr, audio_int16, fps, codec, crf)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
+    os.close(handle)
+    temp = Path(temp_name)
+    try:
+        _encode(temp, _WRITE_FORMATS[path.suffix.lower()], frames_bgr, audio_int16, fps, codec, crf)
+        os.replace(temp, path)
+    except BaseException:
+        temp.unlink(missing_ok=True)
+        raise
+
+
+def _encode(target: Path, container_format: str, frames_bgr: np.ndarray, audio_int16: np.ndarray | None,
+            fps: float, codec: str, crf: int | None) -> None:
+    rate = Fraction(fps).limit_denominator(100_000)
+    with av.open(str(target), mode="w", format=container_format) as out:
+        if codec == "h264":
+            video = out.add_stream("libx264", rate=rate)
+            video.pix_fmt = "yuv420p"
+            if crf is not None:
+                video.options = {"crf": str(crf)}
+        else:
+            video = out.add_stream("ffv1", rate=rate)
+            video.pix_fmt = "bgr0"
+        video.height, video.width = frames_bgr.shape[1:3]
+        audio = None
+        if audio_int16 is not None:
+            audio = out.add_stream("aac" if codec == "h264" else "pcm_s16le", rate=SAMPLE_RATE, layout="mono")
+        written = 0  # audio samples muxed so far; audio is interleaved with the video, frame by frame
+        for index, frame in enumerate(frames_bgr):
+            out.mux(video.encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(frame), format="bgr24")))
+            if audio is not None:
+                until = min(len(audio_int16), int(round((index + 1) * SAMPLE_RATE / float(rate))))
+                written = _mux_audio(out, audio, audio_int16, written, until)
+        out.mux(video.encode(None))
+        if audio is not None:
+            _mux_audio(out, audio, audio_int16, written, len(audio_int16))
+            out.mux(audio.encode(None))
+
+
+def _mux_audio(out: av.container.OutputContainer, stream: av.audio.stream.AudioStream, samples: np.ndarray,
+               start: int, stop: int, block: int = 1024) -> int:
+    """Encode and mux ``samples[start:stop]`` in blocks; returns ``stop``."""
+    for first in range(start, stop, block):
+        chunk = np.ascontiguousarray(samples[first:min(first + block, stop)])
+        frame = av.AudioFrame.from_ndarray(chunk[None, :], format="s16", layout="mono")
+        frame.sample_rate = SAMPLE_RATE
+        frame.pts = first
+        frame.time_base = Fraction(1, SAMPLE_RATE)
+        out.mux(stream.encode(frame))
+    return max(start, stop)

@@ -1,0 +1,154 @@
+"""Word and character error rates, and the text normalisation of each protocol.
+
+Two ways to average, both used by the references and both named here:
+
+* :func:`corpus_wer` = 100·Σedits / Σreference words over the whole set. AV-HuBERT's ``infer_s2s.py``
+  (TalkLip's WER1) reports this: ``editdistance.eval(hypo.split(), ref.split())`` summed, divided by
+  the summed reference lengths.
+* :func:`mean_utterance_wer` = 100·mean over utterances of edits/reference words. TalkLip's
+  ``teacher_force_wer.py`` (WER2) adds up each utterance's WER (batch size 1) and divides by the
+  number of utterances; short utterances weigh as much as long ones.
+
+Edits are Levenshtein distances over words (or characters, for CER) computed with ``editdistance``,
+as both references do. All rates are in percent.
+
+Normalisation (:func:`normalize_text`), per protocol — what the references do to the transcript, and
+nothing more:
+
+========================  =========  ===========  ======  ===========  ================================
+protocol                  case       punctuation  digits  apostrophes  used for
+========================  =========  ===========  ======  ===========  ================================
+``talklip2023``           lower      kept         kept    kept         WER1 (AV-HuBERT observer)
+``avhubert-official``     lower      kept         kept    kept         AV-HuBERT's own LRS3 protocol
+``talklip2023-wer2``      upper      kept         kept    kept         WER2 (Conformer observer)
+``none``                  as is      kept         kept    kept         raw comparison
+``letters``               lower      removed      kept    in words     free-form transcripts (csv)
+========================  =========  ===========  ======  ===========  ================================
+
+Every protocol also collapses runs of whitespace into one space and strips the ends (the references
+split on whitespace). AV-HuBERT's manifests lowercase the LRS2/LRS3 ``Text:`` line (``lrs3_manifest.py``:
+``label.strip().lower()``) and compare words as written, so "it's" ≠ "its" and "2" ≠ "two"; TalkLip's
+Conformer reads the ``Text:`` line as is (upper case; its alphabet is A–Z, 0–9, apostrophe and space).
+``letters`` is not a reference protocol: it is for user transcripts with commas and full stops
+("Hello, world!" → "hello world"), keeping apostrophes inside words ("don't") and dropping the others.
+"""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+from dataclasses import dataclass
+from typing import Iterable
+
+import editdistance
+
+
+@dataclass(frozen=True)
+class TextNormalization:
+    """How a protocol treats a transcript before words are compared.
+
+    Attributes:
+        case: ``"lower"``, ``"upper"`` or ``"keep"``.
+        strip_punctuation: remove punctuation (apostrophes inside words excepted).
+        description: what uses it.
+    """
+
+    case: str
+    strip_punctuation: bool
+    description: str
+
+
+TEXT_PROTOCOLS: dict[str, TextNormalization] = {
+    "talklip2023": TextNormalization("lower", False, "WER1: AV-HuBERT labels are the lowercased Text: line"),
+    "avhubert-official": TextNormalization("lower", False, "AV-HuBERT LRS3 labels: lowercased, as written"),
+    "talklip2023-wer2": TextNormalization("upper", False, "WER2: the Conformer reads the LRS2 Text: line as is"),
+    "none": TextNormalization("keep", False, "whitespace only"),
+    "letters": TextNormalization("lower", True, "free-form transcripts: no punctuation, in-word apostrophes kept"),
+}
+
+_WORD_APOSTROPHE = re.compile(r"(?<=\w)'(?=\w)")
+_PLACEHOLDER = "\uE000"  # private-use character standing for an in-word apostrophe while punctuation goes
+
+
+def _strip_punctuation(text: str) -> str:
+    text = text.replace("\u2019", "'")  # typographic apostrophe
+    text = _WORD_APOSTROPHE.sub(_PLACEHOLDER, text)
+    kept = "".join(" " if unicodedata.category(ch).startswith(("P", "S")) else ch for ch in text)
+    return kept.replace(_PLACEHOLDER, "'")
+
+
+def normalize_text(text: str, protocol: str) -> str:
+    """Normalise a transcript or hypothesis as ``protocol`` does (see the module table).
+
+    Raises:
+        ValueError: unknown protocol.
+    """
+    if protocol not in TEXT_PROTOCOLS:
+        raise ValueError(f"Unknown text protocol {protocol!r}; choose from {', '.join(TEXT_PROTOCOLS)}.")
+    rule = TEXT_PROTOCOLS[protocol]
+    if rule.strip_punctuation:
+        text = _strip_punctuation(text)
+    if rule.case == "lower":
+        text = text.lower()
+    elif rule.case == "upper":
+        text = text.upper()
+    return " ".join(text.split())
+
+
+def word_edits(ref: str, hyp: str) -> tuple[int, int]:
+    """(word-level Levenshtein distance, number of reference words); words split on whitespace."""
+    ref_words = ref.split()
+    return int(editdistance.eval(ref_words, hyp.split())), len(ref_words)
+
+
+def char_edits(ref: str, hyp: str) -> tuple[int, int]:
+    """(character-level Levenshtein distance, number of reference characters, spaces included)."""
+    return int(editdistance.eval(ref, hyp)), len(ref)
+
+
+def corpus_rate(counts: Iterable[tuple[int, int]]) -> float:
+    """100·Σedits / Σreference units from per-utterance ``(edits, n_ref)`` counts.
+
+    Raises:
+        ValueError: no reference units at all.
+    """
+    counts = list(counts)
+    total = sum(n for _, n in counts)
+    if total == 0:
+        raise ValueError(f"corpus rate: the {len(counts)} reference(s) hold no words/characters.")
+    return 100.0 * sum(e for e, _ in counts) / total
+
+
+def mean_utterance_rate(counts: Iterable[tuple[int, int]]) -> float:
+    """100·mean(edits/n_ref) over utterances, from per-utterance ``(edits, n_ref)`` counts.
+
+    Raises:
+        ValueError: no utterances, or an utterance with an empty reference (its rate is undefined).
+    """
+    counts = list(counts)
+    if not counts:
+        raise ValueError("mean utterance rate: no utterances.")
+    empty = [i for i, (_, n) in enumerate(counts) if n == 0]
+    if empty:
+        raise ValueError(f"mean utterance rate: utterance(s) {empty[:5]} have an empty reference.")
+    return 100.0 * sum(e / n for e, n in counts) / len(counts)
+
+
+def corpus_wer(pairs: Iterable[tuple[str, str]]) -> float:
+    """Corpus WER in percent over ``(reference, hypothesis)`` pairs (AV-HuBERT's / TalkLip's WER1 way)."""
+    return corpus_rate(word_edits(ref, hyp) for ref, hyp in pairs)
+
+
+def mean_utterance_wer(pairs: Iterable[tuple[str, str]]) -> float:
+    """Mean of per-utterance WERs in percent over ``(reference, hypothesis)`` pairs (TalkLip's WER2 way)."""
+    return mean_utterance_rate(word_edits(ref, hyp) for ref, hyp in pairs)
+
+
+def corpus_cer(pairs: Iterable[tuple[str, str]]) -> float:
+    """Corpus CER in percent: Σ character edits / Σ reference characters (spaces count)."""
+    return corpus_rate(char_edits(ref, hyp) for ref, hyp in pairs)
+
+
+def mean_utterance_cer(pairs: Iterable[tuple[str, str]]) -> float:
+    """Mean of per-utterance CERs in percent (TalkLip's WER2 script reports its CER this way)."""
+    return mean_utterance_rate(char_edits(ref, hyp) for ref, hyp in pairs)

@@ -1,0 +1,88 @@
+"""Image-quality observer: PSNR, TalkLip-compatible PSNR and SSIM on 96×96 face crops against ground truth.
+
+Follows TalkLip's ``evaluation/visual_quality.py``: frames of the generated and the reference clip are
+compared pairwise over their common prefix (``min`` of the two lengths; the script does not report a
+mismatch, this observer records both lengths), each cropped with the clip's face box of that frame
+(or taken whole when the suite has no boxes) and resized to 96×96.
+
+Aggregation: the script appends one value per frame for every clip and prints the mean of that list,
+so the summary is a **mean over all frames of all clips** (longer clips weigh more), not a mean of
+clip means. Per-clip rows hold each clip's frame mean and ``n_frames``; :meth:`summarize` weights
+them by ``n_frames``, which gives the frame mean back.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Mapping, Sequence
+
+import numpy as np
+
+from talkbench.metrics.image import face_crops_96, psnr_frames, psnr_talklip_compat_frames, ssim_frames
+from talkbench.observers.base import ClipData, ClipSkipped, ObserverContext, Row
+
+METRICS: tuple[str, ...] = ("psnr", "psnr_talklip_compat", "ssim")
+CACHE_GENERATED = "face96_generated"
+CACHE_REFERENCE = "face96_reference"
+
+
+class ImageQualityObserver:
+    """PSNR / SSIM against the reference clip; no network, no weights."""
+
+    name = "image_quality"
+    metrics: tuple[str, ...] = METRICS
+    needs_reference = True
+    needs_text = False
+    weights_sha256: Mapping[str, str] = {}
+
+    def measure(self, clip: ClipData) -> Row:
+        """Per-clip frame means of the three metrics, plus the frame counts.
+
+        Row columns: ``psnr``, ``psnr_talklip_compat``, ``ssim`` (means over the compared frames),
+        ``n_frames`` (frames compared), ``n_frames_generated``, ``n_frames_reference``.
+        """
+        if clip.reference is None:
+            raise ClipSkipped("no reference clip: PSNR/SSIM compare against the ground-truth video")
+        generated, reference = clip.generated.frames, clip.reference.frames
+        n = min(len(generated), len(reference))
+        if n == 0:
+            raise ClipSkipped("no frames to compare")
+        if clip.boxes is not None and generated.shape[1:] != reference.shape[1:]:
+            raise ClipSkipped(f"generated frames are {generated.shape[2]}×{generated.shape[1]} but reference "
+                              f"frames are {reference.shape[2]}×{reference.shape[1]}: one face box cannot "
+                              "crop both; write the generated clip at the reference size")
+        try:
+            crops_gen = face_crops_96(generated[:n], clip.boxes)
+            crops_ref = face_crops_96(reference[:n], clip.boxes)
+        except ValueError as err:
+            raise ClipSkipped(str(err)) from err
+        clip.cache[CACHE_GENERATED] = crops_gen
+        clip.cache[CACHE_REFERENCE] = crops_ref
+        # the script passes (gt, synt); every metric here is symmetric anyway
+        return {
+            "psnr": float(np.mean(psnr_frames(crops_ref, crops_gen))),
+            "psnr_talklip_compat": float(np.mean(psnr_talklip_compat_frames(crops_ref, crops_gen))),
+            "ssim": float(np.mean(ssim_frames(crops_ref, crops_gen))),
+            "n_frames": n,
+            "n_frames_generated": int(len(generated)),
+            "n_frames_reference": int(len(reference)),
+        }
+
+    def summarize(self, rows: Sequence[Row]) -> dict[str, float]:
+        return summarize(rows)
+
+
+def summarize(rows: Sequence[Row]) -> dict[str, float]:
+    """Mean over all frames of all clips (each clip's mean weighted by its ``n_frames``); NaN without frames."""
+    summary = {}
+    for metric in METRICS:
+        pairs = [(float(row[metric]), int(row["n_frames"])) for row in rows
+                 if row.get(metric) is not None and row.get("n_frames")]
+        total = sum(n for _, n in pairs)
+        summary[metric] = sum(v * n for v, n in pairs) / total if total else math.nan
+    return summary
+
+
+def build(ctx: ObserverContext) -> ImageQualityObserver:
+    """The observer (``ctx`` is not used: no weights, same computation on every device)."""
+    return ImageQualityObserver()
