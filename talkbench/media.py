@@ -456,7 +456,12 @@ def _encode(target: Path, container_format: str, frames_bgr: np.ndarray, audio_i
             audio = out.add_stream("aac" if codec == "h264" else "pcm_s16le", rate=SAMPLE_RATE, layout="mono")
         written = 0  # audio samples muxed so far; audio is interleaved with the video, frame by frame
         for index, frame in enumerate(frames_bgr):
-            out.mux(video.encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(frame), format="bgr24")))
+            picture = av.VideoFrame.from_ndarray(np.ascontiguousarray(frame), format="bgr24")
+            if codec == "h264":
+                # Convert before encode(): PyAV's implicit conversion inside encode() gave different
+                # pixels for identical frames from run to run (measured: up to 37 grey levels).
+                picture = picture.reformat(format="yuv420p")
+            out.mux(video.encode(picture))
             if audio is not None:
                 until = min(len(audio_int16), int(round((index + 1) * SAMPLE_RATE / float(rate))))
                 written = _mux_audio(out, audio, audio_int16, written, until)

@@ -74,3 +74,6 @@ from talkbench.cli import commands  # noqa: E402,F401
 from talkbench.cli import models as _models  # noqa: E402
 
 app.add_typer(_models.app, name="models")
+from talkbench.cli import corpus as _corpus  # noqa: E402
+
+app.add_typer(_corpus.app, name="corpus")
