@@ -77,3 +77,7 @@ app.add_typer(_models.app, name="models")
 from talkbench.cli import corpus as _corpus  # noqa: E402
 
 app.add_typer(_corpus.app, name="corpus")
+from talkbench.cli import generate as _generate, train as _train  # noqa: E402
+
+_generate.register(app)
+_train.register(app)

@@ -1,0 +1,450 @@
+"""TalkLip inference: face boxes → 96×96 crops → generator → paste back → video with the input audio.
+
+The procedure is the reference's ``inf_test.py`` (what the paper's test-set videos were made with):
+
+1. Frames as uint8 BGR (25 fps; other rates are converted by :func:`talkbench.media.decode_clip`),
+   audio as 16 kHz mono int16 (any rate/format is converted by :func:`talkbench.media.read_wav_int16`).
+2. One face box per frame: given (TalkLip's bbx ``.npy``: x1, y1, x2, y2 per frame), else detected
+   (S3FD with official weights when given, else dlib's HOG detector, which needs no download).
+3. Crops: ``cv2.resize(frame[y1:y2, x1:x2], (96, 96))`` (INTER_LINEAR on uint8), scaled by 1/255.
+   Generator input = [target crop with rows 48..95 zeroed | reference crop] (6 channels, BGR).
+   The reference crop is frame 0's by default (inf_test); ``reference_frame=None`` uses the same frame
+   unmasked (inf_demo); any other index uses that frame.
+4. Audio: stacked log-fbank (104-d at 25 Hz), per-row layer norm, then aligned to the frame count
+   (inf_test: a longer feature sequence is cut evenly at both ends, a shorter one zero-padded at the end;
+   ``align="audio"`` instead repeats frames to the audio length, as inf_demo does).
+5. The AV-HuBERT audio encoder runs once over the whole utterance; the U-Net runs in batches of frames.
+6. Paste back: each predicted face × 255 is resized to its box (bilinear, antialiased, as torchvision's
+   ``Resize``), written over the **whole** box, and the frame is truncated to uint8 (no rounding).
+7. The video is written at 25 fps with the input audio muxed (PyAV; h264 or lossless ffv1).
+
+Differences from the reference, on purpose: boxes are clipped to the frame on both axes (the reference
+clips x2 and y2 by the frame *height* when cropping and would wrap negative coordinates; identical on
+square frames such as LRS2's 160×160), and the audio is read through FFmpeg's resampler, so inputs that
+are not 16 kHz mono (which the reference refuses) are converted first (logged).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterable, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from talkbench.audio_features import avhubert_audio_features
+
+logger = logging.getLogger(__name__)
+
+FACE_SIZE = 96
+FPS = 25.0
+SAMPLE_RATE = 16000
+ALIGN_MODES = ("video", "audio")
+VIDEO_SUFFIXES = (".mp4", ".avi", ".mkv", ".mov")
+
+
+class GenerateError(ValueError):
+    """Generation cannot proceed with these inputs; the message names the file and the fix."""
+
+
+# ----------------------------------------------------------------------------------------------------
+# Geometry: boxes, crops, paste-back
+# ----------------------------------------------------------------------------------------------------
+
+def check_boxes(boxes: np.ndarray, n_frames: int, height: int, width: int, source: str = "boxes") -> np.ndarray:
+    """Validate per-frame boxes and clip them to the frame.
+
+    Args:
+        boxes: ``T×4`` x1, y1, x2, y2 in pixels (TalkLip's bbx files).
+    Returns:
+        int64 ``T×4`` with 0 <= x1 < x2 <= width and 0 <= y1 < y2 <= height.
+    Raises:
+        GenerateError: wrong shape, wrong frame count, or an empty box.
+    """
+    boxes = np.asarray(boxes)
+    if boxes.ndim != 2 or boxes.shape[1] != 4:
+        raise GenerateError(f"{source}: face boxes must be a T×4 array (x1, y1, x2, y2 per frame), got shape "
+                            f"{boxes.shape}.")
+    if len(boxes) < n_frames:
+        raise GenerateError(f"{source}: {len(boxes)} face boxes for {n_frames} frames; give one box per frame.")
+    boxes = np.rint(boxes[:n_frames]).astype(np.int64)
+    boxes[:, [0, 2]] = np.clip(boxes[:, [0, 2]], 0, width)
+    boxes[:, [1, 3]] = np.clip(boxes[:, [1, 3]], 0, height)
+    empty = np.flatnonzero((boxes[:, 2] <= boxes[:, 0]) | (boxes[:, 3] <= boxes[:, 1]))
+    if len(empty):
+        raise GenerateError(f"{source}: the face box of frame {int(empty[0])} is empty inside the "
+                            f"{width}×{height} frame ({len(empty)} such frames); fix the boxes.")
+    return boxes
+
+
+def crop_faces(frames: np.ndarray, boxes: np.ndarray, size: int = FACE_SIZE) -> np.ndarray:
+    """``cv2.resize(frame[y1:y2, x1:x2], (size, size))`` per frame (INTER_LINEAR on uint8, as the reference).
+
+    Args:
+        frames: uint8 ``T×H×W×3`` BGR.
+        boxes: int ``T×4`` (already checked with :func:`check_boxes`).
+    Returns:
+        uint8 ``T×size×size×3``.
+    """
+    import cv2
+
+    out = np.empty((len(frames), size, size, 3), dtype=np.uint8)
+    for i, (frame, (x1, y1, x2, y2)) in enumerate(zip(frames, boxes)):
+        out[i] = cv2.resize(frame[y1:y2, x1:x2], (size, size))
+    return out
+
+
+def generator_inputs(crops: np.ndarray, reference_crops: np.ndarray) -> Tensor:
+    """The 6-channel generator input ``N×6×96×96`` float32 in [0, 1].
+
+    Args:
+        crops: uint8 ``N×96×96×3`` target crops; their lower half (rows 48..95) is zeroed.
+        reference_crops: uint8 ``N×96×96×3`` (or one ``96×96×3`` crop for all) identity crops.
+    """
+    target = torch.from_numpy(np.ascontiguousarray(crops)).float().div_(255.0).permute(0, 3, 1, 2)
+    ref = np.asarray(reference_crops)
+    if ref.ndim == 3:
+        ref = np.broadcast_to(ref, crops.shape)
+    ref_t = torch.from_numpy(np.ascontiguousarray(ref)).float().div_(255.0).permute(0, 3, 1, 2)
+    target = target.clone()
+    target[:, :, target.shape[2] // 2:] = 0.0
+    return torch.cat([target, ref_t], dim=1).contiguous()
+
+
+def resize_faces(faces: Tensor, height: int, width: int) -> Tensor:
+    """Faces ``N×3×96×96`` in [0, 1] → ``N×3×height×width`` pixel values (×255), as torchvision ``Resize``.
+
+    Bilinear, half-pixel centres, antialiased when shrinking (torchvision's default for tensors);
+    differentiable.
+    """
+    x = faces * 255.0
+    if (height, width) == tuple(x.shape[-2:]):
+        return x
+    return F.interpolate(x, size=(height, width), mode="bilinear", align_corners=False, antialias=True)
+
+
+def paste_faces(frames: np.ndarray, boxes: np.ndarray, faces: Tensor, frame_index: Sequence[int] | None = None,
+                ) -> np.ndarray:
+    """Write generated faces back into their frames (reference ``emb_roi2im`` + ``astype(uint8)``).
+
+    Args:
+        frames: uint8 ``T×H×W×3`` BGR; not modified.
+        boxes: int ``T×4`` boxes of all frames.
+        faces: ``N×3×96×96`` in [0, 1], BGR.
+        frame_index: the frame of each face (default: 0..N-1).
+    Returns:
+        uint8 ``T×H×W×3``: a copy with each box replaced by its resized face, truncated (not rounded).
+    """
+    out = frames.copy()
+    index = np.arange(len(faces)) if frame_index is None else np.asarray(frame_index)
+    faces = faces.detach().float().cpu()
+    sizes = (boxes[index, 3] - boxes[index, 1]) * 100000 + (boxes[index, 2] - boxes[index, 0])
+    for size in np.unique(sizes):      # one batched resize per box size
+        group = np.flatnonzero(sizes == size)
+        h, w = int(size // 100000), int(size % 100000)
+        pixels = resize_faces(faces[torch.from_numpy(group)], h, w).permute(0, 2, 3, 1)
+        pixels = pixels.to(torch.uint8).numpy()       # float -> uint8 truncates, as numpy's astype
+        for j, g in enumerate(group):
+            x1, y1, x2, y2 = boxes[index[g]]
+            out[index[g], y1:y2, x1:x2] = pixels[j]
+    return out
+
+
+def paste_faces_float(frames: Tensor, boxes: Tensor | np.ndarray, faces: Tensor, frame_index: Sequence[int]) -> Tensor:
+    """Differentiable paste-back into float frames (the training path, before grey conversion).
+
+    Args:
+        frames: float ``T×H×W×3`` pixel values (0..255), BGR.
+        boxes: ``T×4`` int boxes.
+        faces: ``N×3×96×96`` in [0, 1] (carrying gradients).
+        frame_index: the frame of each face.
+    Returns:
+        float ``T×H×W×3``: frames with each box replaced by its resized face (no truncation), the
+        gradient flowing into ``faces``.
+    """
+    boxes = np.asarray(boxes)
+    out = frames.clone()
+    for j, t in enumerate(frame_index):
+        x1, y1, x2, y2 = (int(v) for v in boxes[t])
+        out[t, y1:y2, x1:x2] = resize_faces(faces[j:j + 1], y2 - y1, x2 - x1)[0].permute(1, 2, 0)
+    return out
+
+
+# ----------------------------------------------------------------------------------------------------
+# Audio
+# ----------------------------------------------------------------------------------------------------
+
+def align_audio_features(features: np.ndarray, n_frames: int) -> np.ndarray:
+    """inf_test's ``audio_visual_align``: cut a longer sequence evenly at both ends, zero-pad a shorter one.
+
+    Args:
+        features: ``T'×104`` (already layer-normed).
+    Returns:
+        ``n_frames×104``.
+    """
+    diff = len(features) - n_frames
+    if diff < 0:
+        return np.concatenate([features, np.zeros((-diff, features.shape[1]), dtype=features.dtype)])
+    if diff > 0:
+        left = diff // 2
+        return features[left:left + n_frames]
+    return features
+
+
+def repeat_frames_to_audio(n_frames: int, n_audio: int) -> np.ndarray:
+    """inf_demo's ``audio_visual_pad``: frame index per audio step (each frame repeated, then truncated).
+
+    When the audio is longer, every frame is repeated ``ceil(n_audio / n_frames)`` times; the result is
+    cut to ``n_audio`` entries (so a shorter audio drops the last frames).
+    """
+    repeat = -(-n_audio // n_frames) if n_audio > n_frames else 1
+    return np.repeat(np.arange(n_frames), repeat)[:n_audio]
+
+
+# ----------------------------------------------------------------------------------------------------
+# Generation
+# ----------------------------------------------------------------------------------------------------
+
+@torch.no_grad()
+def synthesize(generator: torch.nn.Module, frames: np.ndarray, boxes: np.ndarray, audio_int16: np.ndarray,
+               reference_frame: int | None = 0, batch_size: int = 32, align: str = "video",
+               device: str | torch.device = "cpu", progress: Callable[[int, int], None] | None = None,
+               ) -> tuple[np.ndarray, np.ndarray]:
+    """Generate a lip-synced clip (frames only).
+
+    Args:
+        generator: a :class:`talkbench.nets.talklip.TalkLipGenerator` in eval mode on ``device``.
+        frames: uint8 ``T×H×W×3`` BGR at 25 fps.
+        boxes: int ``T×4`` face boxes (see :func:`check_boxes`).
+        audio_int16: 16 kHz mono samples.
+        reference_frame: frame whose crop is the identity input for every frame (default 0, inf_test);
+            None = each frame's own unmasked crop (inf_demo).
+        batch_size: frames per U-Net call.
+        align: ``"video"`` (output has the video's length; audio features cut/padded, inf_test) or
+            ``"audio"`` (frames repeated to the audio's length, inf_demo).
+        progress: called with (frames done, total).
+    Returns:
+        (uint8 frames ``T_out×H×W×3``, the boxes of those frames ``T_out×4``).
+    """
+    if align not in ALIGN_MODES:
+        raise ValueError(f"align must be one of {ALIGN_MODES}, got {align!r}.")
+    n = len(frames)
+    if reference_frame is not None and not -n <= reference_frame < n:
+        raise GenerateError(f"reference frame {reference_frame} is outside the clip's {n} frames.")
+    features = avhubert_audio_features(np.asarray(audio_int16))
+    reference = None
+    if reference_frame is not None:
+        reference = crop_faces(frames[[reference_frame]], boxes[[reference_frame]])[0]
+    if align == "video":
+        features = align_audio_features(features, n)
+    else:
+        order = repeat_frames_to_audio(n, len(features))
+        frames, boxes = frames[order], boxes[order]
+    crops = crop_faces(frames, boxes)
+    if reference is None:
+        reference = crops
+    audio = torch.from_numpy(np.ascontiguousarray(features.T))[None].to(device)          # 1×104×T
+    embedding = generator.encode_audio(audio)[0]                                        # T×D
+    faces = []
+    total = len(frames)
+    for start in range(0, total, batch_size):
+        stop = min(start + batch_size, total)
+        ref = reference if reference_frame is not None else reference[start:stop]
+        inputs = generator_inputs(crops[start:stop], ref).to(device)
+        faces.append(generator.decode_faces(inputs, embedding[start:stop]).float().cpu())
+        if progress is not None:
+            progress(stop, total)
+    return paste_faces(frames, boxes, torch.cat(faces)), boxes
+
+
+def load_generator(checkpoint: str | Path, weights: dict[str, Path] | None = None,
+                   device: str | torch.device = "cpu", fuse: bool = True) -> tuple[torch.nn.Module, Path]:
+    """A generator from a card name (``talklip-g``, ...) or a file path; returns (model, file).
+
+    ``fuse``: fold BatchNorm into the convolutions and use channels-last tensors (inference only; same
+    output up to ~1e-6).
+    """
+    from talkbench.nets.talklip import fuse_for_inference, load_talklip_generator
+
+    path = Path(checkpoint)
+    if not path.is_file():
+        name = str(checkpoint)
+        if os.sep in name or name.endswith((".pth", ".pt", ".ckpt")):
+            raise GenerateError(f"{path}: checkpoint file not found; pass an existing file or a card name "
+                                "such as talklip-g or talklip-gc.")
+        from talkbench import weights as weights_mod
+
+        path = weights_mod.resolve(name, weights)
+    model = load_talklip_generator(path, device=device)
+    return (fuse_for_inference(model, inplace=True) if fuse else model), path
+
+
+def face_boxes(frames: np.ndarray, boxes_path: Path | None = None, detector: str = "dlib",
+               s3fd_weights: Path | None = None) -> np.ndarray:
+    """Per-frame boxes: from a TalkLip bbx ``.npy`` if given, else detected (see :mod:`talkbench.faces`)."""
+    h, w = frames.shape[1:3]
+    if boxes_path is not None:
+        boxes_path = Path(boxes_path)
+        if not boxes_path.is_file():
+            raise GenerateError(f"{boxes_path}: boxes file not found (expected a T×4 .npy of x1, y1, x2, y2).")
+        return check_boxes(np.load(boxes_path), len(frames), h, w, str(boxes_path))
+    from talkbench.faces import face_boxes_per_frame
+
+    logger.info("detecting faces in %d frames with %s", len(frames), detector)
+    return check_boxes(face_boxes_per_frame(frames, detector=detector, s3fd_weights=s3fd_weights),
+                       len(frames), h, w, f"{detector} detections")
+
+
+def read_audio(path: Path) -> np.ndarray:
+    """16 kHz mono int16 samples of any audio (or video) file; logs when a conversion happens."""
+    from talkbench import media
+
+    try:
+        import av
+
+        with av.open(str(path)) as container:
+            if container.streams.audio:
+                stream = container.streams.audio[0]
+                if stream.rate != SAMPLE_RATE or stream.channels != 1:
+                    logger.info("%s: audio is %d Hz, %d channel(s); converting to 16 kHz mono (the reference "
+                                "accepts only 16 kHz mono)", path, stream.rate, stream.channels)
+    except Exception:  # the decoder below reports unreadable files with a clear message
+        pass
+    return media.read_wav_int16(path)
+
+
+def generate_video(video: str | Path, out: str | Path, audio: str | Path | None = None,
+                   checkpoint: str | Path = "talklip-gc", boxes: str | Path | None = None,
+                   reference_frame: int | None = 0, codec: str = "h264", crf: int | None = None,
+                   device: str = "cpu", detector: str = "dlib", s3fd_weights: str | Path | None = None,
+                   align: str = "video", batch_size: int = 32, weights: dict[str, Path] | None = None,
+                   generator: torch.nn.Module | None = None) -> Path:
+    """``talkbench generate``: make ``out`` from a face video and a speech track.
+
+    Args:
+        video: the face video (any frame rate; converted to 25 fps).
+        out: output video path (written to a temporary name, then renamed).
+        audio: the driving speech (any audio or video file; converted to 16 kHz mono); default: the
+            video's own audio track.
+        checkpoint: card name or file of a TalkLip generator (ignored when ``generator`` is given).
+        boxes: TalkLip bbx ``.npy`` (T×4 x1, y1, x2, y2); default: detect faces.
+        reference_frame: identity frame (default 0); None = the same frame (inf_demo).
+        codec: ``h264`` or ``ffv1`` (lossless).
+        device: ``cpu`` or ``cuda``.
+        detector: ``dlib`` (default, no download) or ``s3fd`` (needs ``s3fd_weights``).
+        align: ``video`` or ``audio`` (see :func:`synthesize`).
+    Returns:
+        The written path.
+    """
+    from talkbench import media
+
+    video, out = Path(video), Path(out)
+    clip = media.decode_clip(video, need_audio=audio is None)
+    if clip.source_fps and abs(clip.source_fps - FPS) > 1e-3:
+        logger.info("%s: %.3f fps converted to 25 fps (the reference accepts only 25 fps)", video, clip.source_fps)
+    if audio is not None:
+        samples = read_audio(Path(audio))
+    else:
+        if clip.audio_int16 is None:
+            raise GenerateError(f"{video}: no audio track; pass the speech with --audio.")
+        samples = clip.audio_int16
+    if len(samples) < 400:
+        raise GenerateError(f"{audio or video}: the audio is shorter than one 25 ms window; give a longer speech.")
+    box_array = face_boxes(clip.frames, Path(boxes) if boxes else None, detector,
+                           Path(s3fd_weights) if s3fd_weights else None)
+    if generator is None:
+        generator, _ = load_generator(checkpoint, weights, device)
+    frames, _ = synthesize(generator, clip.frames, box_array, samples, reference_frame=reference_frame,
+                           batch_size=batch_size, align=align, device=device)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    media.write_clip(out, frames, samples, fps=FPS, codec=codec, crf=crf)
+    logger.info("wrote %s (%d frames)", out, len(frames))
+    return out
+
+
+# ----------------------------------------------------------------------------------------------------
+# Batch form over a suite
+# ----------------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class GenerationJob:
+    """One clip of a batch run: its id (relative path without extension) and inputs."""
+
+    clip_id: str
+    video: Path
+    audio: Path | None = None
+    boxes: Path | None = None
+
+
+@dataclass
+class BatchResult:
+    """What :func:`generate_suite` did: written, skipped (already complete) and failed clip ids."""
+
+    written: list[str]
+    skipped: list[str]
+    failed: dict[str, str]
+
+
+def suite_jobs(reference: Path, suite: str = "auto", filelist: Path | None = None,
+               boxes_dir: Path | None = None) -> list[GenerationJob]:
+    """Jobs for every reference clip of a suite (its own audio drives it, as TalkLip's test set).
+
+    Uses :func:`talkbench.suites.load_suite` (LRS2, LRW, TalkLip filelist, folder layouts); clip ids
+    keep the suite's relative paths so that ``talkbench evaluate`` pairs the outputs with the references.
+    """
+    from talkbench import suites
+
+    # the reference folder stands in for the generated one: every reference clip becomes a pair
+    found = suites.load_suite(suite, reference, reference, filelist, boxes_dir=boxes_dir)
+    jobs = [GenerationJob(p.clip_id, Path(p.reference), None, p.boxes) for p in found.pairs if p.reference is not None]
+    missing = [p.clip_id for p in found.pairs if p.reference is None]
+    if missing:
+        logger.warning("%d listed clip(s) have no reference video (first: %s)", len(missing), missing[0])
+    return jobs
+
+
+def output_path(out_dir: Path, clip_id: str, codec: str = "h264") -> Path:
+    """Where a clip's output goes: same relative path, ``.mp4`` (h264) or ``.mkv`` (ffv1)."""
+    return Path(out_dir) / (clip_id + (".mkv" if codec == "ffv1" else ".mp4"))
+
+
+def generate_suite(jobs: Iterable[GenerationJob], out_dir: str | Path, checkpoint: str | Path = "talklip-gc",
+                   reference_frame: int | None = 0, codec: str = "h264", crf: int | None = None,
+                   device: str = "cpu", detector: str = "dlib", s3fd_weights: str | Path | None = None,
+                   batch_size: int = 32, weights: dict[str, Path] | None = None,
+                   generator: torch.nn.Module | None = None, strict: bool = False,
+                   progress: Callable[[int, int, str], None] | None = None) -> BatchResult:
+    """Generate every job into ``out_dir`` (same relative paths), resumably.
+
+    A clip whose output already exists is skipped: outputs are written under a temporary name and
+    renamed when complete, so an existing file is always a finished one. A failing clip is logged and
+    recorded in :attr:`BatchResult.failed` (``strict`` re-raises instead).
+    """
+    out_dir = Path(out_dir)
+    jobs = list(jobs)
+    result = BatchResult([], [], {})
+    for k, job in enumerate(jobs):
+        target = output_path(out_dir, job.clip_id, codec)
+        if target.exists():
+            result.skipped.append(job.clip_id)
+        else:
+            try:
+                if generator is None:
+                    generator, _ = load_generator(checkpoint, weights, device)
+                generate_video(job.video, target, audio=job.audio, boxes=job.boxes, reference_frame=reference_frame,
+                               codec=codec, crf=crf, device=device, detector=detector, s3fd_weights=s3fd_weights,
+                               batch_size=batch_size, generator=generator)
+                result.written.append(job.clip_id)
+            except (ValueError, OSError, RuntimeError) as err:
+                if strict:
+                    raise
+                logger.error("%s: %s", job.clip_id, err)
+                result.failed[job.clip_id] = str(err)
+        if progress is not None:
+            progress(k + 1, len(jobs), job.clip_id)
+    return result

@@ -1,0 +1,538 @@
+"""TalkLip networks (Wang et al., CVPR 2023) with the official state-dict key names.
+
+* :class:`TalkLipGenerator` — a Wav2Lip-style U-Net (``face_encoder_blocks`` 6×96×96 → 512×1×1,
+  ``face_decoder_blocks`` with skip connections, ``output_block`` with a sigmoid) driven by an
+  AV-HuBERT transformer fed audio only (``audio_encoder.w2v_model.*``), whose per-frame output
+  goes through ``audio_map`` (D → 512). It also owns the contrastive sync head ``sync_net``.
+* :class:`TalkLipDiscriminator` — the visual-quality discriminator (``TalkLip_disc_qual``): it looks
+  at the lower half of a face only.
+* :class:`AVSyncHead` — the contrastive audio/visual sync head (``av_sync``): one ``Linearaudio``
+  projection and an InfoNCE loss with negatives drawn from the other audio rows.
+
+Official TalkLip checkpoints carry no config, so :func:`load_talklip_generator` infers every size
+from the tensors themselves (audio width, number of transformer layers, FFN width, positional-conv
+kernel and groups, label-embedding table, skip connections). The only size a shape cannot tell is the
+number of attention heads: AV-HuBERT Base (768-d) uses 12 and Large (1024-d) 16; other widths fall
+back to 16-d heads (the parity fixture's tiny 64-d encoder has 4), or pass ``attention_heads``.
+
+All modules are plain ``nn.Module`` s; channel order is BGR everywhere (the reference never swaps).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import logging
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+logger = logging.getLogger(__name__)
+
+FACE_SIZE = 96
+#: channel widths of the face encoder (input 6 = masked target BGR + reference BGR)
+ENC_CHANNELS = (6, 16, 32, 64, 128, 256, 512, 512)
+#: output widths of the face decoder blocks
+DEC_CHANNELS = (512, 512, 512, 384, 256, 128, 64)
+#: AV-HuBERT attention heads by encoder width (Base, Large); shapes cannot tell the head count.
+KNOWN_HEADS = {768: 12, 1024: 16}
+GENERATOR_PREFIX = "audio_encoder.w2v_model."
+
+
+class ConvBlock(nn.Module):
+    """Conv2d + BatchNorm2d (+ identity residual) + ReLU; keys ``conv_block.0`` / ``conv_block.1``."""
+
+    def __init__(self, cin: int, cout: int, kernel_size: int, stride: int | tuple[int, int], padding: int,
+                 residual: bool = False) -> None:
+        super().__init__()
+        self.conv_block = nn.Sequential(nn.Conv2d(cin, cout, kernel_size, stride, padding), nn.BatchNorm2d(cout))
+        self.residual = residual
+
+    def forward(self, x: Tensor) -> Tensor:
+        out = self.conv_block(x)
+        if self.residual:
+            out = out + x
+        return F.relu(out)
+
+
+class ConvTransposeBlock(nn.Module):
+    """ConvTranspose2d + BatchNorm2d + ReLU (decoder up-sampling); keys ``conv_block.0`` / ``.1``."""
+
+    def __init__(self, cin: int, cout: int, kernel_size: int, stride: int, padding: int,
+                 output_padding: int = 0) -> None:
+        super().__init__()
+        self.conv_block = nn.Sequential(
+            nn.ConvTranspose2d(cin, cout, kernel_size, stride, padding, output_padding), nn.BatchNorm2d(cout))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return F.relu(self.conv_block(x))
+
+
+class LeakyConvBlock(nn.Module):
+    """Conv2d + LeakyReLU(0.01), no normalisation (discriminator); key ``conv_block.0``."""
+
+    def __init__(self, cin: int, cout: int, kernel_size: int, stride: int | tuple[int, int], padding: int) -> None:
+        super().__init__()
+        self.conv_block = nn.Sequential(nn.Conv2d(cin, cout, kernel_size, stride, padding))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return F.leaky_relu(self.conv_block(x), 0.01)
+
+
+def _face_encoder() -> nn.ModuleList:
+    c = ENC_CHANNELS
+
+    def stage(cin: int, cout: int, stride: int, n_res: int) -> nn.Sequential:
+        blocks = [ConvBlock(cin, cout, 3, stride, 1)]
+        blocks += [ConvBlock(cout, cout, 3, 1, 1, residual=True) for _ in range(n_res)]
+        return nn.Sequential(*blocks)
+
+    return nn.ModuleList([
+        nn.Sequential(ConvBlock(c[0], c[1], 7, 1, 3)),             # 16×96×96
+        stage(c[1], c[2], 2, 2),                                  # 32×48×48
+        stage(c[2], c[3], 2, 3),                                  # 64×24×24
+        stage(c[3], c[4], 2, 2),                                  # 128×12×12
+        stage(c[4], c[5], 2, 2),                                  # 256×6×6
+        stage(c[5], c[6], 2, 1),                                  # 512×3×3
+        nn.Sequential(ConvBlock(c[6], c[7], 3, 1, 0), ConvBlock(c[7], c[7], 1, 1, 0)),  # 512×1×1
+    ])
+
+
+def _decoder_in_channels(res_layers: int) -> list[int]:
+    """Input width of decoder block i+1 (and of the output block for i = 6): skip concat or not."""
+    return [ENC_CHANNELS[-i - 1] + DEC_CHANNELS[i] if i < res_layers else DEC_CHANNELS[i]
+            for i in range(len(DEC_CHANNELS))]
+
+
+def _face_decoder(res_layers: int) -> nn.ModuleList:
+    d, up = DEC_CHANNELS, _decoder_in_channels(res_layers)
+
+    def stage(cin: int, cout: int, n_res: int) -> nn.Sequential:
+        blocks: list[nn.Module] = [ConvTransposeBlock(cin, cout, 3, 2, 1, output_padding=1)]
+        blocks += [ConvBlock(cout, cout, 3, 1, 1, residual=True) for _ in range(n_res)]
+        return nn.Sequential(*blocks)
+
+    return nn.ModuleList([
+        nn.Sequential(ConvBlock(ENC_CHANNELS[-1], d[0], 1, 1, 0)),                                        # 1×1
+        nn.Sequential(ConvTransposeBlock(up[0], d[1], 3, 1, 0), ConvBlock(d[1], d[1], 3, 1, 1, residual=True)),  # 3×3
+        stage(up[1], d[2], 2),   # 6×6
+        stage(up[2], d[3], 2),   # 12×12
+        stage(up[3], d[4], 2),   # 24×24
+        stage(up[4], d[5], 2),   # 48×48
+        stage(up[5], d[6], 2),   # 96×96
+    ])
+
+
+class AVSyncHead(nn.Module):
+    """Contrastive audio-visual sync head (TalkLip ``models/learn_sync.av_sync``).
+
+    The loss is InfoNCE with the visual feature as the positive and ``min(max_negatives, N // 2)``
+    other **audio** rows of the same batch as negatives (drawn without replacement, never the row
+    itself); cosine similarities / ``temperature``, cross-entropy with the positive at index 0,
+    averaged over rows (SupConLoss with temperature = base temperature = 0.07).
+
+    Args:
+        audio_dim: width of the audio features.
+        video_dim: width of the visual features (the reference uses ``audio_dim`` for both).
+    """
+
+    def __init__(self, audio_dim: int, video_dim: int | None = None, temperature: float = 0.07,
+                 max_negatives: int = 100) -> None:
+        super().__init__()
+        self.Linearaudio = nn.Linear(audio_dim, video_dim or audio_dim)
+        self.temperature = temperature
+        self.max_negatives = max_negatives
+
+    def num_negatives(self, n_rows: int) -> int:
+        return min(self.max_negatives, n_rows // 2)
+
+    def sample_negatives(self, n_rows: int, generator: torch.Generator | None = None) -> Tensor:
+        """Indices ``N×K`` of negatives per row: K distinct rows other than the row itself.
+
+        Same draw as the reference: ``torch.multinomial`` over the N-1 other rows, then indices
+        ``>= row`` shifted by one.
+        """
+        k = self.num_negatives(n_rows)
+        raw = torch.multinomial(torch.ones((n_rows, n_rows - 1), dtype=torch.float), k, generator=generator)
+        return shift_negative_indices(raw)
+
+    def logits(self, video: Tensor, audio: Tensor, neg_idxs: Tensor) -> Tensor:
+        """Similarity logits ``N×(1+K)``: column 0 = positive (the video row), then the negatives.
+
+        Args:
+            video: visual features ``N×Dv`` (e.g. the lip-reading expert's encoder output).
+            audio: audio features ``N×Da`` (the generator's audio-encoder output), same rows.
+            neg_idxs: ``N×K`` negative row indices (see :meth:`sample_negatives`).
+        """
+        video_n = F.normalize(video, dim=1)
+        audio_n = F.normalize(self.Linearaudio(F.normalize(audio, dim=1)), dim=1)
+        negatives = audio_n[neg_idxs.reshape(-1)].view(neg_idxs.shape[0], neg_idxs.shape[1], -1)   # N×K×D
+        positive = (audio_n * video_n).sum(-1, keepdim=True)                                       # N×1
+        negative = (audio_n.unsqueeze(1) * negatives).sum(-1)                                      # N×K
+        return torch.cat([positive, negative], dim=1) / self.temperature
+
+    def forward(self, video: Tensor, audio: Tensor, neg_idxs: Tensor | None = None,
+                generator: torch.Generator | None = None) -> Tensor:
+        """InfoNCE loss (scalar) between ``audio`` anchors and ``video`` positives, ``N×D`` each."""
+        if video.shape[0] != audio.shape[0]:
+            raise ValueError(f"video and audio rows differ: {video.shape[0]} vs {audio.shape[0]}")
+        if neg_idxs is None:
+            neg_idxs = self.sample_negatives(audio.shape[0], generator).to(audio.device)
+        logits = self.logits(video, audio, neg_idxs)
+        # the reference subtracts the row max before log-softmax; cross_entropy is the same math
+        return F.cross_entropy(logits, torch.zeros(logits.shape[0], dtype=torch.long, device=logits.device))
+
+
+def shift_negative_indices(raw: Tensor) -> Tensor:
+    """Map draws from ``range(N-1)`` to rows ``!= i``: values ``>= i`` in row i move up by one."""
+    rows = torch.arange(raw.shape[0], device=raw.device).view(-1, 1)
+    return raw + (raw >= rows).long()
+
+
+class TalkLipAudioEncoder(nn.Module):
+    """fairseq's ``HubertEncoderWrapper``: holds the AV-HuBERT model as ``w2v_model``, audio only."""
+
+    def __init__(self, w2v_model: nn.Module) -> None:
+        super().__init__()
+        self.w2v_model = w2v_model
+
+    def forward(self, audio: Tensor, padding_mask: Tensor | None = None) -> Tensor:
+        """Audio features ``B×104×T`` (+ padding mask ``B×T``, True = padded) → ``B×T×D``."""
+        return self.w2v_model.extract_features(audio, None, padding_mask)
+
+
+class TalkLipGenerator(nn.Module):
+    """The TalkLip generator (reference class ``models.talklip.TalkLip``).
+
+    Args:
+        audio_encoder: a :class:`TalkLipAudioEncoder` (any module mapping ``B×104×T`` audio features
+            and a padding mask to ``B×T×D`` works).
+        audio_dim: D, the audio-encoder width (768 for the released models).
+        res_layers: how many decoder blocks get a U-Net skip (7 = all, the released models).
+    """
+
+    def __init__(self, audio_encoder: nn.Module, audio_dim: int, res_layers: int = 7) -> None:
+        super().__init__()
+        self.res_layers = res_layers
+        self.face_encoder_blocks = _face_encoder()
+        self.audio_encoder = audio_encoder
+        self.audio_map = nn.Linear(audio_dim, ENC_CHANNELS[-1])
+        self.face_decoder_blocks = _face_decoder(res_layers)
+        self.output_block = nn.Sequential(ConvBlock(_decoder_in_channels(res_layers)[6], 32, 3, 1, 1),
+                                          nn.Conv2d(32, 3, kernel_size=1, stride=1, padding=0), nn.Sigmoid())
+        self.sync_net = AVSyncHead(audio_dim, audio_dim)
+        #: train the audio encoder too (the reference's ``gen.ft``); otherwise it runs under no_grad
+        self.ft = False
+        #: feed the U-Net channels-last tensors (set by :func:`fuse_for_inference`)
+        self.channels_last = False
+
+    def encode_audio(self, audio: Tensor, padding_mask: Tensor | None = None) -> Tensor:
+        """Audio features ``B×104×T`` (layer-normed stacked log-fbank) → embeddings ``B×T×D``.
+
+        Runs without autograd unless :attr:`ft` is set (stage 0 of training and inference).
+        """
+        if padding_mask is None:
+            padding_mask = torch.zeros(audio.shape[0], audio.shape[2], dtype=torch.bool, device=audio.device)
+        with contextlib.nullcontext() if self.ft else torch.no_grad():
+            return self.audio_encoder(audio, padding_mask)
+
+    def decode_faces(self, faces: Tensor, audio_rows: Tensor) -> Tensor:
+        """The U-Net: faces ``N×6×96×96`` in [0, 1] and audio rows ``N×D`` → faces ``N×3×96×96`` in [0, 1].
+
+        Channels 0-2 of ``faces``: the target frame's crop with its lower half (rows 48-95) zeroed;
+        channels 3-5: the reference (identity) crop. BGR.
+        """
+        feats = []
+        x = faces.contiguous(memory_format=torch.channels_last) if self.channels_last else faces
+        for block in self.face_encoder_blocks:
+            x = block(x)
+            feats.append(x)
+        x = self.audio_map(audio_rows).reshape(audio_rows.shape[0], ENC_CHANNELS[-1], 1, 1)
+        for i, block in enumerate(self.face_decoder_blocks):
+            x = block(x)
+            skip = feats.pop()
+            if i < self.res_layers:
+                x = torch.cat((x, skip), dim=1)      # decoder features first, then the encoder's
+        return self.output_block(x)
+
+    def forward(self, faces: Tensor, audio: Tensor, audio_index: Tensor,
+                padding_mask: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """Generate faces for the frames picked by ``audio_index``.
+
+        Args:
+            faces: ``N×6×96×96`` generator inputs (see :meth:`decode_faces`).
+            audio: ``B×104×T`` audio features of B whole utterances (zero-padded to T).
+            audio_index: ``N`` rows of the batch-major flattened embeddings (row = b·T + t).
+            padding_mask: ``B×T`` bool, True on padded steps.
+        Returns:
+            (faces ``N×3×96×96``, audio embeddings ``B×T×D``).
+        """
+        embedding = self.encode_audio(audio, padding_mask)
+        rows = embedding.reshape(-1, embedding.shape[2])[audio_index]
+        return self.decode_faces(faces, rows), embedding
+
+
+def _fold_bn(conv: nn.Module, bn: nn.BatchNorm2d) -> nn.Module:
+    """A copy of ``conv`` (Conv2d or ConvTranspose2d) with an eval-mode BatchNorm folded into it."""
+    scale = bn.weight.detach() / torch.sqrt(bn.running_var + bn.eps)
+    fused = copy.deepcopy(conv)
+    weight = fused.weight.detach()
+    if isinstance(conv, nn.ConvTranspose2d):      # weight in×out×k×k: scale the output channels (dim 1)
+        weight = weight * scale.view(1, -1, 1, 1)
+    else:
+        weight = weight * scale.view(-1, 1, 1, 1)
+    bias = conv.bias.detach() if conv.bias is not None else torch.zeros_like(bn.running_mean)
+    fused.weight = nn.Parameter(weight, requires_grad=False)
+    fused.bias = nn.Parameter((bias - bn.running_mean) * scale + bn.bias.detach(), requires_grad=False)
+    return fused
+
+
+def fuse_for_inference(generator: "TalkLipGenerator", channels_last: bool = True,
+                       inplace: bool = False) -> "TalkLipGenerator":
+    """An inference version of the generator: every BatchNorm folded into its convolution, channels-last memory.
+
+    Same function up to float rounding (max |Δ| ≈ 1e-6 on the parity fixture), fewer memory passes per
+    block. The result's state dict has no BatchNorm entries: use it for inference only. ``inplace`` changes
+    ``generator`` itself instead of a copy (no second copy of the weights in memory).
+    """
+    fused = (generator if inplace else copy.deepcopy(generator)).eval()
+    for module in list(fused.modules()):
+        if isinstance(module, (ConvBlock, ConvTransposeBlock)):
+            conv, bn = module.conv_block[0], module.conv_block[1]
+            module.conv_block = nn.Sequential(_fold_bn(conv, bn), nn.Identity())
+    for p in fused.parameters():
+        p.requires_grad_(False)
+    if channels_last:
+        for block in (fused.face_encoder_blocks, fused.face_decoder_blocks, fused.output_block):
+            block.to(memory_format=torch.channels_last)
+        fused.channels_last = True
+    return fused
+
+
+class TalkLipDiscriminator(nn.Module):
+    """Visual-quality discriminator (reference ``TalkLip_disc_qual``): P(real) of a face's lower half."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.face_encoder_blocks = nn.ModuleList([
+            nn.Sequential(LeakyConvBlock(3, 32, 7, 1, 3)),                                               # 48×96
+            nn.Sequential(LeakyConvBlock(32, 64, 5, (1, 2), 2), LeakyConvBlock(64, 64, 5, 1, 2)),          # 48×48
+            nn.Sequential(LeakyConvBlock(64, 128, 5, 2, 2), LeakyConvBlock(128, 128, 5, 1, 2)),            # 24×24
+            nn.Sequential(LeakyConvBlock(128, 256, 5, 2, 2), LeakyConvBlock(256, 256, 5, 1, 2)),           # 12×12
+            nn.Sequential(LeakyConvBlock(256, 512, 3, 2, 1), LeakyConvBlock(512, 512, 3, 1, 1)),           # 6×6
+            nn.Sequential(LeakyConvBlock(512, 512, 3, 2, 1), LeakyConvBlock(512, 512, 3, 1, 1)),           # 3×3
+            nn.Sequential(LeakyConvBlock(512, 512, 3, 1, 0), LeakyConvBlock(512, 512, 1, 1, 0)),           # 1×1
+        ])
+        self.binary_pred = nn.Sequential(nn.Conv2d(512, 1, kernel_size=1, stride=1, padding=0), nn.Sigmoid())
+
+    @staticmethod
+    def lower_half(faces: Tensor) -> Tensor:
+        """Rows H//2.. of ``N×3×H×W`` faces (what the discriminator looks at)."""
+        return faces[:, :, faces.shape[2] // 2:]
+
+    def block_outputs(self, faces: Tensor) -> list[Tensor]:
+        """Output of each of the 7 blocks for faces ``N×3×96×96`` (lower half taken here)."""
+        x = self.lower_half(faces)
+        outs = []
+        for block in self.face_encoder_blocks:
+            x = block(x)
+            outs.append(x)
+        return outs
+
+    def logits(self, faces: Tensor) -> Tensor:
+        """Pre-sigmoid scores ``N×1`` for faces ``N×3×96×96`` in [0, 1] (BGR)."""
+        x = self.block_outputs(faces)[-1]
+        return self.binary_pred[0](x).view(len(x), -1)
+
+    def forward(self, faces: Tensor) -> Tensor:
+        """P(real) ``N×1`` for faces ``N×3×96×96`` in [0, 1] (BGR)."""
+        return torch.sigmoid(self.logits(faces))
+
+
+# ----------------------------------------------------------------------------------------------------
+# Loading official checkpoints
+# ----------------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class GeneratorSpec:
+    """Sizes of a TalkLip generator read from its state dict.
+
+    Attributes:
+        audio_dim: audio-encoder width D (``audio_map`` input).
+        res_layers: decoder blocks with a U-Net skip.
+        encoder: keyword arguments for :class:`talkbench.nets.avhubert.AVHubertConfig`.
+    """
+
+    audio_dim: int
+    res_layers: int
+    encoder: Mapping[str, Any]
+
+
+class CheckpointError(ValueError):
+    """A file is not a TalkLip checkpoint of the expected kind; the message says why and what to do."""
+
+
+def unwrap_state_dict(obj: Any, path: str | Path = "<checkpoint>") -> dict[str, Tensor]:
+    """The state dict of a TalkLip file: ``obj["state_dict"]`` (train.py layout) or a bare state dict.
+
+    The ``optimizer``, ``global_step`` and ``global_epoch`` entries are ignored here.
+    """
+    if isinstance(obj, Mapping) and "state_dict" in obj and isinstance(obj["state_dict"], Mapping):
+        obj = obj["state_dict"]
+    if not isinstance(obj, Mapping) or not all(isinstance(v, Tensor) for v in obj.values()):
+        raise CheckpointError(f"{path}: not a TalkLip checkpoint (expected a dict with a 'state_dict' of tensors, "
+                              "as TalkLip's train.py saves it).")
+    # DataParallel-trained files prefix every key with "module."
+    return {k[7:] if k.startswith("module.") else k: v for k, v in obj.items()}
+
+
+def encoder_heads(width: int, override: int | None = None) -> int:
+    """Attention heads for an AV-HuBERT encoder of ``width``: override, Base/Large table, else 16-d heads."""
+    if override is not None:
+        return override
+    if width in KNOWN_HEADS:
+        return KNOWN_HEADS[width]
+    heads = max(1, width // 16)
+    logger.warning("audio encoder width %d is not AV-HuBERT Base/Large: assuming %d attention heads of 16 "
+                   "dimensions (pass attention_heads= to override)", width, heads)
+    return heads
+
+
+def infer_generator_spec(state_dict: Mapping[str, Tensor], attention_heads: int | None = None) -> GeneratorSpec:
+    """Read a TalkLip generator's sizes from its tensors (official files carry no config).
+
+    Raises:
+        CheckpointError: a key the inference needs is missing (not a TalkLip generator).
+    """
+    p = GENERATOR_PREFIX
+    need = [p + "feature_extractor_audio.proj.weight", p + "encoder.pos_conv.0.weight_v", "audio_map.weight",
+            "face_decoder_blocks.1.0.conv_block.0.weight"]
+    missing = [k for k in need if k not in state_dict]
+    if missing:
+        raise CheckpointError(f"not a TalkLip generator state dict: missing {', '.join(missing)}")
+    proj = state_dict[p + "feature_extractor_audio.proj.weight"]
+    width, audio_feat_dim = int(proj.shape[0]), int(proj.shape[1])
+    layer_ids = {int(m.group(1)) for k in state_dict if (m := re.match(re.escape(p) + r"encoder\.layers\.(\d+)\.", k))}
+    n_layers = max(layer_ids) + 1 if layer_ids else 0
+    ffn = int(state_dict[p + "encoder.layers.0.fc1.weight"].shape[0]) if n_layers else 4 * width
+    weight_v = state_dict[p + "encoder.pos_conv.0.weight_v"]
+    encoder: dict[str, Any] = dict(
+        encoder_layers=n_layers, encoder_embed_dim=width, encoder_ffn_embed_dim=ffn,
+        encoder_attention_heads=encoder_heads(width, attention_heads), conv_pos=int(weight_v.shape[2]),
+        conv_pos_groups=width // int(weight_v.shape[1]), audio_feat_dim=audio_feat_dim)
+    if p + "label_embs_concat" in state_dict:
+        encoder["label_embs_shape"] = tuple(int(s) for s in state_dict[p + "label_embs_concat"].shape)
+    encoder["video_frontend"] = any(k.startswith(p + "feature_extractor_video.resnet.") for k in state_dict)
+    # decoder block i+1 input width tells whether block i gets a skip connection
+    res_layers = 0
+    for i in range(len(DEC_CHANNELS)):
+        key = f"face_decoder_blocks.{i + 1}.0.conv_block.0.weight" if i < 6 else "output_block.0.conv_block.0.weight"
+        if key not in state_dict:
+            raise CheckpointError(f"not a TalkLip generator state dict: missing {key}")
+        cin = int(state_dict[key].shape[0] if i < 6 else state_dict[key].shape[1])  # ConvTranspose: in×out×k×k
+        if cin == ENC_CHANNELS[-i - 1] + DEC_CHANNELS[i]:
+            res_layers = i + 1
+        else:
+            break
+    return GeneratorSpec(audio_dim=int(state_dict["audio_map.weight"].shape[1]), res_layers=res_layers,
+                         encoder=encoder)
+
+
+def build_generator(spec: GeneratorSpec) -> TalkLipGenerator:
+    """An (untrained) generator of the given sizes, AV-HuBERT audio encoder included."""
+    from talkbench.nets import avhubert
+
+    w2v = avhubert.AVHubertModel(avhubert_config(spec.encoder))
+    return TalkLipGenerator(TalkLipAudioEncoder(w2v), spec.audio_dim, spec.res_layers)
+
+
+def avhubert_config(encoder: Mapping[str, Any]) -> Any:
+    """:class:`talkbench.nets.avhubert.AVHubertConfig` from :class:`GeneratorSpec` ``encoder`` sizes."""
+    from talkbench.nets import avhubert
+
+    return avhubert.AVHubertConfig.for_talklip(**encoder)
+
+
+def _strict_load(model: nn.Module, state_dict: Mapping[str, Tensor], path: str | Path, what: str,
+                 assign: bool = False) -> None:
+    expected = model.state_dict()
+    missing = [k for k in expected if k not in state_dict]
+    unexpected = [k for k in state_dict if k not in expected]
+    wrong = [f"{k} {tuple(state_dict[k].shape)} (model: {tuple(expected[k].shape)})"
+             for k in expected if k in state_dict and state_dict[k].shape != expected[k].shape]
+    if missing or unexpected or wrong:
+        def show(keys: list[str]) -> str:
+            return ", ".join(keys[:8]) + (f" ... ({len(keys)} in all)" if len(keys) > 8 else "")
+        parts = []
+        if missing:
+            parts.append(f"missing keys: {show(missing)}")
+        if unexpected:
+            parts.append(f"unexpected keys: {show(unexpected)}")
+        if wrong:
+            parts.append(f"shape mismatches: {show(wrong)}")
+        raise CheckpointError(f"{path}: not a {what} checkpoint ({'; '.join(parts)}). Pass a TalkLip {what} file "
+                              "(the generator: talklip-g / talklip-gc; the discriminator: talklip-disc).")
+    if assign:   # meta-device model: take the tensors as they are (float32, contiguous)
+        state_dict = {k: (v.float() if v.is_floating_point() and v.dtype != torch.float32 else v).contiguous()
+                      for k, v in state_dict.items()}
+    model.load_state_dict(state_dict, strict=True, assign=assign)
+
+
+def generator_from_state_dict(state_dict: Mapping[str, Tensor], attention_heads: int | None = None,
+                              path: str | Path = "<state dict>") -> TalkLipGenerator:
+    """Build a generator sized from ``state_dict`` and load it strictly."""
+    spec = infer_generator_spec(state_dict, attention_heads)
+    with torch.device("meta"):
+        model = build_generator(spec)
+    _strict_load(model, state_dict, path, "generator", assign=True)
+    return model
+
+
+def load_talklip_generator(path: str | Path, device: str | torch.device = "cpu",
+                           attention_heads: int | None = None) -> TalkLipGenerator:
+    """Load an official TalkLip generator file (``{"state_dict", "optimizer", "global_step", "global_epoch"}``).
+
+    Sizes come from the tensors; the file is read with the restricted unpickler. Returns the model in
+    ``eval()`` mode on ``device``.
+
+    Raises:
+        CheckpointError: the file is not a TalkLip generator (missing/unexpected keys are listed).
+    """
+    from talkbench.safe_unpickle import load_checkpoint
+
+    # memory-mapped and assigned: the weights are not held twice while loading
+    state_dict = unwrap_state_dict(load_checkpoint(path, map_location="cpu", mmap=True), path)
+    return generator_from_state_dict(state_dict, attention_heads, path).to(device).eval()
+
+
+def load_talklip_discriminator(path: str | Path, device: str | torch.device = "cpu") -> TalkLipDiscriminator:
+    """Load the official TalkLip discriminator file (same layout as the generator's); ``eval()`` mode."""
+    from talkbench.safe_unpickle import load_checkpoint
+
+    state_dict = unwrap_state_dict(load_checkpoint(path, map_location="cpu"), path)
+    model = TalkLipDiscriminator()
+    _strict_load(model, state_dict, path, "discriminator")
+    return model.to(device).eval()
+
+
+def save_talklip_checkpoint(path: str | Path, model: nn.Module, optimizer: torch.optim.Optimizer | None = None,
+                            global_step: int = 0, global_epoch: int = 0, extra: Mapping[str, Any] | None = None) -> None:
+    """Write ``{"state_dict", "optimizer", "global_step", "global_epoch"}`` as TalkLip's train.py does.
+
+    Written to a temporary name and renamed, so an interrupted save never leaves a truncated file.
+    ``extra`` entries (e.g. talkbench's training state) are added as further top-level keys.
+    """
+    path = Path(path)
+    payload: dict[str, Any] = {"state_dict": model.state_dict(),
+                               "optimizer": optimizer.state_dict() if optimizer is not None else None,
+                               "global_step": int(global_step), "global_epoch": int(global_epoch)}
+    if extra:
+        payload.update(extra)
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(payload, tmp)
+    tmp.replace(path)
