@@ -21,7 +21,7 @@ from talkbench.summary import SUMMARY_COLUMNS, clip_columns, clip_rows, summary_
 
 logger = logging.getLogger(__name__)
 
-PROTOCOLS: tuple[str, ...] = ("talklip2023", "avhubert-official")
+PROTOCOLS: tuple[str, ...] = ("talklip2023", "avhubert-official", "mini")
 
 
 class EvaluationError(RuntimeError):

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
 from talkbench import __version__
-from talkbench.observers import METRIC_SOURCES
+from talkbench.observers import observer_modules
 from talkbench.store import ClipRecord
 
 #: Columns of ``summary.csv`` and of the leaderboard, in this order.
@@ -34,22 +34,19 @@ HIGHER_IS_BETTER: dict[str, bool] = {
 }
 
 
-def aggregate(metrics: Sequence[str], records: Iterable[ClipRecord]) -> dict[str, float]:
+def aggregate(metrics: Sequence[str], records: Iterable[ClipRecord], protocol: str = "talklip2023") -> dict[str, float]:
     """Dataset-level metrics from stored clips; failed clips (``error`` set) count in no metric.
 
     Args:
         metrics: the metric columns asked for.
         records: the stored clips.
+        protocol: the run's protocol (it selects the observer modules).
     Returns:
         metric column -> value, for every column the involved observer modules produce.
     """
     ok_rows = [r.values for r in records if r.error is None]
-    modules: list[str] = []
-    for metric in metrics:
-        if METRIC_SOURCES[metric] not in modules:
-            modules.append(METRIC_SOURCES[metric])
     result: dict[str, float] = {}
-    for module_name in modules:
+    for module_name in observer_modules(metrics, protocol):
         module = importlib.import_module(module_name)
         if ok_rows:
             result.update(module.summarize(ok_rows))
@@ -59,7 +56,7 @@ def aggregate(metrics: Sequence[str], records: Iterable[ClipRecord]) -> dict[str
 def summary_row(meta: Mapping[str, Any], records: Sequence[ClipRecord]) -> dict[str, Any]:
     """The one-row summary of a run, in :data:`SUMMARY_COLUMNS` order (metrics not run are empty)."""
     metrics = list(meta["metrics"])
-    values = aggregate(metrics, records)
+    values = aggregate(metrics, records, meta.get("protocol", "talklip2023"))
     row: dict[str, Any] = {column: "" for column in SUMMARY_COLUMNS}
     row.update(
         model=meta.get("model", ""),

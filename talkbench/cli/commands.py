@@ -35,7 +35,13 @@ def evaluate_command(
     shard: Optional[str] = typer.Option(None, help="K/N: evaluate the K-th of N deterministic shards."),
     retry_failed: bool = typer.Option(False, help="Recompute clips stored with an error."),
     lse_mode: str = typer.Option("wav2lip", help="LSE frames: wav2lip (whole frame) or pipeline (face tracks)."),
-    lse_jpeg_compat: bool = typer.Option(False, help="Reproduce the reference's JPEG round trip of frames."),
+    lse_jpeg_compat: Optional[bool] = typer.Option(
+        None, "--lse-jpeg-compat/--no-lse-jpeg-compat",
+        help="Reproduce the reference's JPEG round trip of frames (default: on for talklip2023, off otherwise)."),
+    lse_min_track: int = typer.Option(100, help="Pipeline mode: shortest face track scored (frames)."),
+    lse_min_face_size: float = typer.Option(100.0, help="Pipeline mode: smallest mean face size (pixels)."),
+    lse_track_agg: str = typer.Option("first", help="Pipeline mode: per-clip value from tracks: first, best, mean."),
+    lse_detector: str = typer.Option("dlib", help="Pipeline mode face detector: dlib (offline) or s3fd (--weights s3fd=PATH)."),
     max_frames: int = typer.Option(600, help="Lip-reading clips longer than this become error rows."),
     as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON on stdout."),
 ) -> None:
@@ -48,7 +54,10 @@ def evaluate_command(
             metrics=tuple(m.strip() for m in metrics.split(",") if m.strip()), protocol=protocol, model=model,
             split=split, device=device, weights=parse_weights(weights), strict=strict,
             shard=parse_shard(shard) if shard else None, retry_failed=retry_failed,
-            options={"lse_mode": lse_mode, "lse_jpeg_compat": lse_jpeg_compat, "max_frames": max_frames},
+            options={"lse_mode": lse_mode,
+                     "lse_jpeg_compat": protocol == "talklip2023" if lse_jpeg_compat is None else lse_jpeg_compat,
+                     "lse_min_track": lse_min_track, "lse_min_face_size": lse_min_face_size,
+                     "lse_track_agg": lse_track_agg, "lse_detector": lse_detector, "max_frames": max_frames},
         )
         started = time.perf_counter()
         with progress_bar() as bar:

@@ -28,6 +28,29 @@ METRIC_SOURCES: dict[str, str] = {
 
 ALL_METRICS: tuple[str, ...] = tuple(METRIC_SOURCES)
 
+#: Protocols whose observers differ from the official ones, metric -> module. ``mini`` scores with the
+#: small observers talkbench trains itself on its synthetic corpus (weights shipped in the package).
+PROTOCOL_SOURCES: dict[str, dict[str, str]] = {
+    "mini": {
+        "wer1": "talkbench.mini.observer_lipreader",
+        "cer1": "talkbench.mini.observer_lipreader",
+        "lse_c": "talkbench.mini.observer_syncnet",
+        "lse_d": "talkbench.mini.observer_syncnet",
+        "av_offset": "talkbench.mini.observer_syncnet",
+    },
+}
+
+
+def metric_source(metric: str, protocol: str = "talklip2023") -> str:
+    """The module whose observer produces ``metric`` under ``protocol``.
+
+    Raises:
+        ValueError: the metric is unknown.
+    """
+    if metric not in METRIC_SOURCES:
+        raise ValueError(f"Unknown metric `{metric}`; choose from {', '.join(ALL_METRICS)}.")
+    return PROTOCOL_SOURCES.get(protocol, {}).get(metric, METRIC_SOURCES[metric])
+
 
 def build_observers(metrics: Iterable[str], ctx: ObserverContext) -> list[Observer]:
     """Build each observer needed for ``metrics`` once, in the order the metrics are first named.
@@ -35,15 +58,18 @@ def build_observers(metrics: Iterable[str], ctx: ObserverContext) -> list[Observ
     Raises:
         ValueError: a metric name is unknown.
     """
+    return [importlib.import_module(m).build(ctx) for m in observer_modules(metrics, ctx.protocol)]
+
+
+def observer_modules(metrics: Iterable[str], protocol: str = "talklip2023") -> list[str]:
+    """The observer modules needed for ``metrics``, each once, in the order the metrics are first named."""
     modules: list[str] = []
     for metric in metrics:
-        if metric not in METRIC_SOURCES:
-            raise ValueError(f"Unknown metric `{metric}`; choose from {', '.join(ALL_METRICS)}.")
-        module = METRIC_SOURCES[metric]
+        module = metric_source(metric, protocol)
         if module not in modules:
             modules.append(module)
-    return [importlib.import_module(m).build(ctx) for m in modules]
+    return modules
 
 
-__all__ = ["ALL_METRICS", "METRIC_SOURCES", "ClipData", "ClipSkipped", "Observer", "ObserverContext", "Row",
+__all__ = ["ALL_METRICS", "METRIC_SOURCES", "PROTOCOL_SOURCES", "metric_source", "observer_modules", "ClipData", "ClipSkipped", "Observer", "ObserverContext", "Row",
            "build_observers"]

@@ -1,0 +1,285 @@
+"""LSE-C / LSE-D / AV offset: SyncNet scoring as Wav2Lip's ``evaluation/scores_LSE`` runs it.
+
+Per clip (reference: ``SyncNetInstance_calc_scores.evaluate`` on top of joonson/syncnet_python):
+
+1. frames: uint8 BGR, each resized to 224×224 with ``cv2.resize`` (INTER_LINEAR, also when
+   downscaling), float 0..255, no normalisation;
+2. audio: int16-valued 16 kHz samples -> ``python_speech_features.mfcc`` defaults, 13×F at 100 Hz;
+3. ``min_length = min(T, floor(N / 640))``, ``n_windows = min_length - 5`` (the reference drops the
+   last complete window); window i = frames i..i+4 and MFCC columns 4i..4i+19;
+4. embeddings (1024-d, raw) of every window; audio embeddings zero-padded by ``vshift`` rows at both
+   ends; ``d[i, j] = ||v_i - a_{i+j-vshift} + 1e-6||`` for j = 0..2·vshift (the padding rows count);
+5. ``mean_dists[j]`` = mean over windows; LSE-D = min, AV offset = vshift - argmin,
+   LSE-C = lower median - min.
+
+The reference's ffmpeg JPEG round trip of the frames can be reproduced in memory with
+:func:`ffmpeg_jpeg_roundtrip` (see its docstring for what is and is not bit-exact).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from fractions import Fraction
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import cv2
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from talkbench.audio_features import syncnet_mfcc
+
+if TYPE_CHECKING:
+    from talkbench.nets.syncnet import SyncNet
+
+logger = logging.getLogger(__name__)
+
+VSHIFT = 15
+FRAME_SIZE = 224
+WINDOW_FRAMES = 5
+WINDOW_MFCC = 20
+MFCC_PER_FRAME = 4            # 100 Hz MFCC / 25 fps video
+SAMPLES_PER_FRAME = 640       # 16 kHz / 25 fps
+PAIRWISE_EPS = 1e-6           # torch.nn.functional.pairwise_distance default, added to the difference
+
+
+@dataclass
+class LSEResult:
+    """SyncNet scores of one clip (or one face track).
+
+    Attributes:
+        lse_c: confidence, lower median of ``mean_dists`` minus its minimum.
+        lse_d: minimum of ``mean_dists``.
+        av_offset: ``vshift - argmin`` (frames; > 0 means argmin < vshift).
+        n_windows: 5-frame windows scored.
+        mean_dists: float32 ``2·vshift+1`` mean distance per shift.
+    """
+
+    lse_c: float
+    lse_d: float
+    av_offset: int
+    n_windows: int
+    mean_dists: np.ndarray = field(repr=False)
+
+
+# ----------------------------------------------------------------------------------------- inputs
+
+def resize_frames(frames_bgr: np.ndarray, size: int = FRAME_SIZE) -> np.ndarray:
+    """Whole frames resized as the reference does: ``cv2.resize(img, (size, size))`` (INTER_LINEAR).
+
+    Args:
+        frames_bgr: uint8 ``T×H×W×3``.
+    Returns:
+        uint8 ``T×size×size×3`` (the input itself when already that size).
+    """
+    if frames_bgr.ndim != 4 or frames_bgr.shape[-1] != 3:
+        raise ValueError(f"Expected frames T×H×W×3 (BGR uint8), got shape {frames_bgr.shape}.")
+    if frames_bgr.shape[1:3] == (size, size):
+        return frames_bgr
+    out = np.empty((frames_bgr.shape[0], size, size, 3), dtype=np.uint8)
+    for t, frame in enumerate(frames_bgr):
+        out[t] = cv2.resize(frame, (size, size))
+    return out
+
+
+def count_windows(n_frames: int, n_samples: int) -> int:
+    """Scored windows: ``min(T, floor(N / 640)) - 5`` (may be <= 0: nothing to score)."""
+    return min(n_frames, n_samples // SAMPLES_PER_FRAME) - WINDOW_FRAMES
+
+
+def mfcc_windows(mfcc: np.ndarray, n_windows: int) -> torch.Tensor:
+    """MFCC windows of 20 columns every 4 columns.
+
+    Args:
+        mfcc: ``13×F`` (float64 from :func:`syncnet_mfcc`; cast to float32 as the reference does).
+    Returns:
+        float32 ``n_windows×1×13×20`` (window i = columns 4i..4i+19).
+    """
+    need = MFCC_PER_FRAME * (n_windows - 1) + WINDOW_MFCC
+    if mfcc.shape[1] < need:
+        raise ValueError(f"MFCC has {mfcc.shape[1]} columns, {need} needed for {n_windows} windows.")
+    m = torch.from_numpy(np.ascontiguousarray(mfcc, dtype=np.float32))
+    win = m.unfold(1, WINDOW_MFCC, MFCC_PER_FRAME)[:, :n_windows]     # (13, n, 20)
+    return win.permute(1, 0, 2).unsqueeze(1).contiguous()
+
+
+# ------------------------------------------------------------------------------------------ scoring
+
+def shifted_distances(video_emb: torch.Tensor, audio_emb: torch.Tensor, vshift: int = VSHIFT) -> torch.Tensor:
+    """Distances of every window to the audio ``vshift`` windows before/after it (reference ``calc_pdist``).
+
+    ``d[i, j] = ||video_emb[i] - audio_p[i + j] + 1e-6||_2`` with ``audio_p`` = audio embeddings
+    zero-padded by ``vshift`` rows at both ends, all in one tensor operation.
+
+    Args:
+        video_emb, audio_emb: ``n×D``.
+    Returns:
+        ``n×(2·vshift+1)`` in the embeddings' dtype.
+    """
+    n = video_emb.shape[0]
+    padded = F.pad(audio_emb, (0, 0, vshift, vshift))                     # (n + 2v, D)
+    windows = padded.unfold(0, 2 * vshift + 1, 1)[:n]                      # (n, D, 2v+1), a view
+    diff = video_emb.unsqueeze(2) - windows + PAIRWISE_EPS                 # (n, D, 2v+1)
+    return torch.linalg.vector_norm(diff, dim=1)
+
+
+def scores_from_distances(dists: torch.Tensor, vshift: int = VSHIFT) -> LSEResult:
+    """LSE-D, LSE-C and offset from the per-window distances ``n×(2·vshift+1)``."""
+    mean_dists = dists.mean(0)
+    minval, minidx = torch.min(mean_dists, 0)          # first index on ties, as the reference
+    conf = torch.median(mean_dists) - minval           # torch.median: lower median
+    return LSEResult(lse_c=float(conf), lse_d=float(minval), av_offset=int(vshift - int(minidx)),
+                     n_windows=int(dists.shape[0]), mean_dists=mean_dists.cpu().numpy())
+
+
+def embed_clip(model: "SyncNet", frames224: np.ndarray, audio_int16: np.ndarray, n_windows: int,
+               device: str | torch.device = "cpu", chunk: int = 16) -> tuple[torch.Tensor, torch.Tensor]:
+    """Lip and audio embeddings of windows 0..n_windows-1.
+
+    Args:
+        frames224: uint8 BGR ``T×224×224×3`` (T >= n_windows + 4).
+        audio_int16: mono 16 kHz samples (int16 values).
+        chunk: windows per lip-network step (memory bound; results do not depend on it).
+    Returns:
+        (video_emb, audio_emb), float32 ``n_windows×1024`` on ``device``.
+    """
+    mfcc = syncnet_mfcc(np.asarray(audio_int16))
+    with torch.inference_mode():
+        audio_emb = model.audio_embeddings(mfcc_windows(mfcc, n_windows).to(device))
+        video = torch.from_numpy(np.ascontiguousarray(frames224[: n_windows + WINDOW_FRAMES - 1])).to(device)
+        video_emb = model.lip_embeddings(video, n_windows, chunk=chunk)  # (T, 224, 224, 3) uint8 in
+    return video_emb, audio_emb
+
+
+def lse_scores(model: "SyncNet", frames_bgr: np.ndarray, audio_int16: np.ndarray,
+               device: str | torch.device = "cpu", vshift: int = VSHIFT, chunk: int = 16) -> LSEResult:
+    """LSE of one clip from its frames and audio (frames are resized to 224×224 here).
+
+    Args:
+        frames_bgr: uint8 BGR ``T×H×W×3`` at 25 fps.
+        audio_int16: mono 16 kHz samples ``N``.
+    Raises:
+        ValueError: the clip has no complete window (``min(T, N // 640) <= 5``); the reference crashes there.
+    """
+    n = count_windows(len(frames_bgr), len(audio_int16))
+    if n <= 0:
+        raise ValueError(f"Too short for SyncNet: {len(frames_bgr)} frames and {len(audio_int16)} audio "
+                         f"samples give min(T, N // 640) = {n + WINDOW_FRAMES}; more than 5 are needed "
+                         "(at least 6 frames = 0.24 s of video and audio).")
+    frames224 = resize_frames(np.asarray(frames_bgr[: n + WINDOW_FRAMES - 1]))
+    video_emb, audio_emb = embed_clip(model, frames224, audio_int16, n, device, chunk)
+    with torch.inference_mode():
+        return scores_from_distances(shifted_distances(video_emb, audio_emb, vshift), vshift)
+
+
+# -------------------------------------------------------------------- ffmpeg JPEG round trip (compat)
+
+def _limited_to_full_luma(y: np.ndarray) -> np.ndarray:
+    # swscale (FFmpeg 5.1) 8-bit path: 15-bit intermediate, lumRangeToJpeg_c, then (v + 64) >> 7
+    v = y.astype(np.int32) << 7
+    v = (np.minimum(v, 30189) * 19077 - 39057361) >> 14
+    return np.clip((v + 64) >> 7, 0, 255).astype(np.uint8)
+
+
+def _limited_to_full_chroma(c: np.ndarray) -> np.ndarray:
+    # chrRangeToJpeg_c of FFmpeg 5.1 (FFmpeg 8's swscale rounds differently: off by one on some values)
+    v = c.astype(np.int32) << 7
+    v = (np.minimum(v, 30775) * 4663 - 9289992) >> 12
+    return np.clip((v + 64) >> 7, 0, 255).astype(np.uint8)
+
+
+def limited_yuv420_to_jpeg_range(yuv420: np.ndarray, height: int) -> np.ndarray:
+    """yuv420p (limited range) -> yuvj420p (full range) as the ffmpeg 5.1 CLI's auto-inserted scaler does.
+
+    Args:
+        yuv420: uint8 planar I420 array ``(3·H/2)×W`` (PyAV's ``to_ndarray(format="yuv420p")`` layout).
+        height: H.
+    """
+    out = np.empty_like(yuv420)
+    out[:height] = _limited_to_full_luma(yuv420[:height])
+    out[height:] = _limited_to_full_chroma(yuv420[height:])
+    return out
+
+
+def encode_decode_jpeg(yuvj420: list[np.ndarray], width: int, height: int) -> np.ndarray:
+    """mjpeg-encode full-range I420 frames in one stream (ffmpeg's defaults) and decode them like ``cv2.imread``.
+
+    Encoder settings are the ffmpeg CLI's for ``-f image2 %06d.jpg`` without ``-q:v``: libavcodec's
+    mjpeg with its default one-pass rate control (200 kb/s at 25 fps, qmin 2, qmax 31), one thread.
+    Decoding: ``cv2.imdecode(..., IMREAD_COLOR)`` = ``cv2.imread`` (libjpeg-turbo).
+
+    Returns:
+        uint8 BGR ``T×H×W×3``.
+    """
+    import av
+
+    ctx = av.CodecContext.create("mjpeg", "w")
+    ctx.width, ctx.height = width, height
+    ctx.pix_fmt = "yuvj420p"
+    ctx.time_base = Fraction(1, 25)
+    ctx.framerate = Fraction(25, 1)
+    ctx.thread_count = 1  # the reference runs `-threads 1`; slice threads change the bitstream
+    packets: list[bytes] = []
+    for i, planes in enumerate(yuvj420):
+        frame = av.VideoFrame.from_ndarray(planes, format="yuvj420p")
+        frame.pts = i
+        frame.time_base = ctx.time_base
+        packets.extend(bytes(p) for p in ctx.encode(frame))
+    packets.extend(bytes(p) for p in ctx.encode(None))
+    out = np.empty((len(packets), height, width, 3), dtype=np.uint8)
+    for i, data in enumerate(packets):
+        out[i] = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+    return out
+
+
+def ffmpeg_jpeg_roundtrip(path: str | Path | None = None, frames_bgr: np.ndarray | None = None) -> np.ndarray:
+    """The frames the reference scores: ``ffmpeg -i CLIP -threads 1 -f image2 %06d.jpg`` read by ``cv2.imread``.
+
+    With ``path`` (the exact route): the video stream is decoded to its native yuv420p planes,
+    range-converted with FFmpeg 5.1's integer formulas, encoded by libavcodec's mjpeg encoder with the
+    CLI's defaults and decoded with OpenCV's libjpeg-turbo, all in memory. Measured on the parity fixture
+    (ffmpeg 5.1.9 reference, PyAV's FFmpeg 8 here): 154 of 155 frames bit-identical; on one frame the
+    rate control picks quantiser 21 where ffmpeg 5.1 picked 22.
+
+    With only ``frames_bgr`` (no file, or a file whose frames were resampled to 25 fps): the BGR
+    frames are converted to limited-range I420 with OpenCV first, an approximation of the decoder's output.
+
+    Returns:
+        uint8 BGR ``T×H×W×3``.
+    Raises:
+        ValueError: neither input given, or the video is not 8-bit 4:2:0 with even dimensions.
+    """
+    import av
+
+    yuv: list[np.ndarray] = []
+    if path is not None:
+        with av.open(str(path)) as container:
+            stream = container.streams.video[0]
+            for frame in container.decode(stream):
+                if frame.format.name != "yuv420p":
+                    raise ValueError(f"{path}: JPEG-compat mode reproduces yuv420p sources only, got "
+                                     f"{frame.format.name}; run without lse_jpeg_compat.")
+                yuv.append(frame.to_ndarray(format="yuv420p"))
+        if not yuv:
+            raise ValueError(f"{path}: no video frames decoded.")
+        height, width = yuv[0].shape[0] * 2 // 3, yuv[0].shape[1]
+    elif frames_bgr is not None:
+        height, width = frames_bgr.shape[1:3]
+        if height % 2 or width % 2:
+            raise ValueError(f"JPEG-compat mode needs even frame dimensions, got {width}×{height}.")
+        yuv = [_bgr_to_limited_i420(f) for f in frames_bgr]
+    else:
+        raise ValueError("ffmpeg_jpeg_roundtrip needs `path` or `frames_bgr`.")
+    return encode_decode_jpeg([limited_yuv420_to_jpeg_range(p, height) for p in yuv], width, height)
+
+
+def _bgr_to_limited_i420(frame_bgr: np.ndarray) -> np.ndarray:
+    # OpenCV's BGR2YUV_I420 uses BT.601 limited-range coefficients, as FFmpeg's default decoder output
+    return cv2.cvtColor(np.ascontiguousarray(frame_bgr), cv2.COLOR_BGR2YUV_I420)
+
+
+__all__ = ["FRAME_SIZE", "LSEResult", "VSHIFT", "count_windows", "embed_clip", "encode_decode_jpeg",
+           "ffmpeg_jpeg_roundtrip", "limited_yuv420_to_jpeg_range", "lse_scores", "mfcc_windows",
+           "resize_frames", "scores_from_distances", "shifted_distances"]

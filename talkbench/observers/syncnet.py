@@ -1,0 +1,248 @@
+"""SyncNet observer: LSE-C, LSE-D and AV offset per clip (card ``syncnet-v2``).
+
+Modes (option ``lse_mode``):
+
+* ``wav2lip`` (default; the TalkLip / Wav2Lip papers' protocol): whole frames resized to 224×224,
+  scored as Wav2Lip's ``evaluation/scores_LSE`` does (:mod:`talkbench.lse`).
+* ``pipeline`` (syncnet_python's ``run_pipeline.py`` + ``run_syncnet.py`` for in-the-wild videos):
+  faces detected on every frame, IoU-tracked, cropped (scale 0.4, chin shift, grey padding) to 224×224;
+  each track long enough is scored with its own audio span; the clip value aggregates the tracks.
+
+Options (``ObserverContext.options``):
+
+=====================  ===========  ==================================================================
+``lse_mode``           ``wav2lip``  ``wav2lip`` | ``pipeline``
+``lse_jpeg_compat``    False        reproduce the reference's ffmpeg JPEG round trip of the frames
+``lse_min_track``      100          pipeline: a track needs MORE than this many detections (reference)
+``lse_min_face_size``  100          pipeline: minimum mean face box width or height, pixels
+``lse_track_agg``      ``first``    pipeline: ``first`` | ``best`` (highest LSE-C) | ``mean``
+``lse_detector``       ``dlib``     pipeline: ``dlib`` (HOG, no download) | ``s3fd`` (card ``s3fd``)
+``lse_chunk``          16           windows per lip-network step (memory bound; no effect on values)
+=====================  ===========  ==================================================================
+
+Per-clip row: ``lse_c``, ``lse_d``, ``av_offset``, ``n_windows`` and, in pipeline mode, ``n_tracks``.
+Summary: plain mean over clips of ``lse_c``, ``lse_d`` and ``av_offset`` (the reference averages
+only LSE-C and LSE-D; the mean offset is reported as extra information).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+import torch
+
+from talkbench import faces, lse
+from talkbench.observers.base import ClipData, ClipSkipped, ObserverContext, Row
+
+logger = logging.getLogger(__name__)
+
+CARD = "syncnet-v2"
+S3FD_CARD = "s3fd"
+METRICS: tuple[str, ...] = ("lse_c", "lse_d", "av_offset")
+MODES: tuple[str, ...] = ("wav2lip", "pipeline")
+TRACK_AGGREGATIONS: tuple[str, ...] = ("first", "best", "mean")
+
+
+@dataclass(frozen=True)
+class LSEOptions:
+    """Parsed observer options (see the module docstring)."""
+
+    mode: str = "wav2lip"
+    jpeg_compat: bool = False
+    min_track: int = faces.TRACK_MIN_LENGTH
+    min_face_size: float = faces.TRACK_MIN_FACE_SIZE
+    track_agg: str = "first"
+    detector: str = "dlib"
+    chunk: int = 16
+
+    @classmethod
+    def from_mapping(cls, options: Mapping[str, Any]) -> "LSEOptions":
+        """Parse ``ctx.options`` (values may be strings from the command line)."""
+        mode = str(options.get("lse_mode", cls.mode))
+        if mode not in MODES:
+            raise ValueError(f"Option `lse_mode` must be one of {MODES}, but got {mode!r}.")
+        agg = str(options.get("lse_track_agg", cls.track_agg))
+        if agg not in TRACK_AGGREGATIONS:
+            raise ValueError(f"Option `lse_track_agg` must be one of {TRACK_AGGREGATIONS}, but got {agg!r}.")
+        detector = str(options.get("lse_detector", cls.detector))
+        if detector not in faces.DETECTORS:
+            raise ValueError(f"Option `lse_detector` must be one of {faces.DETECTORS}, but got {detector!r}.")
+        min_track = _as_int(options.get("lse_min_track", cls.min_track), "lse_min_track")
+        chunk = _as_int(options.get("lse_chunk", cls.chunk), "lse_chunk")
+        if min_track < 0 or chunk < 1:
+            raise ValueError(f"Options `lse_min_track` >= 0 and `lse_chunk` >= 1 are required, got {min_track}, {chunk}.")
+        return cls(mode=mode, jpeg_compat=_as_bool(options.get("lse_jpeg_compat", cls.jpeg_compat)),
+                   min_track=min_track, min_face_size=float(options.get("lse_min_face_size", cls.min_face_size)),
+                   track_agg=agg, detector=detector, chunk=chunk)
+
+
+def _as_bool(value: Any) -> bool:
+    if isinstance(value, str):
+        return value.strip().lower() not in ("", "0", "false", "no", "off")
+    return bool(value)
+
+
+def _as_int(value: Any, name: str) -> int:
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"Option `{name}` must be an integer, but got {value!r}.") from None
+
+
+def _device(name: str) -> torch.device:
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"Device {name!r} was asked for but CUDA is not available; use --device cpu.")
+    return device
+
+
+def summarize(rows: Sequence[Row]) -> dict[str, float]:
+    """Mean over clips (every clip weighs the same, as ``calculate_scores_LRS.py``)."""
+    out: dict[str, float] = {}
+    for key in METRICS:
+        values = [float(r[key]) for r in rows if r.get(key) is not None]
+        out[key] = float(np.mean(values)) if values else float("nan")
+    return out
+
+
+@dataclass
+class SyncNetObserver:
+    """The SyncNet scoring unit (see the module docstring)."""
+
+    model: Any
+    device: torch.device
+    options: LSEOptions = field(default_factory=LSEOptions)
+    weights_sha256: Mapping[str, str] = field(default_factory=dict)
+    s3fd_weights: Path | None = None
+    name: str = "syncnet"
+    metrics: tuple[str, ...] = METRICS
+    needs_reference: bool = False
+    needs_text: bool = False
+
+    # ------------------------------------------------------------------------------------- helpers
+    def _frames(self, clip: ClipData) -> np.ndarray:
+        """The frames the reference would score (optionally through its JPEG round trip)."""
+        frames = clip.generated.frames
+        if not self.options.jpeg_compat:
+            return frames
+        key = "lse.jpeg_frames"
+        if key not in clip.cache:
+            clip.cache[key] = jpeg_frames(clip)
+        return clip.cache[key]
+
+    def _score(self, frames: np.ndarray, audio: np.ndarray) -> lse.LSEResult:
+        return lse.lse_scores(self.model, frames, audio, self.device, chunk=self.options.chunk)
+
+    # ------------------------------------------------------------------------------------- contract
+    def measure(self, clip: ClipData) -> Row:
+        """Score one clip; raises ClipSkipped when it has no audio, is too short or has no face track."""
+        audio = clip.generated.audio_int16
+        if audio is None:
+            raise ClipSkipped(f"{clip.clip_id}: no audio stream; LSE needs the clip's audio.")
+        if self.options.mode == "wav2lip":
+            try:
+                result = self._score(self._frames(clip), audio)
+            except ValueError as err:
+                raise ClipSkipped(f"{clip.clip_id}: {err}") from None
+            return {"lse_c": result.lse_c, "lse_d": result.lse_d, "av_offset": result.av_offset,
+                    "n_windows": result.n_windows}
+        return self._measure_pipeline(clip, audio)
+
+    def _measure_pipeline(self, clip: ClipData, audio: np.ndarray) -> Row:
+        opts = self.options
+        frames = clip.generated.frames
+        n_frames = len(frames)
+        # the reference only tracks shots of at least min_track frames (no scene detection here: one shot)
+        if n_frames <= opts.min_track:
+            raise ClipSkipped(f"{clip.clip_id}: {n_frames} frames; pipeline mode needs a face track of more than "
+                              f"{opts.min_track} detected frames (option lse_min_track, reference 100 = 4 s).")
+        key = f"faces.dets.{opts.detector}"
+        if key not in clip.cache:
+            kwargs = {"upsample": 0} if opts.detector == "dlib" else {"device": str(self.device)}
+            clip.cache[key] = faces.detect_faces_per_frame(frames, opts.detector, self.s3fd_weights, **kwargs)
+        tracks = faces.track_faces(clip.cache[key], min_track=opts.min_track, min_face_size=opts.min_face_size)
+        if not tracks:
+            n_det = sum(1 for d in clip.cache[key] if len(d))
+            raise ClipSkipped(f"{clip.clip_id}: no face track with more than {opts.min_track} detections and mean "
+                              f"size > {opts.min_face_size:g} px ({n_det}/{n_frames} frames with a face, detector "
+                              f"{opts.detector}); lower lse_min_track / lse_min_face_size or use lse_mode=wav2lip.")
+        results = []
+        for track in tracks:
+            crops = faces.crop_track(frames, track)
+            if opts.jpeg_compat:
+                crops = lse.ffmpeg_jpeg_roundtrip(frames_bgr=crops)
+            start, stop = int(track.frames[0]), int(track.frames[-1]) + 1
+            track_audio = audio[start * lse.SAMPLES_PER_FRAME: stop * lse.SAMPLES_PER_FRAME]
+            try:
+                results.append(self._score(crops, track_audio))
+            except ValueError as err:
+                logger.warning("%s: track %d-%d not scored: %s", clip.clip_id, start, stop - 1, err)
+        if not results:
+            raise ClipSkipped(f"{clip.clip_id}: no face track could be scored (too little audio under the tracks).")
+        row: Row = aggregate_tracks(results, opts.track_agg)
+        row["n_tracks"] = len(results)
+        return row
+
+    def summarize(self, rows: Sequence[Row]) -> dict[str, float]:
+        return summarize(rows)
+
+
+def aggregate_tracks(results: Sequence[lse.LSEResult], how: str) -> Row:
+    """One clip value from per-track results: ``first``, ``best`` (highest LSE-C) or ``mean``."""
+    if how == "first":
+        r = results[0]
+    elif how == "best":
+        r = max(results, key=lambda x: x.lse_c)
+    elif how == "mean":
+        return {"lse_c": float(np.mean([x.lse_c for x in results])),
+                "lse_d": float(np.mean([x.lse_d for x in results])),
+                "av_offset": float(np.mean([x.av_offset for x in results])),
+                "n_windows": int(sum(x.n_windows for x in results))}
+    else:
+        raise ValueError(f"Track aggregation must be one of {TRACK_AGGREGATIONS}, but got {how!r}.")
+    return {"lse_c": r.lse_c, "lse_d": r.lse_d, "av_offset": r.av_offset, "n_windows": r.n_windows}
+
+
+def jpeg_frames(clip: ClipData) -> np.ndarray:
+    """The clip's frames after the reference's ffmpeg JPEG round trip.
+
+    Exact route when the clip's file decodes to the same number of frames (re-decoded as yuv420p);
+    otherwise (fps conversion, missing file, not 4:2:0) an approximation from the BGR frames.
+    """
+    gen = clip.generated
+    path = getattr(gen, "path", None)
+    if path is not None and Path(path).is_file():
+        try:
+            frames = lse.ffmpeg_jpeg_roundtrip(path=path)
+            if len(frames) == gen.num_frames:
+                return frames
+            logger.warning("%s: %d frames in the file vs %d after 25 fps conversion; JPEG round trip "
+                           "approximated from the converted frames.", clip.clip_id, len(frames), gen.num_frames)
+        except ValueError as err:
+            logger.warning("%s: %s; JPEG round trip approximated from BGR frames.", clip.clip_id, err)
+    return lse.ffmpeg_jpeg_roundtrip(frames_bgr=gen.frames)
+
+
+def build(ctx: ObserverContext) -> SyncNetObserver:
+    """Load ``syncnet-v2`` (and ``s3fd`` when pipeline mode uses it) on ``ctx.device``."""
+    from talkbench import weights
+    from talkbench.nets.syncnet import load_syncnet
+
+    options = LSEOptions.from_mapping(ctx.options)
+    device = _device(ctx.device)
+    path = weights.resolve(CARD, ctx.weights)
+    model = load_syncnet(path, device)
+    sha = {CARD: weights.sha256_prefix(path)}
+    s3fd_path = None
+    if options.mode == "pipeline" and options.detector == "s3fd":
+        s3fd_path = weights.resolve(S3FD_CARD, ctx.weights)
+        sha[S3FD_CARD] = weights.sha256_prefix(s3fd_path)
+    return SyncNetObserver(model=model, device=device, options=options, weights_sha256=sha, s3fd_weights=s3fd_path)
+
+
+__all__ = ["CARD", "LSEOptions", "METRICS", "S3FD_CARD", "SyncNetObserver", "aggregate_tracks", "build",
+           "jpeg_frames", "summarize"]
