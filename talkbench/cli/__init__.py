@@ -81,3 +81,6 @@ from talkbench.cli import generate as _generate, train as _train  # noqa: E402
 
 _generate.register(app)
 _train.register(app)
+from talkbench.cli import avhubert as _avhubert  # noqa: E402
+
+_avhubert.register(app)

@@ -42,7 +42,8 @@ def evaluate_command(
     lse_min_face_size: float = typer.Option(100.0, help="Pipeline mode: smallest mean face size (pixels)."),
     lse_track_agg: str = typer.Option("first", help="Pipeline mode: per-clip value from tracks: first, best, mean."),
     lse_detector: str = typer.Option("dlib", help="Pipeline mode face detector: dlib (offline) or s3fd (--weights s3fd=PATH)."),
-    max_frames: int = typer.Option(600, help="Lip-reading clips longer than this become error rows."),
+    max_frames: Optional[int] = typer.Option(
+        None, help="Lip-reading clips longer than this become error rows (default: the checkpoint's limit, 500 for AV-HuBERT)."),
     as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON on stdout."),
 ) -> None:
     """Score a folder of generated clips; per-clip rows are stored as they finish (re-run to resume)."""
@@ -57,7 +58,8 @@ def evaluate_command(
             options={"lse_mode": lse_mode,
                      "lse_jpeg_compat": protocol == "talklip2023" if lse_jpeg_compat is None else lse_jpeg_compat,
                      "lse_min_track": lse_min_track, "lse_min_face_size": lse_min_face_size,
-                     "lse_track_agg": lse_track_agg, "lse_detector": lse_detector, "max_frames": max_frames},
+                     "lse_track_agg": lse_track_agg, "lse_detector": lse_detector,
+                     **({"max_frames": max_frames} if max_frames is not None else {})},
         )
         started = time.perf_counter()
         with progress_bar() as bar:

@@ -1,0 +1,253 @@
+"""WER1 observer: the fine-tuned AV-HuBERT lip reader (card ``avhubert-large-lrs2``) decoding the generated video.
+
+Per clip (as av_hubert's ``infer_s2s.py`` with ``conf/s2s_decode.yaml``, video only):
+
+1. mouth crops of the protocol (:mod:`talkbench.mouth_roi`): ``talklip2023`` = gray centre 88×88 of the
+   full frame (the paper's Table 1); ``avhubert-official`` = dlib-landmark-aligned 96×96 mouth patches,
+   gray, centre 88;
+2. ``(x/255 − 0.421)/0.165``, ``[1, 1, T, 88, 88]``;
+3. beam search (:func:`talkbench.decoding.beam_search`: beam 50, lenpen 1, max length = frames);
+4. the best hypothesis detokenised; the reference = the transcript lowercased and round-tripped through the
+   tokenizer (sentencepiece pieces → dictionary ids → text), exactly what infer_s2s compares against;
+5. word edits (editdistance over whitespace-split words) and character edits.
+
+Aggregation (:func:`summarize`): ``wer1`` = 100 · Σ word edits / Σ reference words over the clips (corpus
+WER in percent, as infer_s2s prints it); ``cer1`` likewise over characters. The per-clip ``wer1``/``cer1``
+columns are the per-utterance values in percent.
+
+Clips longer than ``max_frames`` (option; default the checkpoint's ``max_sample_size``, 500 frames for the
+released models) become error rows: the reference's data loader drops them silently from the corpus.
+Deviation to know: infer_s2s batches clips (max_tokens 1000) and sets the maximum output length from the
+padded batch length; here each clip is decoded alone (max length = its own frame count). Real models end
+their hypotheses long before either limit, so this only matters for degenerate outputs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+import torch
+
+from talkbench.observers.base import ClipData, ClipSkipped, ObserverContext, Row
+
+logger = logging.getLogger(__name__)
+
+CARD = "avhubert-large-lrs2"
+METRICS: tuple[str, ...] = ("wer1", "cer1")
+#: clip.cache key of the per-frame dlib landmarks (shared with other observers of the official protocol)
+LANDMARKS_CACHE_KEY = "dlib_landmarks"
+DEFAULT_MAX_FRAMES = 500   # max_sample_size of av_hubert's fine-tuning configs
+
+
+def word_and_char_edits(ref: str, hyp: str) -> tuple[int, int, int, int]:
+    """``(word edits, reference words, char edits, reference chars)`` of a hypothesis against a reference.
+
+    Words: editdistance over ``str.split()`` lists (infer_s2s). Characters: editdistance over the strings
+    with runs of whitespace collapsed to one space (spaces count). Uses :mod:`talkbench.metrics.text`.
+    """
+    from talkbench.metrics.text import char_edits, word_edits
+
+    edits, n_words = word_edits(ref, hyp)
+    chars, n_chars = char_edits(" ".join(ref.split()), " ".join(hyp.split()))
+    return int(edits), int(n_words), int(chars), int(n_chars)
+
+
+def summarize(rows: Sequence[Row]) -> dict[str, float]:
+    """Corpus WER1/CER1 in percent over stored per-clip rows (NaN without rows or reference words)."""
+    rows = [r for r in rows if r.get("edits1") is not None]
+    words = sum(int(r["ref_words1"]) for r in rows)
+    chars = sum(int(r["ref_chars1"]) for r in rows)
+    return {
+        "wer1": 100.0 * sum(int(r["edits1"]) for r in rows) / words if words else math.nan,
+        "cer1": 100.0 * sum(int(r["char_edits1"]) for r in rows) / chars if chars else math.nan,
+    }
+
+
+def resolve_device(device: str) -> torch.device:
+    """``torch.device`` for ``--device``; ValueError when CUDA is asked for but absent."""
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"--device {device}: no CUDA device is available here; use --device cpu.")
+    return dev
+
+
+@dataclass
+class AVHubertObserver:
+    """WER1 observer; see the module docstring for the protocol.
+
+    Attributes:
+        model: the seq2seq lip reader (eval mode, on ``device``).
+        tokenizer: its :class:`talkbench.tokenizer.Tokenizer`.
+        protocol: ``talklip2023`` or ``avhubert-official``.
+        max_frames: longer clips are error rows.
+        beam: beam width (50 in the reference).
+    """
+
+    model: Any
+    tokenizer: Any
+    device: torch.device
+    protocol: str = "talklip2023"
+    max_frames: int = DEFAULT_MAX_FRAMES
+    beam: int = 50
+    weights_sha256: Mapping[str, str] = field(default_factory=dict)
+    name: str = "avhubert"
+    metrics: tuple[str, ...] = METRICS
+    needs_reference: bool = False
+    needs_text: bool = True
+
+    def crops(self, clip: ClipData) -> np.ndarray:
+        """Gray 88×88 uint8 crops ``T×88×88`` of the generated clip under this protocol (cached per clip)."""
+        from talkbench import mouth_roi
+
+        key = f"avhubert_crops.{self.protocol}"
+        crops = clip.cache.get(key)
+        if crops is not None:
+            return crops
+        frames = clip.generated.frames
+        landmarks = None
+        if self.protocol == "avhubert-official":
+            landmarks = clip.cache.get(LANDMARKS_CACHE_KEY)
+            if landmarks is None:
+                from talkbench.faces import dlib_landmarks
+
+                landmarks = clip.cache[LANDMARKS_CACHE_KEY] = dlib_landmarks(frames)
+        try:
+            crops = mouth_roi.mouth_crops(frames, self.protocol, landmarks)
+        except mouth_roi.MouthRoiError as err:
+            raise ClipSkipped(f"WER1: no mouth crop ({err})") from None
+        clip.cache[key] = crops
+        return crops
+
+    def transcribe(self, crops: np.ndarray) -> tuple[str, float, list[int]]:
+        """Best beam hypothesis of gray crops ``T×88×88``: ``(text, normalised score, tokens)``."""
+        from talkbench.decoding import S2S_DECODE, beam_search
+        from talkbench.nets.avhubert import IMAGE_MEAN, IMAGE_STD, video_input
+
+        spec = getattr(self.model, "task_spec", {}) or {}
+        video = video_input(crops, spec.get("image_mean", IMAGE_MEAN), spec.get("image_std", IMAGE_STD)).to(self.device)
+        settings = dataclasses.replace(S2S_DECODE, beam=self.beam)
+        hyps = beam_search(self.model, video, None, **dataclasses.asdict(settings))[0]
+        best = hyps[0]
+        return self.tokenizer.decode(best.tokens), best.score, best.tokens
+
+    def measure(self, clip: ClipData) -> Row:
+        """Per-clip row: ``wer1``, ``hyp1``, ``ref1``, ``score1``, ``edits1``, ``ref_words1``, ``cer1``,
+        ``char_edits1``, ``ref_chars1``.
+
+        Raises:
+            ClipSkipped: no transcript, no frames, more than ``max_frames`` frames, or no mouth crop.
+        """
+        if not clip.text or not clip.text.strip():
+            raise ClipSkipped("no transcript for WER1")
+        frames = clip.generated.frames
+        num = int(frames.shape[0])
+        if num == 0:
+            raise ClipSkipped("WER1: the generated clip has no frames")
+        if num > self.max_frames:
+            raise ClipSkipped(f"WER1: {num} frames, more than max_frames={self.max_frames} (av_hubert's loader "
+                              "drops such clips); raise the option max_frames to score it")
+        hyp, score, _ = self.transcribe(self.crops(clip))
+        ref = self.tokenizer.normalize_reference(clip.text)
+        edits, n_words, char_edits, n_chars = word_and_char_edits(ref, hyp)
+        return {
+            "wer1": 100.0 * edits / n_words if n_words else math.nan,
+            "hyp1": hyp,
+            "ref1": ref,
+            "score1": float(score),
+            "edits1": edits,
+            "ref_words1": n_words,
+            "cer1": 100.0 * char_edits / n_chars if n_chars else math.nan,
+            "char_edits1": char_edits,
+            "ref_chars1": n_chars,
+        }
+
+    def summarize(self, rows: Sequence[Row]) -> dict[str, float]:
+        return summarize(rows)
+
+
+def _tokenizer_files(options: Mapping[str, Any]) -> tuple[Path, Path] | None:
+    spm, dict_txt = options.get("avhubert_spm_model"), options.get("avhubert_dict")
+    if spm is None and dict_txt is None:
+        return None
+    if spm is None or dict_txt is None:
+        raise ValueError("give both options avhubert_spm_model (sentencepiece .model) and avhubert_dict (dict.txt), "
+                         "or neither (the checkpoint's task_state is used).")
+    return Path(spm), Path(dict_txt)
+
+
+def build(ctx: ObserverContext) -> AVHubertObserver:
+    """Load the ``avhubert-large-lrs2`` checkpoint (``--weights avhubert-large-lrs2=PATH`` or the cache).
+
+    Options: ``max_frames`` (int; default the checkpoint's max_sample_size, else 500), ``avhubert_beam``
+    (int, default 50), ``avhubert_spm_model`` + ``avhubert_dict`` (tokenizer files for a checkpoint without
+    task_state).
+
+    Raises:
+        ValueError: unknown protocol, bad options, or CUDA asked for but absent.
+    """
+    from talkbench import weights
+    from talkbench.mouth_roi import PROTOCOLS
+    from talkbench.nets.avhubert import load_avhubert_seq2seq
+
+    if ctx.protocol not in PROTOCOLS:
+        raise ValueError(f"Unknown protocol `{ctx.protocol}` for WER1; choose from {', '.join(PROTOCOLS)}.")
+    device = resolve_device(ctx.device)
+    path = weights.resolve(CARD, ctx.weights)
+    model, tokenizer = load_avhubert_seq2seq(path, device, tokenizer_files=_tokenizer_files(ctx.options))
+    max_frames = ctx.options.get("max_frames")
+    if max_frames is None:
+        max_frames = model.task_spec.get("max_sample_size") or DEFAULT_MAX_FRAMES
+    beam = int(ctx.options.get("avhubert_beam", 50) or 50)
+    if int(max_frames) <= 0 or beam <= 0:
+        raise ValueError(f"options max_frames ({max_frames}) and avhubert_beam ({beam}) must be positive.")
+    return AVHubertObserver(model=model, tokenizer=tokenizer, device=device, protocol=ctx.protocol,
+                            max_frames=int(max_frames), beam=beam,
+                            weights_sha256={CARD: weights.sha256_prefix(path)})
+
+
+@dataclass(frozen=True)
+class LipReading:
+    """What the lip reader read from one video.
+
+    Attributes:
+        text: the best hypothesis, detokenised.
+        score: its length-normalised log-probability (natural log).
+        tokens: its token ids (ending with ``</s>``).
+        frames: video frames read (25 fps).
+    """
+
+    text: str
+    score: float
+    tokens: list[int]
+    frames: int
+
+
+def lipread(video: str | Path, weights: Mapping[str, Path] | None = None, protocol: str = "talklip2023",
+            device: str = "cpu", beam: int = 50, options: Mapping[str, Any] | None = None) -> LipReading:
+    """Lip-read one video file with the WER1 observer (card ``avhubert-large-lrs2``).
+
+    Args:
+        video: any video file (decoded to 25 fps BGR).
+        weights: card name -> local checkpoint (``{"avhubert-large-lrs2": PATH}``); else the cache/download.
+        protocol: ``talklip2023`` (centre crop of the full frame) or ``avhubert-official`` (aligned mouth ROI).
+        device: ``cpu`` or ``cuda``.
+        beam: beam width (50 as the reference).
+        options: extra observer options (``avhubert_spm_model``, ``avhubert_dict``).
+    Raises:
+        ValueError / MediaError: bad arguments or unreadable video; ClipSkipped: no mouth crop.
+    """
+    from talkbench.media import decode_clip
+
+    ctx = ObserverContext(device=device, protocol=protocol, weights=dict(weights or {}),
+                          options={**dict(options or {}), "avhubert_beam": beam, "max_frames": 10 ** 9})
+    observer = build(ctx)
+    clip = decode_clip(video, need_audio=False)
+    crops = observer.crops(ClipData(str(video), clip))
+    text, score, tokens = observer.transcribe(crops)
+    return LipReading(text=text, score=float(score), tokens=list(tokens), frames=int(crops.shape[0]))
