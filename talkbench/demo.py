@@ -8,9 +8,10 @@ It builds a small LRS2-layout suite from the sample clips shipped in ``talkbench
 - ``still-frame``: the first frame repeated with the original audio (no lip motion at all);
 - ``audio-shift-5``: the reference video with its audio delayed by 5 frames (out of sync).
 
-Each is scored with the metrics that run without downloaded weights (PSNR, talklip-compat PSNR and
-SSIM, plus every observer whose checkpoint is passed with ``--weights``), and the summary rows are
-merged into ``results/demo/leaderboard.csv`` (+ ``.md`` and one PNG per metric).
+With the mini observers that ship in the package (small lip reader B and SyncNet trained by talkbench on
+its synthetic corpus: ``protocol = mini``), the suite is a synthetic test split and every clip is scored
+for WER, LSE-C/LSE-D and PSNR/SSIM; without them, the shipped sample clips are scored for image quality.
+The summary rows are merged into ``results/demo/leaderboard.csv`` (+ ``.md`` and one PNG per metric).
 """
 
 from __future__ import annotations
@@ -31,6 +32,9 @@ from talkbench.leaderboard import build_leaderboard
 logger = logging.getLogger(__name__)
 
 DEMO_METRICS: tuple[str, ...] = ("psnr", "psnr_talklip_compat", "ssim")
+MINI_METRICS: tuple[str, ...] = ("wer1", "cer1", "lse_c", "lse_d", "av_offset", "psnr", "psnr_talklip_compat", "ssim")
+MINI_CARDS: tuple[str, ...] = ("mini-lipreader-b", "mini-syncnet")
+N_SYNTHETIC_CLIPS = 12
 SHIFT_FRAMES = 5
 
 
@@ -95,6 +99,9 @@ def make_generated(reference: Path, work: Path, baseline: Baseline) -> Path:
     out_root = work / "generated" / baseline.name
     for clip_path in sorted(reference.rglob("*.mp4")):
         target = out_root / clip_path.relative_to(reference)
+        if clip_path.with_suffix(".npy").exists():  # keep the face boxes beside the clip
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(clip_path.with_suffix(".npy"), target.with_suffix(".npy"))
         if target.exists():
             continue
         target.parent.mkdir(parents=True, exist_ok=True)
@@ -106,16 +113,48 @@ def make_generated(reference: Path, work: Path, baseline: Baseline) -> Path:
     return out_root
 
 
-def run_demo(out: Path, work: Path, metrics: Sequence[str] = DEMO_METRICS,
+def mini_observers_available() -> bool:
+    """True when the mini observers' weights ship with this install (cards ``mini-*``)."""
+    from talkbench import weights as weights_module
+
+    try:
+        for card in MINI_CARDS:
+            weights_module.resolve(card, download=False)
+    except (weights_module.WeightsError, KeyError, ValueError, OSError) as err:
+        logger.info("mini observers unavailable (%s); the demo scores image quality only", err)
+        return False
+    return True
+
+
+def build_synthetic_suite(work: Path, n_clips: int = N_SYNTHETIC_CLIPS) -> Path:
+    """The synthetic test split (seed 0, as the mini observers' reported scores) in LRS2 layout."""
+    from talkbench.mini.corpus import synthesize_corpus
+
+    corpus = work / "corpus"
+    reference = corpus / "test"
+    if len(list(reference.rglob("*.mp4"))) < n_clips:
+        synthesize_corpus(corpus, n_train=0, n_test=n_clips, seed=0, workers=2)
+    return reference
+
+
+def run_demo(out: Path, work: Path, metrics: Sequence[str] | None = None,
              weights: Mapping[str, Path] | None = None, device: str = "cpu") -> list[RunResult]:
-    """Build the suite and baselines, evaluate each, write the leaderboard; returns the run results."""
-    reference = build_suite(work)
+    """Build the suite and baselines, evaluate each, write the leaderboard; returns the run results.
+
+    With the mini observers shipped (the default install), the suite is a synthetic test split and the
+    whole protocol runs under ``--protocol mini``; otherwise the shipped sample clips are scored for
+    image quality only.
+    """
+    if mini_observers_available():
+        reference, protocol, metrics = build_synthetic_suite(work), "mini", tuple(metrics or MINI_METRICS)
+    else:
+        reference, protocol, metrics = build_suite(work), "talklip2023", tuple(metrics or DEMO_METRICS)
     results: list[RunResult] = []
     for baseline in BASELINES:
-        generated = make_generated(reference, work, baseline)
+        generated = make_generated(reference, work / protocol, baseline)
         config = EvaluateConfig(generated=generated, reference=reference, out=out / "runs" / baseline.name,
-                                metrics=tuple(metrics), suite="lrs2", model=baseline.name, split="demo",
-                                device=device, weights=dict(weights or {}))
+                                metrics=metrics, suite="lrs2", model=baseline.name, split="demo",
+                                protocol=protocol, device=device, weights=dict(weights or {}))
         results.append(evaluate(config))
         logger.info("%s: %s", baseline.name, {m: results[-1].summary.get(m) for m in metrics})
     build_leaderboard([r.run_dir for r in results], out / "leaderboard.csv")

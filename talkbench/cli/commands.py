@@ -123,9 +123,9 @@ def demo_command(
     device: str = typer.Option("cpu", help="cpu, cuda or cuda:N."),
 ) -> None:
     """Run the whole protocol on the embedded sample suite and print its leaderboard."""
-    from talkbench.demo import DEMO_METRICS, run_demo
+    from talkbench.demo import run_demo
 
     started = time.perf_counter()
-    run_demo(out, work, metrics=DEMO_METRICS, weights=parse_weights(weights), device=device)
+    run_demo(out, work, weights=parse_weights(weights), device=device)
     typer.echo((out / "leaderboard.md").read_text())
     stderr.print(f"demo finished in {time.perf_counter() - started:.1f} s; leaderboard in {out / 'leaderboard.csv'}")
