@@ -36,6 +36,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 
+from talkbench.nets.checkpoint_keys import CheckpointError, key_mismatch
+
 if TYPE_CHECKING:
     from talkbench.tokenizer import Tokenizer
 
@@ -1076,10 +1078,6 @@ def encode_audio(model: AVHubertModel, samples_int16: np.ndarray, num_frames: in
 # Loading official fairseq checkpoint files
 # ----------------------------------------------------------------------------------------------------
 
-class CheckpointError(ValueError):
-    """A file is not an AV-HuBERT checkpoint of the expected kind; the message names the file and the fix."""
-
-
 #: Entries of official files that hold no weights and are dropped before the strict load:
 #: - ``decoder.embed_positions._float_tensor``: a dtype/device marker buffer of fairseq < 0.12's
 #:   SinusoidalPositionalEmbedding (shape [1]); the table itself is computed, not stored.
@@ -1141,26 +1139,10 @@ def task_spec_from_cfg(task: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def _report_mismatch(model: nn.Module, state: Mapping[str, Tensor], path: str | Path, what: str) -> None:
-    expected = model.state_dict()
-    missing = [k for k in expected if k not in state]
-    unexpected = [k for k in state if k not in expected]
-    wrong = [f"{k} {tuple(state[k].shape)} (model expects {tuple(expected[k].shape)})"
-             for k in expected if k in state and tuple(state[k].shape) != tuple(expected[k].shape)]
-    if not (missing or unexpected or wrong):
-        return
-
-    def show(keys: list[str]) -> str:
-        return ", ".join(keys[:10]) + (f" ... ({len(keys)} in all)" if len(keys) > 10 else "")
-
-    parts = []
-    if missing:
-        parts.append(f"missing keys: {show(missing)}")
-    if unexpected:
-        parts.append(f"unexpected keys: {show(unexpected)}")
-    if wrong:
-        parts.append(f"shape mismatches: {show(wrong)}")
-    raise CheckpointError(f"{path}: not an {what} checkpoint ({'; '.join(parts)}). Pass the fine-tuned AV-HuBERT "
-                          "lip-reading file (e.g. the card avhubert-large-lrs2).")
+    problem = key_mismatch(model.state_dict(), state)
+    if problem:
+        raise CheckpointError(f"{path}: not an {what} checkpoint ({problem}). Pass the fine-tuned AV-HuBERT "
+                              "lip-reading file (e.g. the card avhubert-large-lrs2).")
 
 
 def assign_state_dict(model: nn.Module, state: Mapping[str, Tensor], path: str | Path, what: str) -> nn.Module:

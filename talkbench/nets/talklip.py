@@ -32,6 +32,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from talkbench.nets.checkpoint_keys import CheckpointError, key_mismatch
+
 logger = logging.getLogger(__name__)
 
 FACE_SIZE = 96
@@ -373,10 +375,6 @@ class GeneratorSpec:
     encoder: Mapping[str, Any]
 
 
-class CheckpointError(ValueError):
-    """A file is not a TalkLip checkpoint of the expected kind; the message says why and what to do."""
-
-
 def unwrap_state_dict(obj: Any, path: str | Path = "<checkpoint>") -> dict[str, Tensor]:
     """The state dict of a TalkLip file: ``obj["state_dict"]`` (train.py layout) or a bare state dict.
 
@@ -460,22 +458,9 @@ def avhubert_config(encoder: Mapping[str, Any]) -> Any:
 
 def _strict_load(model: nn.Module, state_dict: Mapping[str, Tensor], path: str | Path, what: str,
                  assign: bool = False) -> None:
-    expected = model.state_dict()
-    missing = [k for k in expected if k not in state_dict]
-    unexpected = [k for k in state_dict if k not in expected]
-    wrong = [f"{k} {tuple(state_dict[k].shape)} (model: {tuple(expected[k].shape)})"
-             for k in expected if k in state_dict and state_dict[k].shape != expected[k].shape]
-    if missing or unexpected or wrong:
-        def show(keys: list[str]) -> str:
-            return ", ".join(keys[:8]) + (f" ... ({len(keys)} in all)" if len(keys) > 8 else "")
-        parts = []
-        if missing:
-            parts.append(f"missing keys: {show(missing)}")
-        if unexpected:
-            parts.append(f"unexpected keys: {show(unexpected)}")
-        if wrong:
-            parts.append(f"shape mismatches: {show(wrong)}")
-        raise CheckpointError(f"{path}: not a {what} checkpoint ({'; '.join(parts)}). Pass a TalkLip {what} file "
+    problem = key_mismatch(model.state_dict(), state_dict, shown=8)
+    if problem:
+        raise CheckpointError(f"{path}: not a {what} checkpoint ({problem}). Pass a TalkLip {what} file "
                               "(the generator: talklip-g / talklip-gc; the discriminator: talklip-disc).")
     if assign:   # meta-device model: take the tensors as they are (float32, contiguous)
         state_dict = {k: (v.float() if v.is_floating_point() and v.dtype != torch.float32 else v).contiguous()

@@ -22,6 +22,7 @@ METRIC_SOURCES: dict[str, str] = {
     "wer1": "talkbench.observers.avhubert",
     "cer1": "talkbench.observers.avhubert",
     "wer2": "talkbench.observers.conformer",
+    "wer2_corpus": "talkbench.observers.conformer",
     "acc": "talkbench.observers.mvm",
     "acc_top5": "talkbench.observers.mvm",
 }

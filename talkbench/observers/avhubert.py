@@ -34,6 +34,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 import torch
 
+from talkbench.devices import resolve_device
 from talkbench.observers.base import ClipData, ClipSkipped, ObserverContext, Row
 
 logger = logging.getLogger(__name__)
@@ -67,14 +68,6 @@ def summarize(rows: Sequence[Row]) -> dict[str, float]:
         "wer1": 100.0 * sum(int(r["edits1"]) for r in rows) / words if words else math.nan,
         "cer1": 100.0 * sum(int(r["char_edits1"]) for r in rows) / chars if chars else math.nan,
     }
-
-
-def resolve_device(device: str) -> torch.device:
-    """``torch.device`` for ``--device``; ValueError when CUDA is asked for but absent."""
-    dev = torch.device(device)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"--device {device}: no CUDA device is available here; use --device cpu.")
-    return dev
 
 
 @dataclass

@@ -22,6 +22,7 @@ import editdistance
 import numpy as np
 import torch
 
+from talkbench.devices import resolve_device
 from talkbench.nets.conformer import BLANK, SOS_EOS, SPACE, ConformerLipReader, load_conformer
 from talkbench.observers.base import ClipData, ClipSkipped, ObserverContext, Row
 
@@ -169,14 +170,6 @@ def summarize(rows: Sequence[Row]) -> dict[str, float]:
         "cer2": 100.0 * float(np.mean([int(r["char_edits2"]) / int(r["ref_chars2"]) for r in rows])),
         "cer2_corpus": 100.0 * sum(int(r["char_edits2"]) for r in rows) / sum(int(r["ref_chars2"]) for r in rows),
     }
-
-
-def resolve_device(device: str) -> torch.device:
-    """``torch.device`` for ``--device``; ValueError when CUDA is asked for but absent."""
-    dev = torch.device(device)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"--device {device}: no CUDA device is available here; use --device cpu.")
-    return dev
 
 
 @dataclass

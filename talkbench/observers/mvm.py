@@ -31,7 +31,7 @@ import torch
 
 from talkbench.nets.mvm import MAX_FRAMES, NUM_CLASSES, MVMClassifier, load_mvm
 from talkbench.observers.base import ClipData, ClipSkipped, ObserverContext, Row
-from talkbench.observers.conformer import resolve_device
+from talkbench.devices import resolve_device
 
 logger = logging.getLogger(__name__)
 

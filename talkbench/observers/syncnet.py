@@ -35,6 +35,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 import torch
 
+from talkbench.devices import resolve_device
 from talkbench import faces, lse
 from talkbench.observers.base import ClipData, ClipSkipped, ObserverContext, Row
 
@@ -91,13 +92,6 @@ def _as_int(value: Any, name: str) -> int:
         return int(value)
     except (TypeError, ValueError):
         raise ValueError(f"Option `{name}` must be an integer, but got {value!r}.") from None
-
-
-def _device(name: str) -> torch.device:
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"Device {name!r} was asked for but CUDA is not available; use --device cpu.")
-    return device
 
 
 def summarize(rows: Sequence[Row]) -> dict[str, float]:
@@ -233,7 +227,7 @@ def build(ctx: ObserverContext) -> SyncNetObserver:
     from talkbench.nets.syncnet import load_syncnet
 
     options = LSEOptions.from_mapping(ctx.options)
-    device = _device(ctx.device)
+    device = resolve_device(ctx.device)
     path = weights.resolve(CARD, ctx.weights)
     model = load_syncnet(path, device)
     sha = {CARD: weights.sha256_prefix(path)}
