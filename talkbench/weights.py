@@ -102,6 +102,10 @@ class Card:
         reported: what the authors report on ground truth (free-form table, ``status`` says if known).
         notes: anything a user must know (caveats, alternative links, history).
         card_path: the TOML file this card was read from.
+        bundled: path of a weights file shipped inside the ``talkbench`` package, relative to the package
+            folder (e.g. ``data/mini/lipreader-b.pt``), or None. :func:`resolve` uses it when no override is given.
+        protocol: the protocol whose observers use this card (``talklip2023`` unless the card says otherwise,
+            e.g. ``mini`` for the observers talkbench trains itself).
     """
 
     name: str
@@ -124,6 +128,14 @@ class Card:
     reported: Mapping[str, Any]
     notes: str = ""
     card_path: Path | None = field(default=None, compare=False)
+    bundled: str | None = None
+    protocol: str = "talklip2023"
+
+    def bundled_path(self) -> Path | None:
+        """Absolute path of the file shipped inside the package (whether or not it exists), or None."""
+        if not self.bundled:
+            return None
+        return Path(__file__).resolve().parent / self.bundled
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-friendly view (paths as strings, tuples as lists)."""
@@ -224,8 +236,17 @@ def parse_card(path: Path) -> Card:
         license=data["license"], source=data["source"], layout=data["layout"], params=params,
         input=data["input"], measures=measures_tbl.get("description", ""), metrics=metrics,
         higher_is_better=hib, reported=data.get("reported_ground_truth", {"status": UNKNOWN}),
-        notes=data.get("notes", ""), card_path=path,
+        notes=data.get("notes", ""), card_path=path, bundled=_bundled(data.get("bundled"), path),
+        protocol=str(data.get("protocol", "talklip2023")),
     )
+
+
+def _bundled(value: Any, path: Path) -> str | None:
+    if value is None or value == "":
+        return None
+    if not isinstance(value, str) or Path(value).is_absolute() or ".." in Path(value).parts:
+        raise CardError(f"{path}: `bundled` must be a relative path inside the talkbench package, got {value!r}.")
+    return value
 
 
 def list_cards() -> list[Card]:
@@ -603,7 +624,8 @@ def resolve(name: str, overrides: Mapping[str, Path] | None = None, download: bo
     """A local checkpoint path for card ``name``.
 
     Order: the ``--weights NAME=PATH`` override (must exist; not hashed against the card, since users pass
-    their own or converted files on purpose); else the cached file when its sha256 matches the card (or
+    their own or converted files on purpose); else the file shipped inside the package (card field
+    ``bundled``) when it is there; else the cached file when its sha256 matches the card (or
     the card's sha256 is unknown: used with a one-time warning); else a download (when ``download``),
     verified; else an error saying how to get the file.
 
@@ -622,6 +644,12 @@ def resolve(name: str, overrides: Mapping[str, Path] | None = None, download: bo
                 f"--weights {name}={path}: file not found. Give the path of the {card.file_name} checkpoint "
                 f"({card.title}).")
         return path
+    bundled = card.bundled_path()
+    if bundled is not None:
+        if bundled.is_file():
+            return bundled
+        logger.warning("%s: the bundled file %s is missing from this installation; trying the cache.", card.name,
+                       bundled)
     dest = cache_path(card)
     if dest.is_file():
         check = verify_file(card, dest)

@@ -173,6 +173,8 @@ def test_observer_cards_cover_the_registry_metrics():
         if card.role == "observer":
             assert card.metrics, f"observer card {card.name} names no metric"
             assert card.measures
+        if card.protocol != "talklip2023":
+            continue  # other protocols' observers (e.g. `mini`) are checked in test_mini_cards_*
         for metric in card.metrics:
             assert metric in METRIC_SOURCES, f"{card.name}: unknown metric {metric}"
             by_metric.setdefault(metric, []).append(card.name)
@@ -180,7 +182,7 @@ def test_observer_cards_cover_the_registry_metrics():
     assert set(by_metric) == model_metrics  # every network metric has exactly one card
     assert all(len(v) == 1 for v in by_metric.values())
     assert weights.load_card("syncnet-v2").higher_is_better == {"lse_c": True, "lse_d": False, "av_offset": False}
-    assert weights.load_card("conformer-lrs2").higher_is_better == {"wer2": False}
+    assert weights.load_card("conformer-lrs2").higher_is_better == {"wer2": False, "wer2_corpus": False}
 
 
 def test_unreleased_variants_have_no_url_and_explain_themselves(env):
@@ -440,3 +442,53 @@ def test_unknown_sha256_warns_once_and_pin_then_detects_changes(env, server, cap
     path.write_bytes(b"changed")
     check = weights.verify_file(weights.load_card("tiny"), path)
     assert check.status == "mismatch" and check.source == "pin"
+
+
+# ---------------------------------------------------------------------------------------------
+# Weights shipped inside the package (card field `bundled`)
+# ---------------------------------------------------------------------------------------------
+
+def test_bundled_file_is_used_before_cache_and_override_still_wins(env, tmp_path):
+    home, cards = env
+    path = write_card(cards, "shipped", [], released=False)
+    path.write_text(path.read_text().replace('released = false', 'released = false\nbundled = "data/no_such_file.pt"'))
+    card = weights.load_card("shipped")
+    assert card.bundled == "data/no_such_file.pt" and card.protocol == "talklip2023"
+    assert card.bundled_path() == Path(weights.__file__).resolve().parent / "data" / "no_such_file.pt"
+    # bundled file absent: falls back to the cache, then says how to get the file
+    with pytest.raises(weights.WeightsNotFoundError):
+        weights.resolve("shipped")
+    # a bundled file that exists (the package's own PROVENANCE.md stands in for a checkpoint)
+    path.write_text(path.read_text().replace("data/no_such_file.pt", "data/PROVENANCE.md"))
+    assert weights.resolve("shipped") == Path(weights.__file__).resolve().parent / "data" / "PROVENANCE.md"
+    own = tmp_path / "mine.pt"
+    own.write_bytes(b"x")
+    assert weights.resolve("shipped", {"shipped": own}) == own
+
+
+@pytest.mark.parametrize("value", ["/abs/file.pt", "../outside.pt", 3])
+def test_bundled_path_must_stay_inside_the_package(env, value):
+    _, cards = env
+    path = write_card(cards, "escape", [], released=False)
+    path.write_text(path.read_text().replace('released = false', f'released = false\nbundled = {json.dumps(value)}'))
+    with pytest.raises(weights.CardError, match="bundled"):
+        weights.load_card("escape")
+
+
+def test_mini_cards_cover_the_mini_protocol_and_their_files_are_shipped():
+    from talkbench.observers import PROTOCOL_SOURCES
+
+    mini = [c for c in weights.list_cards() if c.protocol == "mini"]
+    metrics: dict[str, list[str]] = {}
+    for card in mini:
+        assert card.bundled and not card.released
+        path = card.bundled_path()
+        assert path is not None and path.is_file(), card.name
+        assert card.sha256 is not None and weights.file_sha256(path) == card.sha256, card.name
+        assert card.size_bytes == path.stat().st_size
+        for metric in card.metrics:
+            metrics.setdefault(metric, []).append(card.name)
+    assert set(metrics) == set(PROTOCOL_SOURCES["mini"])
+    assert all(len(v) == 1 for v in metrics.values())
+    total = sum(c.bundled_path().stat().st_size for c in mini)
+    assert total < 30_000_000

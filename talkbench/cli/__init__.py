@@ -84,3 +84,6 @@ _train.register(app)
 from talkbench.cli import avhubert as _avhubert  # noqa: E402
 
 _avhubert.register(app)
+from talkbench.cli import train_observer as _train_observer  # noqa: E402
+
+_train_observer.register(app)

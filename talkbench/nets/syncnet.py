@@ -41,9 +41,14 @@ def _conv_bn_relu_3d(cin: int, cout: int, kernel, stride=1, padding=0) -> list[n
             nn.ReLU(inplace=True)]
 
 
-def _fc_head(dim: int) -> nn.Sequential:
+def _fc_head(dim: int, hidden: int = 512) -> nn.Sequential:
     # keys: .0 Linear, .1 BatchNorm1d, .2 ReLU, .3 Linear
-    return nn.Sequential(nn.Linear(512, 512), nn.BatchNorm1d(512), nn.ReLU(), nn.Linear(512, dim))
+    return nn.Sequential(nn.Linear(hidden, hidden), nn.BatchNorm1d(hidden), nn.ReLU(), nn.Linear(hidden, dim))
+
+
+def _scaled(channels: int, width: float) -> int:
+    """Channel count at a width multiplier (at least 1)."""
+    return max(1, int(round(channels * width)))
 
 
 class SyncNet(nn.Module):
@@ -53,38 +58,47 @@ class SyncNet(nn.Module):
     audio windows are raw MFCC values (python_speech_features scale).
     """
 
-    def __init__(self, embed_dim: int = EMBED_DIM) -> None:
+    def __init__(self, embed_dim: int = EMBED_DIM, width: float = 1.0) -> None:
+        """Args:
+            embed_dim: embedding width (1024 in the official network).
+            width: channel multiplier of every convolution and of the FC heads' hidden layer (1.0 = the
+                official network and key shapes; talkbench's mini SyncNet uses a fraction).
+        """
         super().__init__()
+        if not width > 0:
+            raise ValueError(f"SyncNet width multiplier must be positive, got {width}.")
+        self.width = float(width)
+        c64, c96, c192, c256, c384, c512 = (_scaled(c, width) for c in (64, 96, 192, 256, 384, 512))
         # Audio: (N, 1, 13, 20) -> (N, 512, 1, 1). Indices 0..19 as in the official Sequential.
         self.netcnnaud = nn.Sequential(
-            *_conv_bn_relu_2d(1, 64, 3, 1, 1),                      # 0,1,2   -> 64×13×20
+            *_conv_bn_relu_2d(1, c64, 3, 1, 1),                      # 0,1,2   -> 64×13×20
             nn.MaxPool2d(kernel_size=1, stride=1),                   # 3       (identity in the original)
-            *_conv_bn_relu_2d(64, 192, 3, 1, 1),                     # 4,5,6
+            *_conv_bn_relu_2d(c64, c192, 3, 1, 1),                   # 4,5,6
             nn.MaxPool2d(kernel_size=3, stride=(1, 2)),              # 7       -> 192×11×9
-            *_conv_bn_relu_2d(192, 384, 3, 1, 1),                    # 8,9,10
-            *_conv_bn_relu_2d(384, 256, 3, 1, 1),                    # 11,12,13
-            *_conv_bn_relu_2d(256, 256, 3, 1, 1),                    # 14,15,16
+            *_conv_bn_relu_2d(c192, c384, 3, 1, 1),                  # 8,9,10
+            *_conv_bn_relu_2d(c384, c256, 3, 1, 1),                  # 11,12,13
+            *_conv_bn_relu_2d(c256, c256, 3, 1, 1),                  # 14,15,16
             nn.MaxPool2d(kernel_size=3, stride=2),                   # 17      -> 256×5×4
-            nn.Conv2d(256, 512, kernel_size=(5, 4)), nn.BatchNorm2d(512), nn.ReLU(),  # 18,19,20 -> 512×1×1
+            nn.Conv2d(c256, c512, kernel_size=(5, 4)), nn.BatchNorm2d(c512), nn.ReLU(),  # 18,19,20 -> 512×1×1
         )
-        self.netfcaud = _fc_head(embed_dim)
-        self.netfclip = _fc_head(embed_dim)
+        self.netfcaud = _fc_head(embed_dim, c512)
+        self.netfclip = _fc_head(embed_dim, c512)
         # Lip: (N, 3, 5, 224, 224) -> (N, 512, 1, 1, 1).
         self.netcnnlip = nn.Sequential(
-            *_conv_bn_relu_3d(3, 96, (5, 7, 7), (1, 2, 2), 0),                 # 0,1,2   -> 96×1×109×109
+            *_conv_bn_relu_3d(3, c96, (5, 7, 7), (1, 2, 2), 0),                # 0,1,2   -> 96×1×109×109
             nn.MaxPool3d(kernel_size=(1, 3, 3), stride=(1, 2, 2)),             # 3       -> 54×54
-            *_conv_bn_relu_3d(96, 256, (1, 5, 5), (1, 2, 2), (0, 1, 1)),      # 4,5,6   -> 26×26
+            *_conv_bn_relu_3d(c96, c256, (1, 5, 5), (1, 2, 2), (0, 1, 1)),    # 4,5,6   -> 26×26
             nn.MaxPool3d(kernel_size=(1, 3, 3), stride=(1, 2, 2), padding=(0, 1, 1)),  # 7 -> 13×13
-            *_conv_bn_relu_3d(256, 256, (1, 3, 3), 1, (0, 1, 1)),             # 8,9,10
-            *_conv_bn_relu_3d(256, 256, (1, 3, 3), 1, (0, 1, 1)),             # 11,12,13
-            *_conv_bn_relu_3d(256, 256, (1, 3, 3), 1, (0, 1, 1)),             # 14,15,16
+            *_conv_bn_relu_3d(c256, c256, (1, 3, 3), 1, (0, 1, 1)),           # 8,9,10
+            *_conv_bn_relu_3d(c256, c256, (1, 3, 3), 1, (0, 1, 1)),           # 11,12,13
+            *_conv_bn_relu_3d(c256, c256, (1, 3, 3), 1, (0, 1, 1)),           # 14,15,16
             nn.MaxPool3d(kernel_size=(1, 3, 3), stride=(1, 2, 2)),             # 17      -> 6×6
-            *_conv_bn_relu_3d(256, 512, (1, 6, 6), 1, 0),                      # 18,19,20 -> 1×1
+            *_conv_bn_relu_3d(c256, c512, (1, 6, 6), 1, 0),                    # 18,19,20 -> 1×1
         )
 
     # ----------------------------------------------------------------------------- reference API
     def forward_aud(self, x: torch.Tensor) -> torch.Tensor:
-        """Audio embeddings. ``x``: (N, 1, 13, 20) MFCC windows -> (N, 1024)."""
+        """Audio embeddings. ``x``: (N, 1, 13, 20) MFCC windows -> (N, embed_dim)."""
         mid = self.netcnnaud(x)
         return self.netfcaud(mid.flatten(1))
 

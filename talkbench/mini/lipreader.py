@@ -1,0 +1,225 @@
+"""The mini lip reader: a small video front-end + AV-HuBERT's transformer encoder + CTC over characters.
+
+Built for the synthetic corpus (:mod:`talkbench.mini.corpus`) and trainable on 2 CPU cores in minutes.
+It is NOT the AV-HuBERT lip reader: AV-HuBERT's ResNet-18 video trunk (11 M parameters) is replaced by a
+narrow front-end of our own, and its seq2seq decoder by a CTC head; what is kept is the transformer
+encoder (:class:`talkbench.nets.avhubert.TransformerEncoder`, convolutional positions + pre-LN layers)
+at a small size, and AV-HuBERT's input: gray 88×88 centre crops normalised as ``(x/255 - 0.421)/0.165``.
+
+Network (per clip, ``T`` frames)::
+
+    crops uint8 [B,T,88,88] -> normalise -> avg-pool 2 -> [B,1,T,44,44]
+    Conv3d(1, c1, k×5×5, stride 1×2×2) + BN + ReLU                  -> [B,c1,T,22,22]
+    per frame: Conv2d(c1, c2, 3, s2) BN ReLU, Conv2d(c2, c3, 3, s2) BN ReLU, global avg pool  -> [B,T,c3]
+    Linear(c3, D) -> TransformerEncoder(D)                          -> [B,T,D]
+    heads: ``ctc`` Linear(D, 28) (blank, space, a..z), ``viseme`` Linear(D, 16) and ``mouth`` Linear(D, 6)
+
+The viseme/mouth heads are training aids only (a per-frame loss on the renderer's known mouth state).
+Decoding is greedy CTC; optionally each decoded word is snapped to the nearest word of the corpus'
+51-word vocabulary (edit distance), see :func:`snap_to_lexicon`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from talkbench.nets.avhubert import IMAGE_MEAN, IMAGE_STD, AVHubertConfig, TransformerEncoder
+
+logger = logging.getLogger(__name__)
+
+FORMAT = "talkbench-mini-lipreader"
+FORMAT_VERSION = 1
+#: CTC output alphabet: index 0 = blank, 1 = space, 2.. = letters.
+ALPHABET: str = " abcdefghijklmnopqrstuvwxyz"
+BLANK = 0
+N_VISEMES = 16                  # len(talkbench.mini.visemes.VISEMES)
+N_MOUTH_PARAMS = 6
+
+
+@dataclass(frozen=True)
+class LipReaderConfig:
+    """Sizes of a mini lip reader.
+
+    Attributes:
+        stem, mid, top: channels of the Conv3d stem and the two per-frame 2-D convolutions.
+        stem_frames: temporal kernel of the Conv3d stem (odd).
+        dim, layers, ffn, heads: transformer encoder sizes (AV-HuBERT's encoder classes).
+        conv_pos, conv_pos_groups: its convolutional positional embedding (kernel, groups).
+        dropout: dropout on the front-end features (training only).
+    """
+
+    stem: int = 16
+    mid: int = 32
+    top: int = 64
+    stem_frames: int = 3
+    dim: int = 128
+    layers: int = 3
+    ffn: int = 256
+    heads: int = 4
+    conv_pos: int = 15
+    conv_pos_groups: int = 16
+    dropout: float = 0.1
+
+    def encoder_config(self) -> AVHubertConfig:
+        return AVHubertConfig(encoder_layers=self.layers, encoder_embed_dim=self.dim, encoder_ffn_embed_dim=self.ffn,
+                              encoder_attention_heads=self.heads, conv_pos=self.conv_pos,
+                              conv_pos_groups=self.conv_pos_groups, video_frontend=False, decoder_layers=0)
+
+
+def _bn_relu(channels: int, three_d: bool = False) -> list[nn.Module]:
+    return [nn.BatchNorm3d(channels) if three_d else nn.BatchNorm2d(channels), nn.ReLU(inplace=True)]
+
+
+class MiniLipReader(nn.Module):
+    """See the module docstring. ``forward(crops, lengths)`` -> dict of per-frame logits."""
+
+    def __init__(self, cfg: LipReaderConfig = LipReaderConfig()) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.stem = nn.Sequential(nn.Conv3d(1, cfg.stem, (cfg.stem_frames, 5, 5), (1, 2, 2),
+                                            (cfg.stem_frames // 2, 2, 2), bias=False),
+                                  *_bn_relu(cfg.stem, three_d=True))
+        self.trunk = nn.Sequential(nn.Conv2d(cfg.stem, cfg.mid, 3, 2, 1, bias=False), *_bn_relu(cfg.mid),
+                                   nn.Conv2d(cfg.mid, cfg.top, 3, 2, 1, bias=False), *_bn_relu(cfg.top))
+        self.proj = nn.Linear(cfg.top, cfg.dim)
+        self.dropout = nn.Dropout(cfg.dropout)
+        self.encoder = TransformerEncoder(cfg.encoder_config())
+        nn.init.normal_(self.encoder.pos_conv[0].weight_v, 0.0, (4.0 / (cfg.conv_pos * cfg.dim)) ** 0.5)
+        self.ctc = nn.Linear(cfg.dim, len(ALPHABET) + 1)
+        self.viseme = nn.Linear(cfg.dim, N_VISEMES)
+        self.mouth = nn.Linear(cfg.dim, N_MOUTH_PARAMS)
+
+    @staticmethod
+    def normalise(crops: torch.Tensor) -> torch.Tensor:
+        """uint8 ``[B,T,88,88]`` -> float ``[B,1,T,44,44]`` (AV-HuBERT normalisation, then 2×2 average)."""
+        x = (crops.float() / 255.0 - IMAGE_MEAN) / IMAGE_STD
+        b, t, h, w = x.shape
+        x = F.avg_pool2d(x.reshape(b * t, 1, h, w), 2)
+        return x.reshape(b, t, 1, h // 2, w // 2).transpose(1, 2)
+
+    def forward(self, crops: torch.Tensor, lengths: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        """Args:
+            crops: uint8 (or float 0..255) ``[B, T, 88, 88]`` gray mouth crops.
+            lengths: ``[B]`` valid frames per clip (None = all ``T``).
+        Returns:
+            ``ctc`` ``[B,T,28]``, ``viseme`` ``[B,T,16]``, ``mouth`` ``[B,T,6]`` (logits / values).
+        """
+        x = self.stem(self.normalise(crops))                        # [B,c1,T,22,22]
+        b, c, t, h, w = x.shape
+        x = x.transpose(1, 2).reshape(b * t, c, h, w)
+        x = self.trunk(x).mean((2, 3)).reshape(b, t, -1)             # [B,T,c3]
+        x = self.dropout(self.proj(x))
+        mask = None
+        if lengths is not None:
+            mask = torch.arange(t, device=x.device)[None, :] >= lengths.to(x.device)[:, None]
+        x = self.encoder(x, mask)
+        return {"ctc": self.ctc(x), "viseme": self.viseme(x), "mouth": self.mouth(x)}
+
+
+# ------------------------------------------------------------------------------------------ text
+
+def encode_text(text: str) -> list[int]:
+    """Lowercase words -> CTC target ids (1 = space, 2.. letters); other characters are dropped."""
+    text = " ".join(text.lower().split())
+    return [ALPHABET.index(ch) + 1 for ch in text if ch in ALPHABET]
+
+
+def greedy_decode(log_probs: torch.Tensor) -> tuple[str, float]:
+    """Best-path CTC decoding of one clip's ``[T, 28]`` log-probabilities.
+
+    Returns:
+        (text, score): the collapsed string and the mean per-frame log-probability of the best path.
+    """
+    best, ids = log_probs.max(-1)
+    out: list[str] = []
+    prev = BLANK
+    for i in ids.tolist():
+        if i != prev and i != BLANK:
+            out.append(ALPHABET[i - 1])
+        prev = i
+    return " ".join("".join(out).split()), float(best.mean()) if len(best) else float("nan")
+
+
+def snap_to_lexicon(text: str, lexicon: Sequence[str]) -> str:
+    """Replace each word by the nearest lexicon word (character edit distance; ties: lexicon order)."""
+    import editdistance
+
+    words = []
+    for word in text.split():
+        words.append(min(lexicon, key=lambda w: editdistance.eval(w, word)))
+    return " ".join(words)
+
+
+# ------------------------------------------------------------------------------------------ files
+
+def save_lipreader(model: MiniLipReader, path: str | Path, meta: Mapping[str, Any] | None = None) -> None:
+    """Save a checkpoint: ``{"format", "format_version", "config", "state_dict", "meta"}`` (float32)."""
+    state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+    torch.save({"format": FORMAT, "format_version": FORMAT_VERSION, "config": dataclasses.asdict(model.cfg),
+                "state_dict": state, "meta": _plain(meta)}, Path(path))
+
+
+def load_lipreader(path: str | Path, device: str | torch.device = "cpu") -> tuple[MiniLipReader, dict[str, Any]]:
+    """Load a mini lip-reader checkpoint (strict key check) in eval mode on ``device``.
+
+    Returns:
+        (model, meta) where meta holds how it was trained.
+    Raises:
+        FileNotFoundError: no file.
+        ValueError: the file is not a mini lip-reader checkpoint, or its keys do not match.
+    """
+    from talkbench.safe_unpickle import load_checkpoint
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"Mini lip-reader checkpoint {path} does not exist; train one with "
+                                "`talkbench train-observer lipreader` or pass --weights NAME=PATH.")
+    obj = load_checkpoint(path, map_location="cpu", mmap=False)
+    if not isinstance(obj, Mapping) or obj.get("format") != FORMAT:
+        raise ValueError(f"{path} is not a {FORMAT} checkpoint (written by talkbench.mini.lipreader.save_lipreader).")
+    cfg_dict = dict(obj["config"])
+    unknown = set(cfg_dict) - {f.name for f in dataclasses.fields(LipReaderConfig)}
+    if unknown:
+        raise ValueError(f"{path}: unknown config fields {sorted(unknown)}; upgrade talkbench.")
+    model = MiniLipReader(LipReaderConfig(**cfg_dict))
+    state = obj["state_dict"]
+    expected = model.state_dict()
+    missing = [k for k in expected if k not in state]
+    unexpected = [k for k in state if k not in expected]
+    if missing or unexpected:
+        raise ValueError(f"{path}: state dict does not match its config: missing {missing[:10]} ({len(missing)}), "
+                         f"unexpected {unexpected[:10]} ({len(unexpected)}).")
+    model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in state.items()}, strict=True)
+    return model.eval().to(device), dict(obj.get("meta") or {})
+
+
+@torch.inference_mode()
+def transcribe(model: MiniLipReader, crops: np.ndarray, device: str | torch.device = "cpu",
+               lexicon: Sequence[str] | None = None) -> tuple[str, float]:
+    """Read one clip: gray uint8 crops ``T×88×88`` -> (text, mean best-path log-probability)."""
+    x = torch.from_numpy(np.ascontiguousarray(crops))[None].to(device)
+    log_probs = model(x)["ctc"].float().log_softmax(-1)[0].cpu()
+    text, score = greedy_decode(log_probs)
+    if lexicon:
+        text = snap_to_lexicon(text, lexicon)
+    return text, score
+
+
+def _plain(meta: Mapping[str, Any] | None) -> dict[str, Any]:
+    # JSON round trip: only plain types in the file (e.g. torch.__version__ is a str subclass that the
+    # restricted unpickler of talkbench.safe_unpickle would refuse).
+    return json.loads(json.dumps(dict(meta or {}), default=str))
+
+
+__all__ = ["ALPHABET", "FORMAT", "LipReaderConfig", "MiniLipReader", "encode_text", "greedy_decode", "load_lipreader",
+           "save_lipreader", "snap_to_lexicon", "transcribe"]

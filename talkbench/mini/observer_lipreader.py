@@ -1,0 +1,116 @@
+"""WER1/CER1 under protocol ``mini``: the mini lip reader B (card ``mini-lipreader-b``) instead of AV-HuBERT.
+
+Same input and per-clip columns as :mod:`talkbench.observers.avhubert` under ``talklip2023``: gray centre
+88×88 crop of the whole frame (:func:`talkbench.mouth_roi.talklip2023_crops`, shared through the clip cache),
+references lowercased; per-clip ``wer1``, ``hyp1``, ``ref1``, ``score1`` (mean best-path CTC log-probability),
+``edits1``, ``ref_words1``, ``cer1``, ``char_edits1``, ``ref_chars1``. Summary: corpus WER1/CER1 in percent
+(:func:`talkbench.observers.avhubert.summarize`).
+
+Options: ``mini_lexicon`` (default true): snap each decoded word to the nearest word of the corpus' 51-word
+vocabulary; ``mini_lipreader`` (``b`` default, or ``a``): which card to score with.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass, field
+from typing import Any, Mapping, Sequence
+
+import torch
+
+from talkbench.devices import resolve_device
+from talkbench.observers.avhubert import summarize, word_and_char_edits
+from talkbench.observers.base import ClipData, ClipSkipped, ObserverContext, Row
+
+logger = logging.getLogger(__name__)
+
+CARDS: dict[str, str] = {"a": "mini-lipreader-a", "b": "mini-lipreader-b"}
+CARD = CARDS["b"]
+METRICS: tuple[str, ...] = ("wer1", "cer1")
+#: clip.cache key shared with the AV-HuBERT observer's talklip2023 crops (same function, same input)
+CROPS_CACHE_KEY = "avhubert_crops.talklip2023"
+
+
+@dataclass
+class MiniLipReaderObserver:
+    """The mini WER1 scoring unit (see the module docstring)."""
+
+    model: Any
+    device: torch.device
+    lexicon: tuple[str, ...] | None = None
+    weights_sha256: Mapping[str, str] = field(default_factory=dict)
+    name: str = "mini-lipreader"
+    metrics: tuple[str, ...] = METRICS
+    needs_reference: bool = False
+    needs_text: bool = True
+
+    def crops(self, clip: ClipData) -> Any:
+        """Gray 88×88 uint8 crops ``T×88×88`` (cached per clip)."""
+        from talkbench.mouth_roi import talklip2023_crops
+
+        crops = clip.cache.get(CROPS_CACHE_KEY)
+        if crops is None:
+            try:
+                crops = clip.cache[CROPS_CACHE_KEY] = talklip2023_crops(clip.generated.frames)
+            except ValueError as err:
+                raise ClipSkipped(f"WER1 (mini): no mouth crop ({err})") from None
+        return crops
+
+    def measure(self, clip: ClipData) -> Row:
+        """Per-clip WER1 row (columns as the AV-HuBERT observer's). Raises ClipSkipped without text/frames."""
+        from talkbench.metrics.text import normalize_text
+        from talkbench.mini.lipreader import transcribe
+
+        if not clip.text or not clip.text.strip():
+            raise ClipSkipped("no transcript for WER1")
+        if int(clip.generated.frames.shape[0]) == 0:
+            raise ClipSkipped("WER1: the generated clip has no frames")
+        hyp, score = transcribe(self.model, self.crops(clip), self.device, self.lexicon)
+        ref = normalize_text(clip.text, "talklip2023")
+        edits, n_words, char_edits, n_chars = word_and_char_edits(ref, hyp)
+        return {
+            "wer1": 100.0 * edits / n_words if n_words else math.nan,
+            "hyp1": hyp,
+            "ref1": ref,
+            "score1": float(score),
+            "edits1": edits,
+            "ref_words1": n_words,
+            "cer1": 100.0 * char_edits / n_chars if n_chars else math.nan,
+            "char_edits1": char_edits,
+            "ref_chars1": n_chars,
+        }
+
+    def summarize(self, rows: Sequence[Row]) -> dict[str, float]:
+        return summarize(rows)
+
+
+def _as_bool(value: Any) -> bool:
+    if isinstance(value, str):
+        return value.strip().lower() not in ("", "0", "false", "no", "off")
+    return bool(value)
+
+
+def build(ctx: ObserverContext) -> MiniLipReaderObserver:
+    """Load the mini lip reader (card ``mini-lipreader-b``, bundled in the package) on ``ctx.device``.
+
+    Raises:
+        ValueError: bad option values, or CUDA asked for but absent.
+    """
+    from talkbench import weights
+    from talkbench.mini import grammar
+    from talkbench.mini.lipreader import load_lipreader
+
+    which = str(ctx.options.get("mini_lipreader", "b")).lower()
+    if which not in CARDS:
+        raise ValueError(f"Option `mini_lipreader` must be one of {sorted(CARDS)}, got {which!r}.")
+    device = resolve_device(ctx.device)
+    card = CARDS[which]
+    path = weights.resolve(card, ctx.weights)
+    model, _ = load_lipreader(path, device)
+    lexicon = tuple(grammar.VOCABULARY) if _as_bool(ctx.options.get("mini_lexicon", True)) else None
+    return MiniLipReaderObserver(model=model, device=device, lexicon=lexicon,
+                                 weights_sha256={card: weights.sha256_prefix(path)})
+
+
+__all__ = ["CARD", "CARDS", "METRICS", "MiniLipReaderObserver", "build", "summarize"]

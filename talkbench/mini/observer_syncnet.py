@@ -1,0 +1,31 @@
+"""LSE-C / LSE-D / AV offset under protocol ``mini``: the SyncNet observer with the mini SyncNet.
+
+Everything but the network is :mod:`talkbench.observers.syncnet` (its :class:`SyncNetObserver`, options,
+per-clip columns ``lse_c``, ``lse_d``, ``av_offset``, ``n_windows`` and summary): whole frames resized to
+224×224, MFCC windows, offsets -15..15, as Wav2Lip's ``scores_LSE``. The network is the width-reduced
+SyncNet of card ``mini-syncnet`` (:mod:`talkbench.mini.syncnet_mini`), bundled in the package.
+"""
+
+from __future__ import annotations
+
+from talkbench.observers.base import ObserverContext
+from talkbench.devices import resolve_device
+from talkbench.observers.syncnet import METRICS, LSEOptions, SyncNetObserver, summarize
+
+CARD = "mini-syncnet"
+
+
+def build(ctx: ObserverContext) -> SyncNetObserver:
+    """Load the mini SyncNet on ``ctx.device`` and wrap it in the SyncNet observer (same options)."""
+    from talkbench import weights
+    from talkbench.mini.syncnet_mini import load_mini_syncnet
+
+    options = LSEOptions.from_mapping(ctx.options)
+    device = resolve_device(ctx.device)
+    path = weights.resolve(CARD, ctx.weights)
+    model, _ = load_mini_syncnet(path, device)
+    return SyncNetObserver(model=model, device=device, options=options, name="mini-syncnet",
+                           weights_sha256={CARD: weights.sha256_prefix(path)})
+
+
+__all__ = ["CARD", "METRICS", "build", "summarize"]
