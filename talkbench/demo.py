@@ -138,7 +138,8 @@ def build_synthetic_suite(work: Path, n_clips: int = N_SYNTHETIC_CLIPS) -> Path:
 
 
 def run_demo(out: Path, work: Path, metrics: Sequence[str] | None = None,
-             weights: Mapping[str, Path] | None = None, device: str = "cpu") -> list[RunResult]:
+             weights: Mapping[str, Path] | None = None, device: str = "cpu",
+             n_clips: int = N_SYNTHETIC_CLIPS) -> list[RunResult]:
     """Build the suite and baselines, evaluate each, write the leaderboard; returns the run results.
 
     With the mini observers shipped (the default install), the suite is a synthetic test split and the
@@ -146,7 +147,7 @@ def run_demo(out: Path, work: Path, metrics: Sequence[str] | None = None,
     image quality only.
     """
     if mini_observers_available():
-        reference, protocol, metrics = build_synthetic_suite(work), "mini", tuple(metrics or MINI_METRICS)
+        reference, protocol, metrics = build_synthetic_suite(work, n_clips), "mini", tuple(metrics or MINI_METRICS)
     else:
         reference, protocol, metrics = build_suite(work), "talklip2023", tuple(metrics or DEMO_METRICS)
     results: list[RunResult] = []

@@ -12,7 +12,7 @@ import logging
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
-from talkbench.summary import HIGHER_IS_BETTER, METRIC_COLUMNS, SUMMARY_COLUMNS, write_csv
+from talkbench.summary import HIGHER_IS_BETTER, METRIC_COLUMNS, SUMMARY_COLUMNS, ZERO_IS_BEST, write_csv
 
 logger = logging.getLogger(__name__)
 
@@ -89,7 +89,8 @@ def markdown(rows: Sequence[dict[str, Any]]) -> str:
             marker = f"{source} ({row['citation']})" if source == "reported" and row.get("citation") else source
             lines.append(f"| {row.get('model', '')} | {marker} | {row.get('n_clips', '')} | " + " | ".join(cells) + " |")
         lines.append("")
-    arrows = ", ".join(f"{m} {'↑' if HIGHER_IS_BETTER[m] else '↓'}" for m in METRIC_COLUMNS)
+    arrows = ", ".join(f"{m} {'→0' if m in ZERO_IS_BEST else '↑' if HIGHER_IS_BETTER[m] else '↓'}"
+                       for m in METRIC_COLUMNS)
     lines.append(f"Higher or lower is better: {arrows}.")
     return "\n".join(lines) + "\n"
 
@@ -98,6 +99,8 @@ def _best(rows: Sequence[dict[str, Any]], metric: str) -> float | None:
     values = [v for v in (_number(r.get(metric)) for r in rows) if v is not None]
     if not values:
         return None
+    if metric in ZERO_IS_BEST:
+        return min(values, key=abs)
     return max(values) if HIGHER_IS_BETTER[metric] else min(values)
 
 
@@ -122,7 +125,8 @@ def plot_metric(rows: Sequence[dict[str, Any]], metric: str, path: Path) -> None
         ax.set_xticks(range(len(group)), [str(r.get("model", "")) for r in group], rotation=30, ha="right",
                       fontsize=8)
         ax.set_title(f"{suite} / {protocol}", fontsize=9)
-        ax.set_ylabel(f"{metric} ({'higher' if HIGHER_IS_BETTER[metric] else 'lower'} is better)")
+        better = "closer to 0" if metric in ZERO_IS_BEST else "higher" if HIGHER_IS_BETTER[metric] else "lower"
+        ax.set_ylabel(f"{metric} ({better} is better)")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

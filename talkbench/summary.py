@@ -32,6 +32,8 @@ HIGHER_IS_BETTER: dict[str, bool] = {
     "av_offset": False, "wer1": False, "cer1": False, "wer2": False, "wer2_corpus": False,
     "acc": True, "acc_top5": True,
 }
+#: Metrics whose best value is 0 (an audio-visual offset in frames): ranked by absolute value.
+ZERO_IS_BEST: frozenset[str] = frozenset({"av_offset"})
 
 
 def aggregate(metrics: Sequence[str], records: Iterable[ClipRecord], protocol: str = "talklip2023") -> dict[str, float]:

@@ -50,3 +50,8 @@ def test_bad_source_is_a_clear_error(tmp_path):
 def test_markdown_bolds_lowest_wer_and_highest_psnr():
     text = markdown([_row("a", wer1=30.0, psnr=25.0), _row("b", wer1=40.0, psnr=28.0)])
     assert "**28**" in text and "**30**" in text
+
+
+def test_av_offset_best_is_closest_to_zero():
+    text = markdown([_row("a", av_offset=-5.0), _row("b", av_offset=0.5), _row("c", av_offset=3.0)])
+    assert "**0.5**" in text and "**-5**" not in text
