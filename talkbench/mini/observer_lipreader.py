@@ -13,14 +13,13 @@ vocabulary; ``mini_lipreader`` (``b`` default, or ``a``): which card to score wi
 from __future__ import annotations
 
 import logging
-import math
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Sequence
 
 import torch
 
 from talkbench.devices import resolve_device
-from talkbench.observers.avhubert import summarize, word_and_char_edits
+from talkbench.observers.avhubert import summarize, wer1_row
 from talkbench.observers.base import ClipData, ClipSkipped, ObserverContext, Row
 
 logger = logging.getLogger(__name__)
@@ -68,18 +67,7 @@ class MiniLipReaderObserver:
             raise ClipSkipped("WER1: the generated clip has no frames")
         hyp, score = transcribe(self.model, self.crops(clip), self.device, self.lexicon)
         ref = normalize_text(clip.text, "talklip2023")
-        edits, n_words, char_edits, n_chars = word_and_char_edits(ref, hyp)
-        return {
-            "wer1": 100.0 * edits / n_words if n_words else math.nan,
-            "hyp1": hyp,
-            "ref1": ref,
-            "score1": float(score),
-            "edits1": edits,
-            "ref_words1": n_words,
-            "cer1": 100.0 * char_edits / n_chars if n_chars else math.nan,
-            "char_edits1": char_edits,
-            "ref_chars1": n_chars,
-        }
+        return wer1_row(ref, hyp, score)
 
     def summarize(self, rows: Sequence[Row]) -> dict[str, float]:
         return summarize(rows)

@@ -70,6 +70,23 @@ def summarize(rows: Sequence[Row]) -> dict[str, float]:
     }
 
 
+
+def wer1_row(ref: str, hyp: str, score: float) -> dict[str, Any]:
+    """Per-clip WER1/CER1 columns (percent) with the counts the corpus-level summary adds up."""
+    edits, n_words, char_edits, n_chars = word_and_char_edits(ref, hyp)
+    return {
+        "wer1": 100.0 * edits / n_words if n_words else math.nan,
+        "hyp1": hyp,
+        "ref1": ref,
+        "score1": float(score),
+        "edits1": edits,
+        "ref_words1": n_words,
+        "cer1": 100.0 * char_edits / n_chars if n_chars else math.nan,
+        "char_edits1": char_edits,
+        "ref_chars1": n_chars,
+    }
+
+
 @dataclass
 class AVHubertObserver:
     """WER1 observer; see the module docstring for the protocol.
@@ -147,18 +164,7 @@ class AVHubertObserver:
                               "drops such clips); raise the option max_frames to score it")
         hyp, score, _ = self.transcribe(self.crops(clip))
         ref = self.tokenizer.normalize_reference(clip.text)
-        edits, n_words, char_edits, n_chars = word_and_char_edits(ref, hyp)
-        return {
-            "wer1": 100.0 * edits / n_words if n_words else math.nan,
-            "hyp1": hyp,
-            "ref1": ref,
-            "score1": float(score),
-            "edits1": edits,
-            "ref_words1": n_words,
-            "cer1": 100.0 * char_edits / n_chars if n_chars else math.nan,
-            "char_edits1": char_edits,
-            "ref_chars1": n_chars,
-        }
+        return wer1_row(ref, hyp, score)
 
     def summarize(self, rows: Sequence[Row]) -> dict[str, float]:
         return summarize(rows)
