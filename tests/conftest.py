@@ -19,6 +19,21 @@ def _torch_threads():
     yield
 
 
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Tiny models on a shared 2-core box: with 2 OpenMP threads a busy neighbour makes every parallel region
+    spin (measured 3-5x slower wall time for the TalkLip steps); one thread is faster there and barely slower idle.
+
+    Use per module with ``pytestmark = pytest.mark.usefixtures("one_torch_thread")``.
+    """
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture
 def fixtures_dir() -> Path:
     return FIXTURES

@@ -17,14 +17,7 @@ from test_talklip_support import TALKLIP, read_frames, read_wav, short_lrs2_fold
 FULL = np.array([0, 0, 160, 160])
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models on a shared 2-core box: with 2 OpenMP threads a busy neighbour makes every parallel region
-    spin (measured 3-5x slower wall time for these steps); one thread is faster there and barely slower idle."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

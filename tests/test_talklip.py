@@ -17,13 +17,7 @@ from talkbench.nets.talklip import (AVSyncHead, CheckpointError, TalkLipDiscrimi
 ATOL = 1e-4
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Small tensors on a shared 2-core box: one OpenMP thread avoids spinning on a busy neighbour."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

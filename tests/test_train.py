@@ -25,14 +25,7 @@ else:  # pragma: no cover
 N_FRAMES = 12
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models on a shared 2-core box: with 2 OpenMP threads a busy neighbour makes every parallel region
-    spin (measured 3-5x slower wall time for these steps); one thread is faster there and barely slower idle."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def test_reference_settings_file_matches_defaults():
