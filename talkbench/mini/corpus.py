@@ -12,7 +12,8 @@ Layout written by :func:`synthesize_corpus` (LRS2's, so every suite reader works
 ``<split>`` is ``train`` and ``test``; ``<spk>`` is ``spkNN``, the identity (face + voice) of the clip;
 ``<utt>`` is the clip's 5-digit index in its split. Every clip is made from its own random stream,
 derived from (seed, split, index) only, so a corpus is identical for a seed whatever the number of
-workers, and the train and test clips of a seed are different draws.
+workers (byte for byte on one machine, mp4 files included: see :func:`talkbench.media.write_clip`), and
+the train and test clips of a seed are different draws.
 """
 
 from __future__ import annotations
