@@ -87,3 +87,6 @@ _avhubert.register(app)
 from talkbench.cli import train_observer as _train_observer  # noqa: E402
 
 _train_observer.register(app)
+from talkbench.cli import ablation as _ablation  # noqa: E402
+
+app.add_typer(_ablation.app, name="ablation")

@@ -17,8 +17,9 @@ _err = Console(stderr=True)
 
 
 def train_command(
-    config: Optional[Path] = typer.Option(None, "--config", help="TOML with training settings (see "
-                                          "talkbench/train/talklip_reference.toml for the reference's)."),
+    config: Optional[str] = typer.Option(None, "--config", help="TOML with training settings, or a preset: "
+                                         "'reference' (talkbench/train/talklip_reference.toml, the default) or "
+                                         "'mini' (TalkLip-mini on a synthetic corpus, talklip_mini.toml)."),
     data_root: Optional[Path] = typer.Option(None, "--data-root", help="LRS2-layout folder: <id>.mp4 + <id>.txt."),
     train_list: Optional[Path] = typer.Option(None, "--train-list", help="Clip ids, one per line (TalkLip train.txt)."),
     val_list: Optional[Path] = typer.Option(None, "--val-list", help="Validation clip ids (TalkLip valid.txt)."),

@@ -95,6 +95,7 @@ class MiniLipReader(nn.Module):
         self.dropout = nn.Dropout(cfg.dropout)
         self.encoder = TransformerEncoder(cfg.encoder_config())
         nn.init.normal_(self.encoder.pos_conv[0].weight_v, 0.0, (4.0 / (cfg.conv_pos * cfg.dim)) ** 0.5)
+        nn.init.ones_(self.encoder.pos_conv[0].weight_g)   # the recipe the shipped weights were trained with
         self.ctc = nn.Linear(cfg.dim, len(ALPHABET) + 1)
         self.viseme = nn.Linear(cfg.dim, N_VISEMES)
         self.mouth = nn.Linear(cfg.dim, N_MOUTH_PARAMS)
@@ -102,7 +103,11 @@ class MiniLipReader(nn.Module):
     @staticmethod
     def normalise(crops: torch.Tensor) -> torch.Tensor:
         """uint8 ``[B,T,88,88]`` -> float ``[B,1,T,44,44]`` (AV-HuBERT normalisation, then 2×2 average)."""
-        x = (crops.float() / 255.0 - IMAGE_MEAN) / IMAGE_STD
+        return MiniLipReader.pool((crops.float() / 255.0 - IMAGE_MEAN) / IMAGE_STD)
+
+    @staticmethod
+    def pool(x: torch.Tensor) -> torch.Tensor:
+        """Normalised ``[B,T,88,88]`` -> ``[B,1,T,44,44]`` (2×2 average)."""
         b, t, h, w = x.shape
         x = F.avg_pool2d(x.reshape(b * t, 1, h, w), 2)
         return x.reshape(b, t, 1, h // 2, w // 2).transpose(1, 2)
@@ -112,9 +117,14 @@ class MiniLipReader(nn.Module):
             crops: uint8 (or float 0..255) ``[B, T, 88, 88]`` gray mouth crops.
             lengths: ``[B]`` valid frames per clip (None = all ``T``).
         Returns:
-            ``ctc`` ``[B,T,28]``, ``viseme`` ``[B,T,16]``, ``mouth`` ``[B,T,6]`` (logits / values).
+            ``ctc`` ``[B,T,28]``, ``viseme`` ``[B,T,16]``, ``mouth`` ``[B,T,6]`` (logits / values) and
+            ``features`` ``[B,T,D]`` (the transformer encoder's output).
         """
-        x = self.stem(self.normalise(crops))                        # [B,c1,T,22,22]
+        return self.forward_pooled(self.normalise(crops), lengths)
+
+    def forward_pooled(self, x: torch.Tensor, lengths: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        """:meth:`forward` from normalised, pooled input ``[B,1,T,44,44]`` (differentiable w.r.t. ``x``)."""
+        x = self.stem(x)                                            # [B,c1,T,22,22]
         b, c, t, h, w = x.shape
         x = x.transpose(1, 2).reshape(b * t, c, h, w)
         x = self.trunk(x).mean((2, 3)).reshape(b, t, -1)             # [B,T,c3]
@@ -123,7 +133,7 @@ class MiniLipReader(nn.Module):
         if lengths is not None:
             mask = torch.arange(t, device=x.device)[None, :] >= lengths.to(x.device)[:, None]
         x = self.encoder(x, mask)
-        return {"ctc": self.ctc(x), "viseme": self.viseme(x), "mouth": self.mouth(x)}
+        return {"ctc": self.ctc(x), "viseme": self.viseme(x), "mouth": self.mouth(x), "features": x}
 
 
 # ------------------------------------------------------------------------------------------ text

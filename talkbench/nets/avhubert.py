@@ -441,6 +441,20 @@ class WeightNormConv1d(nn.Module):
         self.weight_g = nn.Parameter(torch.ones(1, 1, kernel_size))
         self.weight_v = nn.Parameter(torch.empty(channels, channels // groups, kernel_size))
         self.bias = nn.Parameter(torch.zeros(channels))
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """fairseq's initialisation: v ~ N(0, sqrt(4 / (K·D))), g = ‖v‖ per tap (weight = v at the start).
+
+        Drawn from a fork of torch's CPU generator, so that building a model does not shift the caller's
+        random stream (the mini lip readers' recipes, which set ``weight_v`` themselves, depend on it).
+        """
+        if self.weight_v.device.type == "meta":   # shapes only (weights are assigned from a file)
+            return
+        with torch.no_grad(), torch.random.fork_rng(devices=[]):
+            nn.init.normal_(self.weight_v, 0.0, (4.0 / (self.weight_v.shape[2] * self.weight_v.shape[0])) ** 0.5)
+            self.weight_g.copy_(self.weight_v.norm(dim=(0, 1), keepdim=True))
+            self.bias.zero_()
 
     def weight(self) -> Tensor:
         return torch._weight_norm(self.weight_v, self.weight_g, 2)

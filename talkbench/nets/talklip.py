@@ -41,6 +41,10 @@ FACE_SIZE = 96
 ENC_CHANNELS = (6, 16, 32, 64, 128, 256, 512, 512)
 #: output widths of the face decoder blocks
 DEC_CHANNELS = (512, 512, 512, 384, 256, 128, 64)
+#: widths of the discriminator's blocks (before its 1-channel head)
+DISC_CHANNELS = (32, 64, 128, 256, 512, 512, 512)
+#: width of the output block's hidden convolution
+OUT_CHANNELS = 32
 #: AV-HuBERT attention heads by encoder width (Base, Large); shapes cannot tell the head count.
 KNOWN_HEADS = {768: 12, 1024: 16}
 GENERATOR_PREFIX = "audio_encoder.w2v_model."
@@ -86,8 +90,32 @@ class LeakyConvBlock(nn.Module):
         return F.leaky_relu(self.conv_block(x), 0.01)
 
 
-def _face_encoder() -> nn.ModuleList:
-    c = ENC_CHANNELS
+@dataclass(frozen=True)
+class UNetChannels:
+    """Channel widths of the generator's U-Net (the released models: :data:`ENC_CHANNELS`, :data:`DEC_CHANNELS`,
+    :data:`OUT_CHANNELS`); :meth:`scaled` divides every width, e.g. for the mini generator.
+    """
+
+    encoder: tuple[int, ...] = ENC_CHANNELS
+    decoder: tuple[int, ...] = DEC_CHANNELS
+    output: int = OUT_CHANNELS
+
+    @classmethod
+    def scaled(cls, divisor: int) -> "UNetChannels":
+        """Every width divided by ``divisor`` (at least 2 channels; the 6 input channels stay)."""
+        if divisor < 1:
+            raise ValueError(f"channel divisor must be >= 1, got {divisor}")
+        enc = (ENC_CHANNELS[0],) + tuple(max(2, c // divisor) for c in ENC_CHANNELS[1:])
+        return cls(enc, tuple(max(2, c // divisor) for c in DEC_CHANNELS), max(2, OUT_CHANNELS // divisor))
+
+    def decoder_in(self, res_layers: int) -> list[int]:
+        """Input width of decoder block i+1 (and of the output block for i = 6): skip concat or not."""
+        enc, dec = self.encoder, self.decoder
+        return [enc[-i - 1] + dec[i] if i < res_layers else dec[i] for i in range(len(dec))]
+
+
+def _face_encoder(channels: UNetChannels) -> nn.ModuleList:
+    c = channels.encoder
 
     def stage(cin: int, cout: int, stride: int, n_res: int) -> nn.Sequential:
         blocks = [ConvBlock(cin, cout, 3, stride, 1)]
@@ -105,14 +133,8 @@ def _face_encoder() -> nn.ModuleList:
     ])
 
 
-def _decoder_in_channels(res_layers: int) -> list[int]:
-    """Input width of decoder block i+1 (and of the output block for i = 6): skip concat or not."""
-    return [ENC_CHANNELS[-i - 1] + DEC_CHANNELS[i] if i < res_layers else DEC_CHANNELS[i]
-            for i in range(len(DEC_CHANNELS))]
-
-
-def _face_decoder(res_layers: int) -> nn.ModuleList:
-    d, up = DEC_CHANNELS, _decoder_in_channels(res_layers)
+def _face_decoder(channels: UNetChannels, res_layers: int) -> nn.ModuleList:
+    d, up = channels.decoder, channels.decoder_in(res_layers)
 
     def stage(cin: int, cout: int, n_res: int) -> nn.Sequential:
         blocks: list[nn.Module] = [ConvTransposeBlock(cin, cout, 3, 2, 1, output_padding=1)]
@@ -120,7 +142,7 @@ def _face_decoder(res_layers: int) -> nn.ModuleList:
         return nn.Sequential(*blocks)
 
     return nn.ModuleList([
-        nn.Sequential(ConvBlock(ENC_CHANNELS[-1], d[0], 1, 1, 0)),                                        # 1×1
+        nn.Sequential(ConvBlock(channels.encoder[-1], d[0], 1, 1, 0)),                                        # 1×1
         nn.Sequential(ConvTransposeBlock(up[0], d[1], 3, 1, 0), ConvBlock(d[1], d[1], 3, 1, 1, residual=True)),  # 3×3
         stage(up[1], d[2], 2),   # 6×6
         stage(up[2], d[3], 2),   # 12×12
@@ -208,6 +230,30 @@ class TalkLipAudioEncoder(nn.Module):
         return self.w2v_model.extract_features(audio, None, padding_mask)
 
 
+class LocalAudioEncoder(nn.Module):
+    """A *local* audio encoder: each frame's embedding sees only a short window of audio (no attention).
+
+    Not part of the released models: talkbench's stand-in for the paper's local-vs-global comparison (a
+    Wav2Lip-style generator encodes a 0.2 s mel window per frame; TalkLip's transformer sees the whole
+    utterance). Input as :class:`TalkLipAudioEncoder`: ``B×104×T`` stacked log-fbank features at 25 fps.
+
+    Network: ``Conv1d(104, D, 5, pad 2)`` → GELU → ``Conv1d(D, D, 3, pad 1)`` → GELU → ``Conv1d(D, D, 1)``;
+    receptive field 7 frames (0.28 s). Key names ``audio_encoder.local.*``.
+    """
+
+    def __init__(self, dim: int, feat_dim: int = 104) -> None:
+        super().__init__()
+        self.dim = dim
+        self.local = nn.Sequential(nn.Conv1d(feat_dim, dim, 5, padding=2), nn.GELU(),
+                                   nn.Conv1d(dim, dim, 3, padding=1), nn.GELU(), nn.Conv1d(dim, dim, 1))
+
+    def forward(self, audio: Tensor, padding_mask: Tensor | None = None) -> Tensor:
+        """Audio features ``B×104×T`` → embeddings ``B×T×D`` (padded steps are zeroed on input)."""
+        if padding_mask is not None:
+            audio = audio.masked_fill(padding_mask[:, None, :], 0.0)
+        return self.local(audio).transpose(1, 2)
+
+
 class TalkLipGenerator(nn.Module):
     """The TalkLip generator (reference class ``models.talklip.TalkLip``).
 
@@ -216,18 +262,24 @@ class TalkLipGenerator(nn.Module):
             and a padding mask to ``B×T×D`` works).
         audio_dim: D, the audio-encoder width (768 for the released models).
         res_layers: how many decoder blocks get a U-Net skip (7 = all, the released models).
+        channels: U-Net widths (default: the released models'; :meth:`UNetChannels.scaled` for smaller ones).
+        sync_dim: width of the lip-reading expert's features the contrastive head projects the audio to
+            (default ``audio_dim``, as the released models whose expert and audio encoder are the same model).
     """
 
-    def __init__(self, audio_encoder: nn.Module, audio_dim: int, res_layers: int = 7) -> None:
+    def __init__(self, audio_encoder: nn.Module, audio_dim: int, res_layers: int = 7,
+                 channels: UNetChannels = UNetChannels(), sync_dim: int | None = None) -> None:
         super().__init__()
         self.res_layers = res_layers
-        self.face_encoder_blocks = _face_encoder()
+        self.channels = channels
+        self.face_encoder_blocks = _face_encoder(channels)
         self.audio_encoder = audio_encoder
-        self.audio_map = nn.Linear(audio_dim, ENC_CHANNELS[-1])
-        self.face_decoder_blocks = _face_decoder(res_layers)
-        self.output_block = nn.Sequential(ConvBlock(_decoder_in_channels(res_layers)[6], 32, 3, 1, 1),
-                                          nn.Conv2d(32, 3, kernel_size=1, stride=1, padding=0), nn.Sigmoid())
-        self.sync_net = AVSyncHead(audio_dim, audio_dim)
+        self.audio_map = nn.Linear(audio_dim, channels.encoder[-1])
+        self.face_decoder_blocks = _face_decoder(channels, res_layers)
+        self.output_block = nn.Sequential(ConvBlock(channels.decoder_in(res_layers)[6], channels.output, 3, 1, 1),
+                                          nn.Conv2d(channels.output, 3, kernel_size=1, stride=1, padding=0),
+                                          nn.Sigmoid())
+        self.sync_net = AVSyncHead(audio_dim, sync_dim or audio_dim)
         #: train the audio encoder too (the reference's ``gen.ft``); otherwise it runs under no_grad
         self.ft = False
         #: feed the U-Net channels-last tensors (set by :func:`fuse_for_inference`)
@@ -254,7 +306,7 @@ class TalkLipGenerator(nn.Module):
         for block in self.face_encoder_blocks:
             x = block(x)
             feats.append(x)
-        x = self.audio_map(audio_rows).reshape(audio_rows.shape[0], ENC_CHANNELS[-1], 1, 1)
+        x = self.audio_map(audio_rows).reshape(audio_rows.shape[0], self.channels.encoder[-1], 1, 1)
         for i, block in enumerate(self.face_decoder_blocks):
             x = block(x)
             skip = feats.pop()
@@ -317,20 +369,28 @@ def fuse_for_inference(generator: "TalkLipGenerator", channels_last: bool = True
 
 
 class TalkLipDiscriminator(nn.Module):
-    """Visual-quality discriminator (reference ``TalkLip_disc_qual``): P(real) of a face's lower half."""
+    """Visual-quality discriminator (reference ``TalkLip_disc_qual``): P(real) of a face's lower half.
 
-    def __init__(self) -> None:
+    Args:
+        width_divisor: every block's width divided by this (1 = the released discriminator).
+    """
+
+    def __init__(self, width_divisor: int = 1) -> None:
         super().__init__()
+        if width_divisor < 1:
+            raise ValueError(f"width_divisor must be >= 1, got {width_divisor}")
+        c = [max(2, w // width_divisor) for w in DISC_CHANNELS]
+        self.width_divisor = width_divisor
         self.face_encoder_blocks = nn.ModuleList([
-            nn.Sequential(LeakyConvBlock(3, 32, 7, 1, 3)),                                               # 48×96
-            nn.Sequential(LeakyConvBlock(32, 64, 5, (1, 2), 2), LeakyConvBlock(64, 64, 5, 1, 2)),          # 48×48
-            nn.Sequential(LeakyConvBlock(64, 128, 5, 2, 2), LeakyConvBlock(128, 128, 5, 1, 2)),            # 24×24
-            nn.Sequential(LeakyConvBlock(128, 256, 5, 2, 2), LeakyConvBlock(256, 256, 5, 1, 2)),           # 12×12
-            nn.Sequential(LeakyConvBlock(256, 512, 3, 2, 1), LeakyConvBlock(512, 512, 3, 1, 1)),           # 6×6
-            nn.Sequential(LeakyConvBlock(512, 512, 3, 2, 1), LeakyConvBlock(512, 512, 3, 1, 1)),           # 3×3
-            nn.Sequential(LeakyConvBlock(512, 512, 3, 1, 0), LeakyConvBlock(512, 512, 1, 1, 0)),           # 1×1
+            nn.Sequential(LeakyConvBlock(3, c[0], 7, 1, 3)),                                             # 48×96
+            nn.Sequential(LeakyConvBlock(c[0], c[1], 5, (1, 2), 2), LeakyConvBlock(c[1], c[1], 5, 1, 2)),  # 48×48
+            nn.Sequential(LeakyConvBlock(c[1], c[2], 5, 2, 2), LeakyConvBlock(c[2], c[2], 5, 1, 2)),       # 24×24
+            nn.Sequential(LeakyConvBlock(c[2], c[3], 5, 2, 2), LeakyConvBlock(c[3], c[3], 5, 1, 2)),       # 12×12
+            nn.Sequential(LeakyConvBlock(c[3], c[4], 3, 2, 1), LeakyConvBlock(c[4], c[4], 3, 1, 1)),       # 6×6
+            nn.Sequential(LeakyConvBlock(c[4], c[5], 3, 2, 1), LeakyConvBlock(c[5], c[5], 3, 1, 1)),       # 3×3
+            nn.Sequential(LeakyConvBlock(c[5], c[6], 3, 1, 0), LeakyConvBlock(c[6], c[6], 1, 1, 0)),       # 1×1
         ])
-        self.binary_pred = nn.Sequential(nn.Conv2d(512, 1, kernel_size=1, stride=1, padding=0), nn.Sigmoid())
+        self.binary_pred = nn.Sequential(nn.Conv2d(c[6], 1, kernel_size=1, stride=1, padding=0), nn.Sigmoid())
 
     @staticmethod
     def lower_half(faces: Tensor) -> Tensor:
@@ -367,12 +427,19 @@ class GeneratorSpec:
     Attributes:
         audio_dim: audio-encoder width D (``audio_map`` input).
         res_layers: decoder blocks with a U-Net skip.
-        encoder: keyword arguments for :class:`talkbench.nets.avhubert.AVHubertConfig`.
+        encoder: keyword arguments for :class:`talkbench.nets.avhubert.AVHubertConfig`; empty for a
+            :class:`LocalAudioEncoder` (``audio_kind == "local"``).
+        channels: U-Net widths.
+        sync_dim: width the contrastive head projects the audio to.
+        audio_kind: ``"avhubert"`` (the released models) or ``"local"``.
     """
 
     audio_dim: int
     res_layers: int
     encoder: Mapping[str, Any]
+    channels: UNetChannels = UNetChannels()
+    sync_dim: int | None = None
+    audio_kind: str = "avhubert"
 
 
 def unwrap_state_dict(obj: Any, path: str | Path = "<checkpoint>") -> dict[str, Tensor]:
@@ -396,20 +463,28 @@ def encoder_heads(width: int, override: int | None = None) -> int:
     if width in KNOWN_HEADS:
         return KNOWN_HEADS[width]
     heads = max(1, width // 16)
-    logger.warning("audio encoder width %d is not AV-HuBERT Base/Large: assuming %d attention heads of 16 "
+    logger.info("audio encoder width %d is not AV-HuBERT Base/Large: assuming %d attention heads of 16 "
                    "dimensions (pass attention_heads= to override)", width, heads)
     return heads
 
 
-def infer_generator_spec(state_dict: Mapping[str, Tensor], attention_heads: int | None = None) -> GeneratorSpec:
-    """Read a TalkLip generator's sizes from its tensors (official files carry no config).
+def _infer_channels(state_dict: Mapping[str, Tensor]) -> UNetChannels:
+    """U-Net widths from the first convolution of each encoder/decoder block and of the output block."""
+    def out_width(key: str, transposed: bool = False) -> int:
+        if key not in state_dict:
+            raise CheckpointError(f"not a TalkLip generator state dict: missing {key}")
+        return int(state_dict[key].shape[1 if transposed else 0])
 
-    Raises:
-        CheckpointError: a key the inference needs is missing (not a TalkLip generator).
-    """
+    enc = [6] + [out_width(f"face_encoder_blocks.{i}.0.conv_block.0.weight") for i in range(len(ENC_CHANNELS) - 1)]
+    dec = [out_width("face_decoder_blocks.0.0.conv_block.0.weight")]
+    dec += [out_width(f"face_decoder_blocks.{i}.0.conv_block.0.weight", transposed=True)
+            for i in range(1, len(DEC_CHANNELS))]
+    return UNetChannels(tuple(enc), tuple(dec), out_width("output_block.0.conv_block.0.weight"))
+
+
+def _infer_avhubert_encoder(state_dict: Mapping[str, Tensor], attention_heads: int | None) -> dict[str, Any]:
     p = GENERATOR_PREFIX
-    need = [p + "feature_extractor_audio.proj.weight", p + "encoder.pos_conv.0.weight_v", "audio_map.weight",
-            "face_decoder_blocks.1.0.conv_block.0.weight"]
+    need = [p + "feature_extractor_audio.proj.weight", p + "encoder.pos_conv.0.weight_v"]
     missing = [k for k in need if k not in state_dict]
     if missing:
         raise CheckpointError(f"not a TalkLip generator state dict: missing {', '.join(missing)}")
@@ -426,27 +501,48 @@ def infer_generator_spec(state_dict: Mapping[str, Tensor], attention_heads: int 
     if p + "label_embs_concat" in state_dict:
         encoder["label_embs_shape"] = tuple(int(s) for s in state_dict[p + "label_embs_concat"].shape)
     encoder["video_frontend"] = any(k.startswith(p + "feature_extractor_video.resnet.") for k in state_dict)
+    return encoder
+
+
+def infer_generator_spec(state_dict: Mapping[str, Tensor], attention_heads: int | None = None) -> GeneratorSpec:
+    """Read a TalkLip generator's sizes from its tensors (official files carry no config).
+
+    Also reads talkbench's smaller generators (scaled U-Net widths, :class:`LocalAudioEncoder`).
+
+    Raises:
+        CheckpointError: a key the inference needs is missing (not a TalkLip generator).
+    """
+    for key in ("audio_map.weight", "sync_net.Linearaudio.weight"):
+        if key not in state_dict:
+            raise CheckpointError(f"not a TalkLip generator state dict: missing {key}")
+    if "audio_encoder.local.0.weight" in state_dict:
+        audio_kind, encoder = "local", {}
+    else:
+        audio_kind, encoder = "avhubert", _infer_avhubert_encoder(state_dict, attention_heads)
+    channels = _infer_channels(state_dict)
     # decoder block i+1 input width tells whether block i gets a skip connection
     res_layers = 0
     for i in range(len(DEC_CHANNELS)):
         key = f"face_decoder_blocks.{i + 1}.0.conv_block.0.weight" if i < 6 else "output_block.0.conv_block.0.weight"
-        if key not in state_dict:
-            raise CheckpointError(f"not a TalkLip generator state dict: missing {key}")
         cin = int(state_dict[key].shape[0] if i < 6 else state_dict[key].shape[1])  # ConvTranspose: in×out×k×k
-        if cin == ENC_CHANNELS[-i - 1] + DEC_CHANNELS[i]:
+        if cin == channels.encoder[-i - 1] + channels.decoder[i]:
             res_layers = i + 1
         else:
             break
     return GeneratorSpec(audio_dim=int(state_dict["audio_map.weight"].shape[1]), res_layers=res_layers,
-                         encoder=encoder)
+                         encoder=encoder, channels=channels,
+                         sync_dim=int(state_dict["sync_net.Linearaudio.weight"].shape[0]), audio_kind=audio_kind)
 
 
 def build_generator(spec: GeneratorSpec) -> TalkLipGenerator:
-    """An (untrained) generator of the given sizes, AV-HuBERT audio encoder included."""
+    """An (untrained) generator of the given sizes, audio encoder included."""
     from talkbench.nets import avhubert
 
-    w2v = avhubert.AVHubertModel(avhubert_config(spec.encoder))
-    return TalkLipGenerator(TalkLipAudioEncoder(w2v), spec.audio_dim, spec.res_layers)
+    if spec.audio_kind == "local":
+        audio_encoder: nn.Module = LocalAudioEncoder(spec.audio_dim)
+    else:
+        audio_encoder = TalkLipAudioEncoder(avhubert.AVHubertModel(avhubert_config(spec.encoder)))
+    return TalkLipGenerator(audio_encoder, spec.audio_dim, spec.res_layers, spec.channels, spec.sync_dim)
 
 
 def avhubert_config(encoder: Mapping[str, Any]) -> Any:
@@ -500,7 +596,9 @@ def load_talklip_discriminator(path: str | Path, device: str | torch.device = "c
     from talkbench.safe_unpickle import load_checkpoint
 
     state_dict = unwrap_state_dict(load_checkpoint(path, map_location="cpu"), path)
-    model = TalkLipDiscriminator()
+    first = state_dict.get("face_encoder_blocks.0.0.conv_block.0.weight")
+    divisor = DISC_CHANNELS[0] // int(first.shape[0]) if first is not None and int(first.shape[0]) else 1
+    model = TalkLipDiscriminator(max(1, divisor))
     _strict_load(model, state_dict, path, "discriminator")
     return model.to(device).eval()
 

@@ -20,6 +20,9 @@ else:  # pragma: no cover
     import tomli as tomllib
 
 REFERENCE_TOML = Path(__file__).with_name("talklip_reference.toml")
+MINI_TOML = Path(__file__).with_name("talklip_mini.toml")
+#: names ``--config`` accepts besides a file path
+PRESETS: dict[str, Path] = {"reference": REFERENCE_TOML, "mini": MINI_TOML}
 
 
 @dataclass(frozen=True)
@@ -42,11 +45,20 @@ class TrainConfig:
         val_observer_wer: also generate every validation clip in full (inf_test procedure) and score it
             with the WER1 lip-reading observer (card ``avhubert-large-lrs2``, from ``weights`` or the cache;
             beam ``val_observer_beam``); off: only the reference's teacher-forced token error.
+    ``disc_lr``: the discriminator's learning rate (None = ``lr``, as the reference).
     The loss/optimizer/schedule/sampling fields are documented in ``talklip_reference.toml``;
     ``label_smoothing`` None = the expert checkpoint's criterion setting (0.1 when the file has none).
     ``disc_keeps_generator_grads``: the reference does not clear the discriminator's gradients from the
     generator's adversarial term before the discriminator step (they add up); False clears them.
     ``start_stage``: begin the schedule at this stage (0, 1 or 2), e.g. to fine-tune a released generator.
+    Model size (defaults = the released TalkLip; the mini ablation, ``talkbench/train/talklip_mini.toml``,
+    sets them):
+        generator_width: divide every U-Net and discriminator width by this.
+        audio_encoder: ``"expert"`` = a copy of the expert's AV-HuBERT encoder (the reference; only its last
+            ``finetune_last_layers`` layers train), ``"transformer"`` = a new AV-HuBERT audio encoder of
+            ``audio_dim``/``audio_layers``/``audio_ffn`` (16-d attention heads, as the loader assumes) (global: every frame attends to the whole
+            utterance), ``"local"`` = :class:`talkbench.nets.talklip.LocalAudioEncoder` of width ``audio_dim``
+            (each frame sees 7 frames of audio). New encoders train entirely from the first step.
     """
 
     # data
@@ -68,6 +80,12 @@ class TrainConfig:
     val_observer_beam: int = 50
     val_max_clips: int | None = None
     num_threads: int | None = None
+    # model size
+    generator_width: int = 1
+    audio_encoder: str = "expert"
+    audio_dim: int = 128
+    audio_layers: int = 2
+    audio_ffn: int = 256
     # loss
     lip_weight: float = 1e-5
     perceptual_weight: float = 0.07
@@ -77,6 +95,7 @@ class TrainConfig:
     max_negatives: int = 100
     # optim
     lr: float = 1e-4
+    disc_lr: float | None = None
     betas: tuple[float, float] = (0.5, 0.999)
     batch_size: int = 8
     epochs: int = 100
@@ -136,10 +155,11 @@ def config_from_mapping(values: Mapping[str, Any], base: TrainConfig | None = No
 
 
 def load_config(path: str | Path | None = None, **overrides: Any) -> TrainConfig:
-    """The reference settings, then a TOML file (if given), then keyword overrides (None values ignored)."""
+    """The reference settings, then a TOML file (if given; or a preset name of :data:`PRESETS`), then keyword
+    overrides (None values ignored)."""
     config = config_from_mapping(tomllib.loads(REFERENCE_TOML.read_text()), TrainConfig(), str(REFERENCE_TOML))
     if path is not None:
-        path = Path(path)
+        path = PRESETS.get(str(path), Path(path))
         if not path.is_file():
             raise ValueError(f"{path}: training config file not found.")
         config = config_from_mapping(tomllib.loads(path.read_text()), config, str(path))

@@ -50,8 +50,9 @@ from talkbench.generate import check_boxes, crop_faces, generator_inputs
 from talkbench.losses import (LipReadingLoss, pick_rows, collate_targets, compose_hybrid_video,
                               expert_video_input, gan_discriminator_loss, gan_generator_loss, l1_reconstruction,
                               sample_span_starts, span_frames)
-from talkbench.nets.talklip import (TalkLipAudioEncoder, TalkLipDiscriminator, TalkLipGenerator, load_talklip_generator,
-                                    save_talklip_checkpoint, unwrap_state_dict)
+from talkbench.nets.talklip import (LocalAudioEncoder, TalkLipAudioEncoder, TalkLipDiscriminator, TalkLipGenerator,
+                                    UNetChannels, encoder_heads, load_talklip_generator, save_talklip_checkpoint,
+                                    unwrap_state_dict)
 from talkbench.train.config import TrainConfig
 
 logger = logging.getLogger(__name__)
@@ -250,6 +251,45 @@ def generator_from_expert(expert: nn.Module, finetune_last_layers: int = 3) -> T
     return generator
 
 
+AUDIO_ENCODERS = ("expert", "transformer", "local")
+
+
+def expert_feature_dim(expert: nn.Module) -> int:
+    """Width of the expert's visual features (the contrastive head's target width)."""
+    from talkbench.mini.lipreader import MiniLipReader
+
+    if isinstance(expert, MiniLipReader):
+        return int(expert.cfg.dim)
+    return int(expert.encoder.w2v_model.cfg.encoder_embed_dim)
+
+
+def new_generator(config: TrainConfig, expert: nn.Module) -> TalkLipGenerator:
+    """A generator with a newly initialised audio encoder (``audio_encoder`` = transformer or local) and
+    U-Net widths divided by ``generator_width``; every parameter trains."""
+    from talkbench.nets.avhubert import AVHubertConfig, AVHubertModel
+
+    channels = UNetChannels.scaled(config.generator_width)
+    if config.audio_encoder == "local":
+        audio: nn.Module = LocalAudioEncoder(config.audio_dim)
+    else:
+        cfg = AVHubertConfig.for_talklip(encoder_layers=config.audio_layers, encoder_embed_dim=config.audio_dim,
+                                         encoder_ffn_embed_dim=config.audio_ffn,
+                                         encoder_attention_heads=encoder_heads(config.audio_dim), conv_pos=15,
+                                         conv_pos_groups=16, video_frontend=False)
+        audio = TalkLipAudioEncoder(AVHubertModel(cfg))
+    return TalkLipGenerator(audio, config.audio_dim, channels=channels, sync_dim=expert_feature_dim(expert))
+
+
+def build_lip_loss(expert: nn.Module, label_smoothing: float) -> nn.Module:
+    """The lip-reading loss for this expert: seq2seq cross-entropy (AV-HuBERT) or CTC (mini lip reader)."""
+    from talkbench.mini.expert import MiniLipReadingLoss
+    from talkbench.mini.lipreader import MiniLipReader
+
+    if isinstance(expert, MiniLipReader):
+        return MiniLipReadingLoss(expert)
+    return LipReadingLoss(expert, label_smoothing, pad=getattr(expert, "pad", 1))
+
+
 def set_trainable_audio_layers(generator: TalkLipGenerator, last: int) -> list[str]:
     """Freeze the audio encoder except its last ``last`` transformer layers; returns the trainable names."""
     n_layers = len(generator.audio_encoder.w2v_model.encoder.layers)
@@ -279,7 +319,12 @@ def expert_label_smoothing(path: Path) -> float:
 
 
 def load_expert(config: TrainConfig) -> tuple[nn.Module, Any, float]:
-    """The frozen lip-reading expert, its tokenizer and the label smoothing to use, from a card name or a file."""
+    """The frozen lip-reading expert, its tokenizer and the label smoothing to use, from a card name or a file.
+
+    An AV-HuBERT seq2seq file (the reference) or a mini lip reader (:mod:`talkbench.mini.expert`; label
+    smoothing does not apply to its CTC loss and is reported as 0).
+    """
+    from talkbench.mini.expert import CharTokenizer, is_mini_lipreader
     from talkbench.nets.avhubert import load_avhubert_seq2seq
 
     path = Path(config.expert)
@@ -287,6 +332,11 @@ def load_expert(config: TrainConfig) -> tuple[nn.Module, Any, float]:
         from talkbench import weights
 
         path = weights.resolve(config.expert, config.weights)
+    if is_mini_lipreader(str(path)):
+        from talkbench.mini.lipreader import load_lipreader
+
+        mini, _ = load_lipreader(path, device=config.device)
+        return mini.eval(), CharTokenizer(), 0.0
     model, tokenizer = load_avhubert_seq2seq(path, device=config.device)
     smoothing = config.label_smoothing if config.label_smoothing is not None else expert_label_smoothing(path)
     return model.eval(), tokenizer, smoothing
@@ -349,7 +399,7 @@ class TalkLipTrainer:
         self.generator = generator.to(self.device)
         self.discriminator = discriminator.to(self.device)
         smoothing = config.label_smoothing if config.label_smoothing is not None else DEFAULT_LABEL_SMOOTHING
-        self.lip = LipReadingLoss(expert.to(self.device), smoothing, pad=getattr(expert, "pad", 1))
+        self.lip = build_lip_loss(expert.to(self.device), smoothing)
         sync = self.generator.sync_net
         sync.temperature, sync.max_negatives = config.temperature, config.max_negatives
         self.tokenizer = tokenizer
@@ -358,7 +408,8 @@ class TalkLipTrainer:
         self.opt_gen = torch.optim.Adam([p for p in self.generator.parameters() if p.requires_grad],
                                         lr=config.lr, betas=config.betas)
         self.opt_disc = torch.optim.Adam([p for p in self.discriminator.parameters() if p.requires_grad],
-                                         lr=config.lr, betas=config.betas)
+                                         lr=config.disc_lr if config.disc_lr is not None else config.lr,
+                                         betas=config.betas)
         self.schedule = Schedule(stage=config.start_stage, patience=config.patience)
         self.global_step = 0
         self.epoch = 0
@@ -370,7 +421,8 @@ class TalkLipTrainer:
 
     # -- stage ---------------------------------------------------------------------------------------
     def _apply_stage(self) -> None:
-        self.generator.ft = self.schedule.stage >= 1
+        # a new (untrained) audio encoder trains from the first step; the expert's copy from stage 1 on
+        self.generator.ft = self.schedule.stage >= 1 or self.config.audio_encoder != "expert"
 
     @property
     def lip_on(self) -> bool:
@@ -399,7 +451,7 @@ class TalkLipTrainer:
         logs: dict[str, Any] = {}
         zero = faces.new_zeros(())
         lip = sync = zero
-        if self.lip_on:
+        if self.lip_on and (cfg.lip_weight > 0 or cfg.contrastive_weight > 0):
             hybrids, start = [], 0
             for frames, boxes, picked in zip(batch.frames, batch.boxes, batch.picked):
                 video = torch.from_numpy(frames).to(self.device)
@@ -613,12 +665,19 @@ def build_trainer(config: TrainConfig, train_clips: Sequence[TrainClip] | None =
     torch.manual_seed(config.seed)
     expert, tokenizer, smoothing = load_expert(config)
     config = config.replace(label_smoothing=smoothing)
+    if config.audio_encoder not in AUDIO_ENCODERS:
+        raise TrainError(f"audio_encoder must be one of {', '.join(AUDIO_ENCODERS)}, got {config.audio_encoder!r}.")
     if config.generator_init is not None:
         generator = load_talklip_generator(config.generator_init, device="cpu")
-        set_trainable_audio_layers(generator, config.finetune_last_layers)
-    else:
+        if config.audio_encoder == "expert":
+            set_trainable_audio_layers(generator, config.finetune_last_layers)
+    elif config.audio_encoder == "expert":
+        if config.generator_width != 1:
+            raise TrainError("generator_width needs audio_encoder = transformer or local (a new audio encoder).")
         generator = generator_from_expert(expert, config.finetune_last_layers)
-    discriminator = TalkLipDiscriminator()
+    else:
+        generator = new_generator(config, expert)
+    discriminator = TalkLipDiscriminator(config.generator_width)
     if config.discriminator_init is not None:
         from talkbench.nets.talklip import load_talklip_discriminator
 
