@@ -30,7 +30,6 @@ import argparse
 import json
 import logging
 import os
-import statistics
 import subprocess
 import sys
 import time
@@ -41,6 +40,10 @@ import torch
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))  # tests/recipe.py (stand-in weights), test_avhubert_common (file layout)
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # benchmarks/_timing.py
+
+import _timing  # noqa: E402
+from _timing import peak_rss_mib, reset_peak_rss, rss_mib  # noqa: E402
 
 logger = logging.getLogger("bench_avhubert")
 
@@ -50,7 +53,6 @@ ANCHORS = {  # PERF_ANCHORS.md rows 2a-2c, meeting.mp4 (73 frames), 2 threads
     "encoder_s": 1.05, "beam_s": 22.06, "beam20_s": 7.82,
     "encoder_peak_mib": 2402, "beam_peak_mib": 3076, "build_fill_peak_mib": 4084,
 }
-CLEAN_SHARE = 0.10
 FIXTURE = ROOT / "tests" / "fixtures" / "avhubert"
 
 
@@ -58,63 +60,16 @@ FIXTURE = ROOT / "tests" / "fixtures" / "avhubert"
 # measurement helpers
 # ------------------------------------------------------------------------------------------------------
 
-def _busy_jiffies() -> int:
-    fields = [int(v) for v in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
-    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)
-    return sum(fields[:8]) - idle
-
-
-def timed(fn: Callable[[], Any]) -> tuple[float, float, float]:
-    """(wall seconds, this process's CPU seconds, CPU seconds used by *other* processes per wall second)."""
-    tick = os.sysconf("SC_CLK_TCK")
-    own0, busy0, t0 = os.times(), _busy_jiffies(), time.perf_counter()
-    fn()
-    wall = time.perf_counter() - t0
-    own1, busy1 = os.times(), _busy_jiffies()
-    own = (own1.user - own0.user) + (own1.system - own0.system)
-    others = max(0.0, (busy1 - busy0) / tick - own)
-    return wall, own, others / max(wall, 1e-9)
-
-
-def median_clean(fn: Callable[[], Any], quick: bool = False, want: int = 3, most: int = 6) -> dict[str, Any]:
+def median_clean(fn: Callable[[], Any], quick: bool = False) -> dict[str, Any]:
     """Median wall time over clean runs (see the module docstring), with this process's CPU seconds.
 
     With one thread, CPU seconds are the robust figure on a shared machine (they do not count the time
-    spent waiting for a core); with several, OpenMP spin-waits inflate them.
+    spent waiting for a core); with several, OpenMP spin-waits inflate them. ``quick``: one run, no warm-up.
     """
-    if not quick:
-        fn()  # warm-up
-    clean, every = [], []
-    while len(every) < (1 if quick else most) and len(clean) < want:
-        wall, cpu, others = timed(fn)
-        every.append((wall, cpu, others))
-        if others <= CLEAN_SHARE:
-            clean.append((wall, cpu))
-    use = clean if len(clean) >= want else [(w, c) for w, c, _ in every]
-    return {"median_s": statistics.median(w for w, _ in use), "cpu_s": statistics.median(c for _, c in use),
-            "runs": [round(w, 3) for w, _, _ in every], "others_share": [round(o, 2) for _, _, o in every],
-            "clean": len(clean) >= want}
-
-
-def vm_hwm_mib() -> float:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
-
-
-def vm_rss_mib() -> float:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
-
-
-def reset_hwm() -> None:
-    try:
-        Path("/proc/self/clear_refs").write_text("5")
-    except OSError:
-        logger.warning("cannot reset VmHWM (/proc/self/clear_refs); inference peaks include the load peak")
+    runs = _timing.median_clean(fn, most=1 if quick else 6, warmup=not quick)
+    return {"median_s": runs.median_s, "cpu_s": runs.median_cpu_s,
+            "runs": [round(t.wall_s, 3) for t in runs.timings],
+            "others_share": [round(t.others_share, 2) for t in runs.timings], "clean": not runs.noisy}
 
 
 def matmul_gflops(threads: int) -> float:
@@ -219,9 +174,9 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
     t0 = time.perf_counter()
     model, _ = load_avhubert_seq2seq(ckpt, "cpu", tokenizer_files=(FIXTURE / "spm_unigram200.model", dict_txt))
     load_s = time.perf_counter() - t0
-    load_peak = vm_hwm_mib()
-    resident = vm_rss_mib()
-    reset_hwm()
+    load_peak = peak_rss_mib()
+    resident = rss_mib()
+    reset_peak_rss()
 
     frames = media.decode_clip(FIXTURE / f"{args.clip}.mp4", need_audio=False).frames
     video = video_input(mouth_roi.talklip2023_crops(frames))
@@ -229,7 +184,7 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
 
     with torch.no_grad():
         encoder = median_clean(lambda: model.encode(video, None), args.quick)
-    encoder_peak = vm_hwm_mib()
+    encoder_peak = peak_rss_mib()
     best = {}
     if args.no_full_beam:
         beam = {"median_s": float("nan"), "cpu_s": float("nan"), "runs": [], "others_share": [], "clean": False}
@@ -239,7 +194,7 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
                             args.quick)
     beam20 = median_clean(lambda: best.__setitem__("cap20", run_search(model, video, 0.0, 20, "talkbench")),
                           args.quick)
-    beam_peak = vm_hwm_mib()
+    beam_peak = peak_rss_mib()
     fairseq20 = median_clean(lambda: best.__setitem__("fairseq20", run_search(model, video, 0.0, 20, "fairseq")),
                              args.quick)
     if best["fairseq20"] != best["cap20"]:

@@ -28,9 +28,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
-import os
 import shutil
-import statistics
 import sys
 import tempfile
 import time
@@ -40,12 +38,13 @@ from typing import Any, Callable
 
 import numpy as np
 import torch
-from torch.utils.flop_counter import FlopCounterMode
 
 ROOT = Path(__file__).resolve().parent.parent
 FIX = ROOT / "tests" / "fixtures" / "syncnet"
 sys.path.insert(0, str(ROOT / "tests"))  # tests/recipe.py: the stand-in weights rule
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # benchmarks/_timing.py
 
+from _timing import alternate, counted_gflop, peak_rss_mib, reset_peak_rss, rss_mib, timed  # noqa: E402
 from recipe import filled_state_dict  # noqa: E402
 
 from talkbench import lse, media  # noqa: E402
@@ -54,72 +53,8 @@ from talkbench.observers.base import ClipData  # noqa: E402
 from talkbench.observers.syncnet import LSEOptions, SyncNetObserver  # noqa: E402
 
 logger = logging.getLogger("bench_syncnet")
-CLEAN_SHARE = 0.10
 ANCHOR_FFMPEG_S = {"meeting": 0.153 + 0.144, "another": 0.178 + 0.119}   # PERF_ANCHORS 1a′ / 1b′
 ANCHOR_E2E_S = {"meeting": 3.94, "another": 4.32}
-
-
-# ------------------------------------------------------------------------------------------ timing
-
-def _busy_jiffies() -> int:
-    fields = [int(v) for v in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
-    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)
-    return sum(fields[:8]) - idle
-
-
-def timed(fn: Callable[[], Any]) -> tuple[float, float, Any]:
-    """(wall s, share of the wall time other processes kept a CPU busy, fn's result)."""
-    tick = os.sysconf("SC_CLK_TCK")
-    own0, busy0, t0 = os.times(), _busy_jiffies(), time.perf_counter()
-    out = fn()
-    wall = time.perf_counter() - t0
-    own1, busy1 = os.times(), _busy_jiffies()
-    own = (own1.user - own0.user) + (own1.system - own0.system)
-    return wall, max(0.0, (busy1 - busy0) / tick - own) / max(wall, 1e-9), out
-
-
-class Series:
-    """Alternating runs of several functions; each keeps its own walls and clean flags."""
-
-    def __init__(self, fns: dict[str, Callable[[], Any]]) -> None:
-        self.fns = fns
-        self.runs: dict[str, list[tuple[float, float]]] = {k: [] for k in fns}
-
-    def run(self, want: int = 3, most: int = 6) -> dict[str, dict[str, Any]]:
-        for fn in self.fns.values():
-            fn()  # warm-up
-        for _ in range(most):
-            for name, fn in self.fns.items():
-                wall, share, _ = timed(fn)
-                self.runs[name].append((wall, share))
-            if all(sum(s <= CLEAN_SHARE for _, s in r) >= want for r in self.runs.values()):
-                break
-        out = {}
-        for name, runs in self.runs.items():
-            clean = [w for w, s in runs if s <= CLEAN_SHARE]
-            walls = clean if len(clean) >= want else [w for w, _ in runs]
-            out[name] = {"median_s": statistics.median(walls), "min_s": min(w for w, _ in runs),
-                         "clean": len(clean), "runs": len(runs), "noisy": len(clean) < want,
-                         "others_max": max(s for _, s in runs)}
-        return out
-
-
-def reset_peak() -> None:
-    try:
-        Path("/proc/self/clear_refs").write_text("5")
-    except OSError:
-        logger.warning("cannot reset VmHWM; peak RSS includes earlier phases")
-
-
-def _status_mib(field: str) -> float:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
-
-
-def peak_mib() -> float:
-    return _status_mib("VmHWM")
 
 
 # ------------------------------------------------------------------------------------------ reference
@@ -223,31 +158,28 @@ def main() -> None:
                         return instance.evaluate(ref_opt, videofile=str(path))
                 fns["reference evaluate"] = run_reference
             # peak RSS of one end-to-end run each (VmHWM reset before; the model stays resident)
-            resident = _status_mib("VmRSS")
-            reset_peak()
+            resident = rss_mib()
+            reset_peak_rss()
             fns["talkbench e2e"]()
-            peak = peak_mib()
+            peak = peak_rss_mib()
             peak_ref = None
             if reference:
-                reset_peak()
+                reset_peak_rss()
                 fns["reference evaluate"]()
-                peak_ref = peak_mib()
-            results = Series(fns).run()
+                peak_ref = peak_rss_mib()
+            results = alternate(fns)
 
-            counter = FlopCounterMode(display=False)
-            with counter:
-                lse.embed_clip(model, frames224, clip.audio_int16, n)
-            gflop = counter.get_total_flops() / 1e9
+            gflop = counted_gflop(lambda: lse.embed_clip(model, frames224, clip.audio_int16, n))
 
             ours = plain.measure(ClipData(name, clip))
             print(f"\n== {name}: {clip.num_frames} frames ({seconds:.2f} s), {n} windows")
             for key, r in results.items():
-                print(f"  {key:28s} {r['median_s']:.3f} s  (min {r['min_s']:.3f}; {r['clean']}/{r['runs']} clean"
-                      f"{', NOISY' if r['noisy'] else ''}; others up to {100 * r['others_max']:.0f} % of a CPU)")
-            e2e = results["talkbench e2e"]["median_s"]
-            net = results["talkbench network"]["median_s"]
+                print(f"  {key:28s} {r.median_s:.3f} s  (min {r.min_s:.3f}; {r.clean_count}/{len(r.timings)} "
+                      f"clean{', NOISY' if r.noisy else ''}; others up to {100 * r.others_share_max:.0f} % of a CPU)")
+            e2e = results["talkbench e2e"].median_s
+            net = results["talkbench network"].median_s
             print(f"  compute per minute of video : {60 * e2e / seconds:.1f} s (jpeg-compat "
-                  f"{60 * results['talkbench e2e jpeg-compat']['median_s'] / seconds:.1f} s)")
+                  f"{60 * results['talkbench e2e jpeg-compat'].median_s / seconds:.1f} s)")
             print(f"  FLOPs counted {gflop:.1f} G; achieved {gflop / net:.0f} GFLOP/s in the network part")
             print(f"  peak RSS (model resident)   : {peak:.0f} MiB, {peak - resident:.0f} MiB above the RSS before the run"
                   + (f" (reference evaluate: {peak_ref:.0f} MiB)" if peak_ref else ""))
@@ -257,7 +189,7 @@ def main() -> None:
                 r = results["reference evaluate"]
                 offset, conf, minval = run_reference()
                 stub = fake.seconds
-                ref_net = r["median_s"] - stub
+                ref_net = r.median_s - stub
                 jpg = compat.measure(ClipData(name, clip))
                 print(f"  reference LSE-D {float(minval):.4f}  LSE-C {float(conf):.4f}  offset {int(offset)}  "
                       f"(talkbench jpeg-compat: |dD| {abs(jpg['lse_d'] - float(minval)):.1e}, "
@@ -266,7 +198,7 @@ def main() -> None:
                 print(f"  reference without ffmpeg    : {ref_net:.3f} s (stub {stub:.3f} s excluded); with the anchored "
                       f"ffmpeg cost {ref_e2e:.3f} s")
                 print(f"  SPEED-UP end to end         : {ref_e2e / e2e:.2f}x (jpeg-compat "
-                      f"{ref_e2e / results['talkbench e2e jpeg-compat']['median_s']:.2f}x); network vs reference "
+                      f"{ref_e2e / results['talkbench e2e jpeg-compat'].median_s:.2f}x); network vs reference "
                       f"without ffmpeg {ref_net / net:.2f}x")
             else:
                 print(f"  vs PERF_ANCHORS reference e2e {ANCHOR_E2E_S[name]:.2f} s: {ANCHOR_E2E_S[name] / e2e:.2f}x "
@@ -279,7 +211,8 @@ def main() -> None:
         embs, walls = {}, {}
         with torch.inference_mode():
             for chunk in (4, 16, 64):
-                walls[chunk], _, embs[chunk] = timed(lambda: model.lip_embeddings(frames, n, chunk=chunk))
+                run = timed(lambda: model.lip_embeddings(frames, n, chunk=chunk))
+                walls[chunk], embs[chunk] = run.wall_s, run.result
         print("\n== batch-size independence (another, lip tower)")
         for chunk in (4, 16, 64):
             diff = (embs[chunk] - embs[16]).abs().max().item()

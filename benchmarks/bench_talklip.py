@@ -26,7 +26,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import statistics
 import sys
 import time
@@ -38,37 +37,13 @@ import torch.nn.functional as F
 
 ROOT = Path(__file__).resolve().parents[1]
 FIXTURES = ROOT / "tests" / "fixtures" / "talklip"
-sys.path.insert(0, str(ROOT / "tests"))
+sys.path.insert(0, str(ROOT / "tests"))  # tests/recipe.py: the stand-in weights rule
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # benchmarks/_timing.py
+
+from _timing import counted_gflop, peak_rss_mib, timed  # noqa: E402
 
 REFERENCE_ANCHOR_S = 8.36     # PERF_ANCHORS row 5, TalkLip inf_test generator + paste, 73 frames, quiet machine
 REFERENCE_ANCHOR_GFLOP = 578.9
-
-
-def vm_hwm_mib() -> float:
-    """Peak resident set size of this process so far (VmHWM), MiB."""
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
-
-
-def busy_jiffies() -> int:
-    """All CPUs' busy time (user+nice+system+irq+softirq+steal), in clock ticks."""
-    with open("/proc/stat") as fh:
-        fields = [int(v) for v in fh.readline().split()[1:]]
-    return fields[0] + fields[1] + fields[2] + fields[5] + fields[6] + fields[7]
-
-
-def timed(fn):
-    """Run fn; returns (result, wall seconds, CPU seconds used by other processes during the run)."""
-    tick = os.sysconf("SC_CLK_TCK")
-    own0, busy0, t0 = os.times(), busy_jiffies(), time.perf_counter()
-    out = fn()
-    wall = time.perf_counter() - t0
-    own1, busy1 = os.times(), busy_jiffies()
-    own = (own1.user - own0.user) + (own1.system - own0.system)
-    others = max(0.0, (busy1 - busy0) / tick - own)
-    return out, wall, others
 
 
 def reference_style(generator, frames, boxes, feats, ref_crop, crops):
@@ -91,6 +66,7 @@ def reference_style(generator, frames, boxes, feats, ref_crop, crops):
 
 
 def read_clip(name: str) -> tuple[np.ndarray, np.ndarray]:
+    """uint8 BGR frames (read with cv2, as the reference does) and the int16 samples of a fixture clip."""
     import cv2
     from scipy.io import wavfile
 
@@ -108,15 +84,15 @@ def memory_child(path: Path, clip: str) -> None:
     from talkbench.generate import load_generator, synthesize
 
     frames, samples = read_clip(clip)
-    base = vm_hwm_mib()
+    base = peak_rss_mib()
     t0 = time.perf_counter()
     generator, _ = load_generator(path)
-    load_s, load_peak = time.perf_counter() - t0, vm_hwm_mib()
+    load_s, load_peak = time.perf_counter() - t0, peak_rss_mib()
     boxes = np.tile(np.array([0, 0, frames.shape[2], frames.shape[1]]), (len(frames), 1))
     t0 = time.perf_counter()
     synthesize(generator, frames, boxes, samples)
     print(json.dumps({"rss_before_load_mib": round(base, 1), "peak_after_load_mib": round(load_peak, 1),
-                      "load_s": round(load_s, 2), "peak_after_synthesize_mib": round(vm_hwm_mib(), 1),
+                      "load_s": round(load_s, 2), "peak_after_synthesize_mib": round(peak_rss_mib(), 1),
                       "synthesize_s": round(time.perf_counter() - t0, 2)}))
 
 
@@ -156,8 +132,6 @@ def main() -> None:
         return memory_parent(args)
 
     from recipe import filled_state_dict
-    from scipy.io import wavfile
-    import cv2
 
     from talkbench.audio_features import avhubert_audio_features
     from talkbench.generate import align_audio_features, crop_faces, synthesize
@@ -167,18 +141,10 @@ def main() -> None:
     t0 = time.perf_counter()
     generator = generator_from_state_dict(filled_state_dict(keys), attention_heads=4 if args.tiny else None).eval()
     build_s = time.perf_counter() - t0
-    build_peak = vm_hwm_mib()
+    build_peak = peak_rss_mib()
     fused = fuse_for_inference(generator)
 
-    cap = cv2.VideoCapture(str(FIXTURES / f"{args.clip}.mp4"))
-    frames = []
-    while True:
-        ok, frame = cap.read()
-        if not ok:
-            break
-        frames.append(frame)
-    frames = np.stack(frames)
-    samples = wavfile.read(str(FIXTURES / f"{args.clip}.wav"))[1]
+    frames, samples = read_clip(args.clip)
     h, w = frames.shape[1:3]
     boxes = np.tile(np.array([0, 0, w, h]), (len(frames), 1))
     feats = align_audio_features(avhubert_audio_features(samples), len(frames))
@@ -191,22 +157,19 @@ def main() -> None:
         return synthesize(fused, frames, boxes, samples, batch_size=args.batch_size)[0]
 
     # FLOPs of the network part (matmul/conv only, as PERF_ANCHORS counts them)
-    from torch.utils.flop_counter import FlopCounterMode
-
-    counter = FlopCounterMode(display=False)
-    with counter, torch.no_grad():
-        generator(torch.zeros(len(frames), 6, 96, 96), torch.from_numpy(np.ascontiguousarray(feats.T))[None],
-                  torch.arange(len(frames)))
-    gflop = counter.get_total_flops() / 1e9
+    with torch.no_grad():
+        gflop = counted_gflop(lambda: generator(torch.zeros(len(frames), 6, 96, 96),
+                                                torch.from_numpy(np.ascontiguousarray(feats.T))[None],
+                                                torch.arange(len(frames))))
 
     a, b = run_reference(), run_talkbench()          # warm-up, and the two must agree
     max_diff = int(np.abs(a.astype(int) - b.astype(int)).max())
     ref_t, tb_t, ref_o, tb_o = [], [], [], []
     for _ in range(args.repeats):
-        _, wall, other = timed(run_reference)
-        ref_t.append(wall), ref_o.append(other)
-        _, wall, other = timed(run_talkbench)
-        tb_t.append(wall), tb_o.append(other)
+        for walls, others, fn in ((ref_t, ref_o, run_reference), (tb_t, tb_o, run_talkbench)):
+            run = timed(fn)   # others: CPU seconds used by other processes during the run
+            walls.append(run.wall_s)
+            others.append(run.others_cpu_s)
     ref_med, tb_med = statistics.median(ref_t), statistics.median(tb_t)
     load = Path("/proc/loadavg").read_text().split()[:3]
     report = {
@@ -222,7 +185,7 @@ def main() -> None:
                                               "talkbench": [round(v, 2) for v in tb_o]},
         "loadavg_1_5_15": load,
         "peak_rss_mib_after_build_fill": round(build_peak, 1),
-        "peak_rss_mib_end (both models resident)": round(vm_hwm_mib(), 1),
+        "peak_rss_mib_end (both models resident)": round(peak_rss_mib(), 1),
         "max_abs_pixel_diff_between_sides": max_diff,
         "perf_anchor_row5_reference_s": REFERENCE_ANCHOR_S if not args.tiny else None,
     }

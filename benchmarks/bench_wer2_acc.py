@@ -22,8 +22,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -33,11 +31,13 @@ from pathlib import Path
 from typing import Any, Callable
 
 import torch
-from torch.utils.flop_counter import FlopCounterMode
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))  # tests/recipe.py: the stand-in weights rule
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # benchmarks/_timing.py
 
+import _timing  # noqa: E402
+from _timing import counted_gflop, peak_rss_mib, reset_peak_rss  # noqa: E402
 from recipe import filled_state_dict  # noqa: E402
 
 from talkbench import media  # noqa: E402
@@ -47,69 +47,18 @@ from talkbench.observers import conformer as wer2  # noqa: E402
 from talkbench.observers import mvm as acc  # noqa: E402
 from talkbench.observers.base import ClipData  # noqa: E402
 
-logger = logging.getLogger("bench_wer2_acc")
-
 ANCHOR_MATMUL_GFLOPS = 135.5
 ANCHORS = {
     "wer2": {"end_to_end_s": 1.40, "network_s": 0.97, "peak_mib": 779, "gflop": 79.4},
     "acc": {"end_to_end_s": 1.04, "network_s": 1.05, "peak_mib": 744, "gflop": 80.2},
 }
-CLEAN_SHARE = 0.10
 
 
-def _busy_jiffies() -> int:
-    fields = [int(v) for v in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
-    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)
-    return sum(fields[:8]) - idle
-
-
-def timed(fn: Callable[[], Any]) -> tuple[float, float]:
-    """(wall seconds, CPU seconds used by *other* processes during the call, per wall second)."""
-    tick = os.sysconf("SC_CLK_TCK")
-    own0, busy0, t0 = os.times(), _busy_jiffies(), time.perf_counter()
-    fn()
-    wall = time.perf_counter() - t0
-    own1, busy1 = os.times(), _busy_jiffies()
-    own = (own1.user - own0.user) + (own1.system - own0.system)
-    others = max(0.0, (busy1 - busy0) / tick - own)
-    return wall, others / max(wall, 1e-9)
-
-
-def median_clean(fn: Callable[[], Any], want: int = 3, most: int = 6) -> dict[str, Any]:
-    fn()  # warm-up
-    clean, every = [], []
-    for _ in range(most):
-        wall, share = timed(fn)
-        every.append((wall, share))
-        if share <= CLEAN_SHARE:
-            clean.append(wall)
-        if len(clean) >= want:
-            break
-    walls = clean if len(clean) >= want else [w for w, _ in every]
-    return {"median_s": statistics.median(walls), "min_s": min(w for w, _ in every), "clean_runs": len(clean),
-            "runs": len(every), "noisy": len(clean) < want,
-            "others_share_max": max(s for _, s in every)}
-
-
-def reset_peak() -> None:
-    try:
-        Path("/proc/self/clear_refs").write_text("5")
-    except OSError:
-        logger.warning("cannot reset VmHWM; peak RSS includes earlier phases")
-
-
-def peak_mib() -> float:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
-
-
-def gflop(fn: Callable[[], Any]) -> float:
-    counter = FlopCounterMode(display=False)
-    with counter:
-        fn()
-    return counter.get_total_flops() / 1e9
+def median_clean(fn: Callable[[], Any]) -> dict[str, Any]:
+    """Median wall time over clean runs (see the module docstring) and the run counts, as a JSON-able dict."""
+    runs = _timing.median_clean(fn)
+    return {"median_s": runs.median_s, "min_s": runs.min_s, "clean_runs": runs.clean_count,
+            "runs": len(runs.timings), "noisy": runs.noisy, "others_share_max": runs.others_share_max}
 
 
 def matmul_rate() -> dict[str, Any]:
@@ -132,10 +81,10 @@ def make_checkpoints(tmp: Path) -> None:
 
 def bench_wer2(tmp: Path, clip_path: Path, text: str) -> dict[str, Any]:
     ckpt = tmp / "conformer.pth"
-    reset_peak()
+    reset_peak_rss()
     t0 = time.perf_counter()
     model = load_conformer(ckpt, "cpu")
-    load = {"load_s": time.perf_counter() - t0, "load_peak_mib": peak_mib()}
+    load = {"load_s": time.perf_counter() - t0, "load_peak_mib": peak_rss_mib()}
     observer = wer2.ConformerObserver(model=model, device=torch.device("cpu"))
 
     def end_to_end() -> None:
@@ -146,19 +95,19 @@ def bench_wer2(tmp: Path, clip_path: Path, text: str) -> dict[str, Any]:
     target = wer2.transcript_indices(text)
     video = wer2.normalise(wer2.gray_crops(clip.frames))
     prep = median_clean(lambda: wer2.normalise(wer2.gray_crops(clip.frames)))
-    reset_peak()
+    reset_peak_rss()
     e2e = median_clean(end_to_end)
     net = median_clean(lambda: model.teacher_force(video, target))
     return {"frames": int(clip.frames.shape[0]), **load, "end_to_end": e2e, "preprocessing": prep, "network": net,
-            "peak_mib": peak_mib(), "gflop": gflop(lambda: model.teacher_force(video, target))}
+            "peak_mib": peak_rss_mib(), "gflop": counted_gflop(lambda: model.teacher_force(video, target))}
 
 
 def bench_acc(tmp: Path, clip_path: Path) -> dict[str, Any]:
     ckpt = tmp / "Pretrained_Ckpt.ckpt"
-    reset_peak()
+    reset_peak_rss()
     t0 = time.perf_counter()
     model = load_mvm(ckpt, "cpu")
-    load = {"load_s": time.perf_counter() - t0, "load_peak_mib": peak_mib()}
+    load = {"load_s": time.perf_counter() - t0, "load_peak_mib": peak_rss_mib()}
     observer = acc.MVMObserver(model=model, device=torch.device("cpu"))
 
     def end_to_end() -> None:
@@ -168,13 +117,13 @@ def bench_acc(tmp: Path, clip_path: Path) -> dict[str, Any]:
     clip = media.decode_clip(clip_path, need_audio=False)
     video = acc.input_tensor(acc.lrw_crops(clip.frames))
     prep = median_clean(lambda: acc.input_tensor(acc.lrw_crops(clip.frames)))
-    reset_peak()
+    reset_peak_rss()
     e2e = median_clean(end_to_end)
     net = median_clean(lambda: model.logits_with_flip(video))
     with torch.no_grad():
-        flops = gflop(lambda: model.logits_with_flip(video))
+        flops = counted_gflop(lambda: model.logits_with_flip(video))
     return {"frames": int(clip.frames.shape[0]), **load, "end_to_end": e2e, "preprocessing": prep, "network": net,
-            "peak_mib": peak_mib(), "gflop": flops}
+            "peak_mib": peak_rss_mib(), "gflop": flops}
 
 
 def report(name: str, result: dict[str, Any], rate: float) -> None:

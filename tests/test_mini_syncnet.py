@@ -60,7 +60,7 @@ def test_checkpoint_round_trip(tmp_path):
     obj = torch.load(tmp_path / "s.pt", weights_only=True)
     obj["width"] = 0.125
     torch.save(obj, tmp_path / "bad.pt")
-    with pytest.raises(ValueError, match="wrong shapes"):
+    with pytest.raises(ValueError, match="shape mismatches"):
         S.load_mini_syncnet(tmp_path / "bad.pt")
 
 

@@ -12,6 +12,7 @@ import torch
 
 from recipe import filled_state_dict
 from talkbench.media import Clip
+from talkbench.nets.checkpoint_keys import CheckpointError
 from talkbench.nets.mvm import MVMClassifier, load_mvm
 from talkbench.observers import mvm as obs
 from talkbench.observers.base import ClipData, ClipSkipped
@@ -193,19 +194,19 @@ def test_strict_load_errors(tmp_path: Path, flat_state: dict[str, torch.Tensor])
                                           if k != "tcn.tcn_output.bias"})
     path = tmp_path / "missing.ckpt"
     torch.save(broken, path)
-    with pytest.raises(ValueError, match=r"tcn_state_dict.*tcn\.tcn_output\.bias"):
+    with pytest.raises(CheckpointError, match=r"tcn_state_dict.*missing keys: tcn\.tcn_output\.bias.*mvm-lrw="):
         load_mvm(path)
     # The audio front end is not used, but a present one is still checked strictly.
     broken = dict(nested, a_front_state_dict=dict(nested["a_front_state_dict"], extra=torch.zeros(1)))
     torch.save(broken, path)
-    with pytest.raises(ValueError, match="a_front_state_dict.*extra"):
+    with pytest.raises(CheckpointError, match="a_front_state_dict.*unexpected keys: extra"):
         load_mvm(path)
     torch.save({k: v for k, v in nested.items() if k != "mem_state_dict"}, path)
-    with pytest.raises(ValueError, match="missing mem_state_dict"):
+    with pytest.raises(CheckpointError, match="missing mem_state_dict"):
         load_mvm(path)
     broken = dict(nested, mem_state_dict=dict(nested["mem_state_dict"], key=torch.zeros(448, 128)))
     torch.save(broken, path)
-    with pytest.raises(ValueError, match="wrong shape.*key"):
+    with pytest.raises(CheckpointError, match=r"mem_state_dict.*shape mismatches: key \(448, 128\)"):
         load_mvm(path)
 
 

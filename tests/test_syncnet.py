@@ -17,6 +17,7 @@ import torch
 from recipe import filled_state_dict
 from talkbench import lse
 from talkbench.audio_features import syncnet_mfcc
+from talkbench.nets.checkpoint_keys import CheckpointError
 from talkbench.nets.syncnet import SyncNet, load_syncnet
 
 FIX = Path(__file__).resolve().parent / "fixtures" / "syncnet"
@@ -88,8 +89,14 @@ def test_loader_reports_missing_and_unexpected_keys(tmp_path: Path, checkpoint: 
     del bad["netfcaud.3.weight"]
     bad["netfcaud.9.weight"] = torch.zeros(3)
     torch.save(bad, tmp_path / "bad.model")
-    with pytest.raises(ValueError, match=r"missing keys \['netfcaud.3.weight'\].*unexpected keys \['netfcaud.9.weight'\]"):
+    with pytest.raises(CheckpointError, match=r"missing keys: netfcaud\.3\.weight; unexpected keys: netfcaud\.9\.weight"
+                       ) as info:
         load_syncnet(tmp_path / "bad.model")
+    assert str(tmp_path / "bad.model") in str(info.value) and "--weights syncnet-v2=" in str(info.value)
+    bad = dict(state, **{"netfcaud.3.weight": torch.zeros(2, 2)})
+    torch.save(bad, tmp_path / "shape.model")
+    with pytest.raises(CheckpointError, match=r"shape mismatches: netfcaud\.3\.weight \(2, 2\)"):
+        load_syncnet(tmp_path / "shape.model")
     with pytest.raises(FileNotFoundError, match="syncnet-v2"):
         load_syncnet(tmp_path / "absent.model")
 

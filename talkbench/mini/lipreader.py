@@ -34,6 +34,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from talkbench.nets.avhubert import IMAGE_MEAN, IMAGE_STD, AVHubertConfig, TransformerEncoder
+from talkbench.nets.checkpoint_keys import require_matching_keys
 
 logger = logging.getLogger(__name__)
 
@@ -204,11 +205,8 @@ def load_lipreader(path: str | Path, device: str | torch.device = "cpu") -> tupl
     model = MiniLipReader(LipReaderConfig(**cfg_dict))
     state = obj["state_dict"]
     expected = model.state_dict()
-    missing = [k for k in expected if k not in state]
-    unexpected = [k for k in state if k not in expected]
-    if missing or unexpected:
-        raise ValueError(f"{path}: state dict does not match its config: missing {missing[:10]} ({len(missing)}), "
-                         f"unexpected {unexpected[:10]} ({len(unexpected)}).")
+    require_matching_keys(expected, state, path, "a state dict that matches its config",
+                          "Retrain it with `talkbench train-observer lipreader` or pass --weights NAME=PATH.")
     model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in state.items()}, strict=True)
     return model.eval().to(device), dict(obj.get("meta") or {})
 

@@ -15,6 +15,7 @@ from typing import Any, Mapping
 
 import torch
 
+from talkbench.nets.checkpoint_keys import require_matching_keys
 from talkbench.nets.syncnet import SyncNet
 
 logger = logging.getLogger(__name__)
@@ -59,12 +60,8 @@ def load_mini_syncnet(path: str | Path, device: str | torch.device = "cpu") -> t
     model = build_mini_syncnet(float(obj["width"]), int(obj["embed_dim"]))
     state = obj["state_dict"]
     expected = model.state_dict()
-    missing = [k for k in expected if k not in state]
-    unexpected = [k for k in state if k not in expected]
-    bad = [k for k in expected if k in state and tuple(state[k].shape) != tuple(expected[k].shape)]
-    if missing or unexpected or bad:
-        raise ValueError(f"{path}: not a width-{obj['width']} SyncNet state: missing {missing[:10]}, "
-                         f"unexpected {unexpected[:10]}, wrong shapes {bad[:10]}.")
+    require_matching_keys(expected, state, path, f"a width-{obj['width']} SyncNet state",
+                          "Retrain it with `talkbench train-observer syncnet` or pass --weights mini-syncnet=PATH.")
     model.load_state_dict(state, strict=True)
     return model.eval().to(device), dict(obj.get("meta") or {})
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Mapping
 
 from torch import Tensor
@@ -29,3 +30,18 @@ def key_mismatch(expected: Mapping[str, Tensor], state: Mapping[str, Tensor], sh
     parts = [f"{label}: {show(keys)}" for label, keys in
              (("missing keys", missing), ("unexpected keys", unexpected), ("shape mismatches", wrong)) if keys]
     return "; ".join(parts) or None
+
+
+def require_matching_keys(expected: Mapping[str, Tensor], state: Mapping[str, Tensor], path: str | Path, what: str,
+                          fix: str, shown: int = 10) -> None:
+    """Raise :class:`CheckpointError` when ``state`` does not fit the model's ``expected`` state dict.
+
+    The message reads ``"<path>: not <what>: <key_mismatch report>. <fix>"``, e.g.
+    ``"w.pth: not a SyncNet v2 checkpoint: missing keys: a; unexpected keys: b. Pass ... --weights ..."``.
+
+    Raises:
+        CheckpointError: missing, unexpected or mis-shaped keys (each list cut after ``shown`` names).
+    """
+    problem = key_mismatch(expected, state, shown)
+    if problem:
+        raise CheckpointError(f"{path}: not {what}: {problem}. {fix}")

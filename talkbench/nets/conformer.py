@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from talkbench.nets.checkpoint_keys import CheckpointError, require_matching_keys
 from talkbench.nets.espnet_layers import (
     ConformerEncoderLayer,
     DecoderLayer,
@@ -248,26 +249,13 @@ def _unwrap(obj: object, path: Path) -> Mapping[str, torch.Tensor]:
                 obj = obj[wrapper]
                 break
     if not isinstance(obj, Mapping) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
-        raise ValueError(f"{path}: not a Conformer lip-reader state dict (expected a mapping of tensors, "
-                         f"got {type(obj).__name__}); pass TalkLip's conformer checkpoint with "
-                         "--weights conformer-lrs2=PATH.")
+        raise CheckpointError(f"{path}: not a Conformer lip-reader state dict (expected a mapping of tensors, "
+                              f"got {type(obj).__name__}); pass TalkLip's conformer checkpoint with "
+                              "--weights conformer-lrs2=PATH.")
     state = OrderedDict(obj)
     if state and all(k.startswith("module.") for k in state):  # saved from a DataParallel wrapper
         state = OrderedDict((k[len("module."):], v) for k, v in state.items())
     return state
-
-
-def check_keys(expected: Sequence[str], found: Sequence[str], path: Path, what: str) -> None:
-    """Raise ValueError listing missing and unexpected keys (first few of each) when the sets differ."""
-    found_set, expected_set = set(found), set(expected)
-    missing = [k for k in expected if k not in found_set]
-    unexpected = [k for k in found if k not in expected_set]
-    if missing or unexpected:
-        def show(keys: list[str]) -> str:
-            head = ", ".join(keys[:8])
-            return f"{len(keys)} ({head}{', ...' if len(keys) > 8 else ''})"
-        raise ValueError(f"{path}: this is not {what}: missing keys {show(missing)}; unexpected keys "
-                         f"{show(unexpected)}. Check that --weights points at the right checkpoint.")
 
 
 def load_conformer(path: str | Path, device: str | torch.device = "cpu") -> ConformerLipReader:
@@ -279,15 +267,15 @@ def load_conformer(path: str | Path, device: str | torch.device = "cpu") -> Conf
 
     Raises:
         FileNotFoundError: no such file.
-        ValueError: the file is not a state dict of this model (lists missing/unexpected keys or shapes).
+        CheckpointError: (a ``ValueError``) the file is not a state dict of this model (lists missing,
+            unexpected and mis-shaped keys).
     """
     path = Path(path)
     state = _unwrap(load_checkpoint(path, map_location="cpu"), path)
     with torch.device("meta"):
         model = ConformerLipReader()
-    check_keys(list(model.state_dict()), list(state), path, "TalkLip's Conformer lip reader (conformer-lrs2)")
-    try:
-        model.load_state_dict(state, strict=True, assign=True)
-    except RuntimeError as err:
-        raise ValueError(f"{path}: tensor shapes do not match TalkLip's Conformer lip reader: {err}") from None
+    require_matching_keys(model.state_dict(), state, path, "TalkLip's Conformer lip reader (conformer-lrs2)",
+                          "Check that --weights conformer-lrs2=PATH points at TalkLip's conformer checkpoint.",
+                          shown=8)
+    model.load_state_dict(state, strict=True, assign=True)
     return model.to(device).eval()

@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from talkbench.nets.conformer import check_keys
+from talkbench.nets.checkpoint_keys import CheckpointError, require_matching_keys
 from talkbench.safe_unpickle import load_checkpoint
 
 logger = logging.getLogger(__name__)
@@ -260,24 +260,23 @@ _PARTS: dict[str, str] = {
     "tcn_state_dict": "tcn",
 }
 _AUDIO_PART = "a_front_state_dict"
+_SETTINGS = "radius 16, 112 slots, 8 heads"
 
 
 def _plain(state: object, path: Path, entry: str) -> "OrderedDict[str, torch.Tensor]":
     if not isinstance(state, Mapping) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise ValueError(f"{path}: entry `{entry}` is not a state dict (got {type(state).__name__}); "
-                         "pass MVM's Pretrained_Ckpt.ckpt with --weights mvm-lrw=PATH.")
+        raise CheckpointError(f"{path}: entry `{entry}` is not a state dict (got {type(state).__name__}); "
+                              "pass MVM's Pretrained_Ckpt.ckpt with --weights mvm-lrw=PATH.")
     out = OrderedDict(state)
     if out and all(k.startswith("module.") for k in out):  # saved from a DataParallel/DDP wrapper
         out = OrderedDict((k[len("module."):], v) for k, v in out.items())
     return out
 
 
-def _check_shapes(module: nn.Module, state: Mapping[str, torch.Tensor], path: Path, entry: str) -> None:
-    wrong = [f"{k} {tuple(state[k].shape)} (expected {tuple(v.shape)})"
-             for k, v in module.state_dict().items() if tuple(state[k].shape) != tuple(v.shape)]
-    if wrong:
-        raise ValueError(f"{path}: `{entry}` has tensors of the wrong shape: {'; '.join(wrong[:5])}"
-                         f"{' ...' if len(wrong) > 5 else ''}. Is this MVM with radius 16, 112 slots, 8 heads?")
+def _check_entry(module: nn.Module, state: Mapping[str, torch.Tensor], path: Path, entry: str, what: str) -> None:
+    """CheckpointError naming ``entry`` when its keys or shapes do not fit ``module`` (all kinds listed)."""
+    require_matching_keys(module.state_dict(), state, path, f"{what} (`{entry}`)",
+                          f"Pass MVM's Pretrained_Ckpt.ckpt ({_SETTINGS}) with --weights mvm-lrw=PATH.", shown=8)
 
 
 def load_mvm(path: str | Path, device: str | torch.device = "cpu") -> MVMClassifier:
@@ -290,32 +289,32 @@ def load_mvm(path: str | Path, device: str | torch.device = "cpu") -> MVMClassif
 
     Raises:
         FileNotFoundError: no such file.
-        ValueError: an entry is missing, or its keys/shapes differ from the model (the message lists them).
+        CheckpointError: (a ``ValueError``) an entry is missing, or its keys/shapes differ from the model
+            (the message lists them).
     """
     path = Path(path)
     checkpoint = load_checkpoint(path, map_location="cpu")
     if not isinstance(checkpoint, Mapping):
-        raise ValueError(f"{path}: expected a dict of state dicts ({', '.join(_PARTS)}), got "
-                         f"{type(checkpoint).__name__}; pass MVM's Pretrained_Ckpt.ckpt with --weights mvm-lrw=PATH.")
+        raise CheckpointError(f"{path}: expected a dict of state dicts ({', '.join(_PARTS)}), got "
+                              f"{type(checkpoint).__name__}; pass MVM's Pretrained_Ckpt.ckpt with "
+                              "--weights mvm-lrw=PATH.")
     absent = [entry for entry in _PARTS if entry not in checkpoint]
     if absent:
-        raise ValueError(f"{path}: not an MVM checkpoint: missing {', '.join(absent)} (found "
-                         f"{', '.join(map(str, checkpoint)) or 'nothing'}); pass MVM's Pretrained_Ckpt.ckpt.")
+        raise CheckpointError(f"{path}: not an MVM checkpoint: missing {', '.join(absent)} (found "
+                              f"{', '.join(map(str, checkpoint)) or 'nothing'}); pass MVM's Pretrained_Ckpt.ckpt.")
     with torch.device("meta"):
         model = MVMClassifier()
         audio = AudioFront()
     if _AUDIO_PART in checkpoint:
         state = _plain(checkpoint[_AUDIO_PART], path, _AUDIO_PART)
-        check_keys(list(audio.state_dict()), list(state), path, f"MVM's audio front end (`{_AUDIO_PART}`)")
-        _check_shapes(audio, state, path, _AUDIO_PART)
+        _check_entry(audio, state, path, _AUDIO_PART, "MVM's audio front end")
     ignored = [str(k) for k in checkpoint if k not in _PARTS and k != _AUDIO_PART]
     if ignored:
         logger.debug("%s: ignoring checkpoint entries %s", path, ", ".join(ignored))
     for entry, attribute in _PARTS.items():
         module = getattr(model, attribute)
         state = _plain(checkpoint[entry], path, entry)
-        check_keys(list(module.state_dict()), list(state), path, f"MVM's `{entry}`")
-        _check_shapes(module, state, path, entry)
+        _check_entry(module, state, path, entry, f"MVM's {attribute} module")
         module.load_state_dict(state, strict=True, assign=True)
     return model.to(device).eval()
 

@@ -33,6 +33,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from talkbench.nets.checkpoint_keys import require_matching_keys
+
 logger = logging.getLogger(__name__)
 
 VARIANTS: tuple[str, ...] = ("syncnet_python", "face_alignment")
@@ -274,11 +276,9 @@ def load_s3fd(path: str | Path, device: str | torch.device = "cpu", variant: str
     mapped, layout = remap_state_dict(state)
     model = S3FDNet(variant or layout)
     expected = model.state_dict()
-    missing = [k for k in expected if k not in mapped]
-    unexpected = [k for k in mapped if k not in expected]
-    if missing or unexpected:
-        raise ValueError(f"{path} ({layout} layout) does not fit S3FD: missing keys {missing}, "
-                         f"unexpected keys {unexpected}.")
+    require_matching_keys(expected, mapped, path, f"an S3FD checkpoint ({layout} layout)",
+                          "Pass sfd_face.pth (syncnet_python) or s3fd-619a316812.pth (face_alignment) with "
+                          "--weights s3fd=PATH, or use the dlib detector.")
     model.load_state_dict(mapped, strict=True)
     return model.eval().to(device)
 

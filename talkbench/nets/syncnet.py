@@ -24,6 +24,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from talkbench.nets.checkpoint_keys import CheckpointError, require_matching_keys
+
 logger = logging.getLogger(__name__)
 
 EMBED_DIM = 1024
@@ -221,8 +223,8 @@ def _unwrap(obj: object, path: Path) -> Mapping[str, torch.Tensor]:
     if isinstance(obj, Mapping) and "state_dict" in obj and isinstance(obj["state_dict"], Mapping):
         obj = obj["state_dict"]
     if not isinstance(obj, Mapping):
-        raise ValueError(f"{path}: expected a state dict (name -> tensor) as in syncnet_v2.model, "
-                         f"got {type(obj).__name__}; pass the official syncnet_v2.model.")
+        raise CheckpointError(f"{path}: expected a state dict (name -> tensor) as in syncnet_v2.model, "
+                              f"got {type(obj).__name__}; pass the official syncnet_v2.model.")
     return obj
 
 
@@ -233,10 +235,10 @@ def remap_state_dict(state: Mapping[str, torch.Tensor], model: SyncNet, path: Pa
     Rename table:
       ``__S__.<key>`` -> ``<key>``  (a ``SyncNetInstance`` state dict saved whole: same tensors)
     Missing ``*.num_batches_tracked`` entries (2017-era files predate them) are filled with 0: they do
-    not take part in eval-mode computation. Any other missing or unexpected key raises.
+    not take part in eval-mode computation. Any other missing, unexpected or mis-shaped key raises.
 
     Raises:
-        ValueError: keys missing or unexpected (both listed).
+        CheckpointError: (a ``ValueError``) keys missing, unexpected or of the wrong shape (all listed).
     """
     out: dict[str, torch.Tensor] = {}
     for key, value in state.items():
@@ -246,13 +248,8 @@ def remap_state_dict(state: Mapping[str, torch.Tensor], model: SyncNet, path: Pa
     for key, value in expected.items():
         if key.endswith("num_batches_tracked") and key not in out:
             out[key] = torch.zeros_like(value)
-    missing = [k for k in expected if k not in out]
-    unexpected = [k for k in out if k not in expected]
-    if missing or unexpected:
-        raise ValueError(f"{path} is not a SyncNet v2 checkpoint (syncnet_v2.model): "
-                         f"missing keys {missing[:10]}{'...' if len(missing) > 10 else ''} ({len(missing)}), "
-                         f"unexpected keys {unexpected[:10]}{'...' if len(unexpected) > 10 else ''} "
-                         f"({len(unexpected)}).")
+    require_matching_keys(expected, out, path, "a SyncNet v2 checkpoint (syncnet_v2.model)",
+                          "Pass the official syncnet_v2.model with --weights syncnet-v2=PATH.")
     return out
 
 
