@@ -6,7 +6,9 @@ It builds a small LRS2-layout suite from the sample clips shipped in ``talkbench
 - ``ground-truth``: the reference clips themselves (the ceiling of every metric);
 - ``degraded``: each frame blurred and re-encoded at low quality (image quality drops);
 - ``still-frame``: the first frame repeated with the original audio (no lip motion at all);
-- ``audio-shift-5``: the reference video with its audio delayed by 5 frames (out of sync).
+- ``audio-shift-5``: the reference video with its audio delayed by 5 frames (out of sync);
+- ``talklip-mini``: the bundled TalkLip-mini generator (card ``talklip-mini``, from the ablation of
+  :mod:`talkbench.mini.ablation`) driven by each clip's audio, identity = its first frame (synthetic suite only).
 
 With the mini observers that ship in the package (small lip reader B and SyncNet trained by talkbench on
 its synthetic corpus: ``protocol = mini``), the suite is a synthetic test split and every clip is scored
@@ -34,6 +36,7 @@ logger = logging.getLogger(__name__)
 DEMO_METRICS: tuple[str, ...] = ("psnr", "psnr_talklip_compat", "ssim")
 MINI_METRICS: tuple[str, ...] = ("wer1", "cer1", "lse_c", "lse_d", "av_offset", "psnr", "psnr_talklip_compat", "ssim")
 MINI_CARDS: tuple[str, ...] = ("mini-lipreader-b", "mini-syncnet")
+MINI_GENERATOR_CARD = "talklip-mini"
 N_SYNTHETIC_CLIPS = 12
 SHIFT_FRAMES = 5
 
@@ -126,6 +129,17 @@ def mini_observers_available() -> bool:
     return True
 
 
+def mini_generator() -> Path | None:
+    """The bundled TalkLip-mini generator file, or None when this install does not ship it."""
+    from talkbench import weights as weights_module
+
+    try:
+        return weights_module.resolve(MINI_GENERATOR_CARD, download=False)
+    except (weights_module.WeightsError, KeyError, ValueError, OSError) as err:
+        logger.info("TalkLip-mini unavailable (%s); the demo runs the baselines only", err)
+        return None
+
+
 def build_synthetic_suite(work: Path, n_clips: int = N_SYNTHETIC_CLIPS) -> Path:
     """The synthetic test split (seed 0, as the mini observers' reported scores) in LRS2 layout."""
     from talkbench.mini.corpus import synthesize_corpus
@@ -150,13 +164,19 @@ def run_demo(out: Path, work: Path, metrics: Sequence[str] | None = None,
         reference, protocol, metrics = build_synthetic_suite(work, n_clips), "mini", tuple(metrics or MINI_METRICS)
     else:
         reference, protocol, metrics = build_suite(work), "talklip2023", tuple(metrics or DEMO_METRICS)
+    generated: dict[str, Path] = {b.name: make_generated(reference, work / protocol, b) for b in BASELINES}
+    checkpoint = mini_generator() if protocol == "mini" else None
+    if checkpoint is not None:
+        from talkbench.mini.ablation import generate_split
+
+        generated[MINI_GENERATOR_CARD] = generate_split(checkpoint, reference,
+                                                        work / protocol / "generated" / MINI_GENERATOR_CARD)
     results: list[RunResult] = []
-    for baseline in BASELINES:
-        generated = make_generated(reference, work / protocol, baseline)
-        config = EvaluateConfig(generated=generated, reference=reference, out=out / "runs" / baseline.name,
-                                metrics=metrics, suite="lrs2", model=baseline.name, split="demo",
+    for name, folder in generated.items():
+        config = EvaluateConfig(generated=folder, reference=reference, out=out / "runs" / name,
+                                metrics=metrics, suite="lrs2", model=name, split="demo",
                                 protocol=protocol, device=device, weights=dict(weights or {}))
         results.append(evaluate(config))
-        logger.info("%s: %s", baseline.name, {m: results[-1].summary.get(m) for m in metrics})
+        logger.info("%s: %s", name, {m: results[-1].summary.get(m) for m in metrics})
     build_leaderboard([r.run_dir for r in results], out / "leaderboard.csv")
     return results

@@ -191,12 +191,31 @@ class LipReadingOutput:
     encoder_out: Tensor
 
 
-class LipReadingLoss(nn.Module):
-    """Lip-reading loss from a frozen AV-HuBERT seq2seq expert (TalkLip ``criterion(avhubert, sample)``).
+class FrozenExpertLoss(nn.Module):
+    """Base of the lip-reading losses: holds a frozen expert.
 
     The expert is put in ``eval()`` mode and its parameters get ``requires_grad=False``; it stays in eval
     mode when this module is switched to training (as in the reference, which never calls
-    ``avhubert.train()``).
+    ``avhubert.train()``). Gradients still flow through it to its input.
+    """
+
+    def __init__(self, expert: nn.Module) -> None:
+        super().__init__()
+        self.expert = expert
+        for p in self.expert.parameters():
+            p.requires_grad_(False)
+        self.expert.eval()
+
+    def train(self, mode: bool = True) -> "FrozenExpertLoss":
+        super().train(mode)
+        self.expert.eval()
+        return self
+
+
+class LipReadingLoss(FrozenExpertLoss):
+    """Lip-reading loss from a frozen AV-HuBERT seq2seq expert (TalkLip ``criterion(avhubert, sample)``).
+
+    The expert stays frozen and in eval mode (:class:`FrozenExpertLoss`).
 
     Args:
         expert: :class:`talkbench.nets.avhubert.AVHubertSeq2Seq` (``encoder.w2v_model`` + ``decoder``).
@@ -205,18 +224,9 @@ class LipReadingLoss(nn.Module):
     """
 
     def __init__(self, expert: nn.Module, label_smoothing: float = 0.1, pad: int = PAD) -> None:
-        super().__init__()
-        self.expert = expert
+        super().__init__(expert)
         self.label_smoothing = label_smoothing
         self.pad = pad
-        for p in self.expert.parameters():
-            p.requires_grad_(False)
-        self.expert.eval()
-
-    def train(self, mode: bool = True) -> "LipReadingLoss":
-        super().train(mode)
-        self.expert.eval()
-        return self
 
     def encode(self, video: Tensor, padding_mask: Tensor) -> Tensor:
         """Expert visual features ``B×T×D`` of a video ``B×1×T×88×88`` (see :func:`expert_video_input`)."""

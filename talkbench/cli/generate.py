@@ -42,8 +42,9 @@ def generate_command(
     video: Optional[Path] = typer.Option(None, "--video", help="Face video to re-voice (any frame rate)."),
     audio: Optional[Path] = typer.Option(None, "--audio", help="Driving speech (any audio/video file). "
                                          "Default: the video's own audio."),
-    checkpoint: str = typer.Option("talklip-gc", "--checkpoint", help="Generator card name (talklip-g, talklip-gc) "
-                                   "or checkpoint file."),
+    checkpoint: str = typer.Option("talklip-gc", "--checkpoint", help="Generator card name (talklip-g, talklip-gc; "
+                                   "talklip-mini = the small bundled generator for synthetic-corpus faces) or "
+                                   "checkpoint file."),
     boxes: Optional[Path] = typer.Option(None, "--boxes", help="Per-frame face boxes .npy (T×4 x1,y1,x2,y2, as "
                                          "TalkLip's bbx files). Default: detect faces."),
     reference_frame: str = typer.Option("0", "--reference-frame", help="Identity frame index (default 0, as "

@@ -20,10 +20,10 @@ from typing import Sequence
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor
 
-from talkbench.losses import EOS, PAD, LipReadingOutput
-from talkbench.mini.lipreader import BLANK, MiniLipReader, encode_text, greedy_decode
+from talkbench.losses import EOS, PAD, FrozenExpertLoss, LipReadingOutput
+from talkbench.mini.lipreader import BLANK, encode_text, greedy_decode
 
 #: token id = CTC id + TOKEN_OFFSET (CTC ids: 1 = space, 2.. letters; 0 = blank is never a target)
 TOKEN_OFFSET = 2
@@ -52,25 +52,13 @@ def ctc_targets(target: Tensor) -> tuple[Tensor, Tensor]:
     return (target[keep] - TOKEN_OFFSET), keep.sum(1)
 
 
-class MiniLipReadingLoss(nn.Module):
-    """CTC loss of a frozen :class:`MiniLipReader` on (hybrid) videos; same call and output as
+class MiniLipReadingLoss(FrozenExpertLoss):
+    """CTC loss of a frozen :class:`talkbench.mini.lipreader.MiniLipReader` on (hybrid) videos; same call and output as
     :class:`talkbench.losses.LipReadingLoss`.
 
     Args:
-        expert: the mini lip reader (put in eval mode, parameters frozen; BatchNorm statistics stay fixed).
+        expert: the mini lip reader (kept in eval mode, parameters frozen; BatchNorm statistics stay fixed).
     """
-
-    def __init__(self, expert: MiniLipReader) -> None:
-        super().__init__()
-        self.expert = expert
-        for p in self.expert.parameters():
-            p.requires_grad_(False)
-        self.expert.eval()
-
-    def train(self, mode: bool = True) -> "MiniLipReadingLoss":
-        super().train(mode)
-        self.expert.eval()
-        return self
 
     def forward(self, video: Tensor, padding_mask: Tensor, target: Tensor, prev_output_tokens: Tensor,
                 ) -> LipReadingOutput:

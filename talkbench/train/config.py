@@ -46,6 +46,8 @@ class TrainConfig:
             with the WER1 lip-reading observer (card ``avhubert-large-lrs2``, from ``weights`` or the cache;
             beam ``val_observer_beam``); off: only the reference's teacher-forced token error.
     ``disc_lr``: the discriminator's learning rate (None = ``lr``, as the reference).
+    ``max_train_clips``: use only the first N clips of ``train_list``; ``cache_clips``: decoded clips kept in
+    memory (about 5 MB each for 160×160 clips of 3 s) so that they are decoded once.
     The loss/optimizer/schedule/sampling fields are documented in ``talklip_reference.toml``;
     ``label_smoothing`` None = the expert checkpoint's criterion setting (0.1 when the file has none).
     ``disc_keeps_generator_grads``: the reference does not clear the discriminator's gradients from the
@@ -79,6 +81,8 @@ class TrainConfig:
     val_observer_wer: bool = False
     val_observer_beam: int = 50
     val_max_clips: int | None = None
+    max_train_clips: int | None = None
+    cache_clips: int = 64
     num_threads: int | None = None
     # model size
     generator_width: int = 1

@@ -404,7 +404,7 @@ class TalkLipTrainer:
         sync.temperature, sync.max_negatives = config.temperature, config.max_negatives
         self.tokenizer = tokenizer
         self.train_clips, self.val_clips = list(train_clips), list(val_clips)
-        self.loader = loader or ClipLoader(tokenizer)
+        self.loader = loader or ClipLoader(tokenizer, cache_size=config.cache_clips)
         self.opt_gen = torch.optim.Adam([p for p in self.generator.parameters() if p.requires_grad],
                                         lr=config.lr, betas=config.betas)
         self.opt_disc = torch.optim.Adam([p for p in self.discriminator.parameters() if p.requires_grad],
@@ -686,6 +686,7 @@ def build_trainer(config: TrainConfig, train_clips: Sequence[TrainClip] | None =
         if config.data_root is None or config.train_list is None:
             raise TrainError("give data_root and train_list (TalkLip's train.txt) to train.")
         train_clips = clips_from_list(config.train_list, config.data_root, config.boxes_root, config.audio_root)
+        train_clips = train_clips[:config.max_train_clips] if config.max_train_clips else train_clips
     if val_clips is None:
         val_clips = (clips_from_list(config.val_list, config.data_root, config.boxes_root, config.audio_root)
                      if config.val_list is not None and config.data_root is not None else [])
