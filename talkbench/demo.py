@@ -167,10 +167,10 @@ def run_demo(out: Path, work: Path, metrics: Sequence[str] | None = None,
     generated: dict[str, Path] = {b.name: make_generated(reference, work / protocol, b) for b in BASELINES}
     checkpoint = mini_generator() if protocol == "mini" else None
     if checkpoint is not None:
-        from talkbench.mini.ablation import generate_split
+        from talkbench.generate import generate_reference_folder
 
-        generated[MINI_GENERATOR_CARD] = generate_split(checkpoint, reference,
-                                                        work / protocol / "generated" / MINI_GENERATOR_CARD)
+        generated[MINI_GENERATOR_CARD] = generate_reference_folder(
+            checkpoint, reference, work / protocol / "generated" / MINI_GENERATOR_CARD)
     results: list[RunResult] = []
     for name, folder in generated.items():
         config = EvaluateConfig(generated=folder, reference=reference, out=out / "runs" / name,

@@ -448,3 +448,22 @@ def generate_suite(jobs: Iterable[GenerationJob], out_dir: str | Path, checkpoin
         if progress is not None:
             progress(k + 1, len(jobs), job.clip_id)
     return result
+
+
+def generate_reference_folder(checkpoint: Path, reference: Path, out_dir: Path) -> Path:
+    """Generate every clip of ``reference`` (LRS2 layout) with ``checkpoint`` into ``out_dir``; face boxes
+    (``.npy`` beside each clip) are copied next to the outputs so image metrics crop the same faces."""
+    import shutil
+
+    jobs = suite_jobs(Path(reference), "lrs2")
+    generator, _ = load_generator(checkpoint)
+    result = generate_suite(jobs, out_dir, checkpoint=checkpoint, generator=generator, strict=False)
+    if result.failed:
+        logger.warning("%s: %d clip(s) failed to generate (first: %s)", checkpoint, len(result.failed),
+                       next(iter(result.failed.items())))
+    for job in jobs:
+        if job.boxes is not None:
+            target = Path(out_dir) / f"{job.clip_id}.npy"
+            if not target.exists() and target.parent.is_dir():
+                shutil.copyfile(job.boxes, target)
+    return Path(out_dir)

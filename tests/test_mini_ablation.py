@@ -180,3 +180,14 @@ def test_report_without_runs_and_unknown_configs_are_refused(tmp_path):
         ablation.report(tmp_path, tmp_path / "x")
     with pytest.raises(ValueError, match="known: no-lip"):
         ablation.config_by_name("lip-only")
+
+
+def test_train_presets_resolve_by_name(tmp_path):
+    from talkbench.train import load_config
+
+    mini = load_config("mini")
+    assert (mini.expert, mini.generator_width, mini.audio_encoder, mini.start_stage) == ("mini-lipreader-a", 4,
+                                                                                        "transformer", 2)
+    assert load_config("reference") == load_config()
+    with pytest.raises(ValueError, match="not found"):
+        load_config(tmp_path / "missing.toml")

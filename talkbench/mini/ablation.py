@@ -101,27 +101,6 @@ def train_generator(corpus: Path, out: Path, config: str, seed: int, steps: int 
     return final
 
 
-def generate_split(checkpoint: Path, reference: Path, out_dir: Path) -> Path:
-    """Generate every clip of ``reference`` (LRS2 layout) with ``checkpoint`` into ``out_dir``; face boxes
-    (``.npy`` beside each clip) are copied next to the outputs so image metrics crop the same faces."""
-    import shutil
-
-    from talkbench.generate import generate_suite, load_generator, suite_jobs
-
-    jobs = suite_jobs(Path(reference), "lrs2")
-    generator, _ = load_generator(checkpoint)
-    result = generate_suite(jobs, out_dir, checkpoint=checkpoint, generator=generator, strict=False)
-    if result.failed:
-        logger.warning("%s: %d clip(s) failed to generate (first: %s)", checkpoint, len(result.failed),
-                       next(iter(result.failed.items())))
-    for job in jobs:
-        if job.boxes is not None:
-            target = Path(out_dir) / f"{job.clip_id}.npy"
-            if not target.exists() and target.parent.is_dir():
-                shutil.copyfile(job.boxes, target)
-    return Path(out_dir)
-
-
 def evaluate_split(generated: Path, reference: Path, out: Path, model: str) -> dict[str, Any]:
     """Score ``generated`` against ``reference`` under protocol ``mini``; returns the summary row."""
     from talkbench.demo import MINI_METRICS
@@ -137,11 +116,13 @@ def run_one(corpus: Path, out: Path, config: str, seed: int, steps: int = DEFAUL
     """Train, generate and evaluate one (configuration, seed); returns the summary row."""
     import torch
 
+    from talkbench.generate import generate_reference_folder
+
     torch.set_num_threads(threads)
     _quiet_logging()
     checkpoint = train_generator(corpus, out, config, seed, steps, threads)
     base = run_dir(out, config, seed)
-    generated = generate_split(checkpoint, Path(corpus) / "test", base / "generated")
+    generated = generate_reference_folder(checkpoint, Path(corpus) / "test", base / "generated")
     summary = evaluate_split(generated, Path(corpus) / "test", base / "eval", f"talklip-mini/{config}/seed{seed}")
     logger.info("%s seed %d: %s", config, seed, {m: summary.get(m) for m in METRICS})
     return summary
@@ -352,5 +333,5 @@ def export_generator(checkpoint: Path, dest: Path) -> Path:
 
 
 __all__ = ["AblationConfig", "CONFIGS", "CONFIG_NAMES", "METRICS", "aggregate", "best_run", "collect_runs",
-           "config_by_name", "evaluate_ground_truth", "export_generator", "generate_split", "markdown", "plot",
+           "config_by_name", "evaluate_ground_truth", "export_generator", "markdown", "plot",
            "report", "run_ablation", "run_one", "train_generator"]

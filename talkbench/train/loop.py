@@ -662,11 +662,11 @@ def build_trainer(config: TrainConfig, train_clips: Sequence[TrainClip] | None =
     """Load the expert, build/load the generator and discriminator, read the clip lists, resume if possible."""
     if config.num_threads:
         torch.set_num_threads(config.num_threads)
+    if config.audio_encoder not in AUDIO_ENCODERS:
+        raise TrainError(f"audio_encoder must be one of {', '.join(AUDIO_ENCODERS)}, got {config.audio_encoder!r}.")
     torch.manual_seed(config.seed)
     expert, tokenizer, smoothing = load_expert(config)
     config = config.replace(label_smoothing=smoothing)
-    if config.audio_encoder not in AUDIO_ENCODERS:
-        raise TrainError(f"audio_encoder must be one of {', '.join(AUDIO_ENCODERS)}, got {config.audio_encoder!r}.")
     if config.generator_init is not None:
         generator = load_talklip_generator(config.generator_init, device="cpu")
         if config.audio_encoder == "expert":
