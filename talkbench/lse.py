@@ -241,7 +241,11 @@ def ffmpeg_jpeg_roundtrip(path: str | Path | None = None, frames_bgr: np.ndarray
     range-converted with FFmpeg 5.1's integer formulas, encoded by libavcodec's mjpeg encoder with the
     CLI's defaults and decoded with OpenCV's libjpeg-turbo, all in memory. Measured on the parity fixture
     (ffmpeg 5.1.9 reference, PyAV's FFmpeg 8 here): 154 of 155 frames bit-identical; on one frame the
-    rate control picks quantiser 21 where ffmpeg 5.1 picked 22.
+    rate control picks quantiser 21 where ffmpeg 5.1 picked 22. Cause (traced against Debian's 5.1.9 with
+    ``-debug rc``): FFmpeg >= 8 orders the symbols of its optimal Huffman tables by frequency instead of by
+    value (``ff_mjpeg_encode_huffman_close``), so codewords, the 0xFF byte stuffing and frame sizes differ by
+    a few bytes; by frame 35 of ``meeting`` the rate control's running total differs by 50 bytes and its
+    lambda lands on the other side of the 21/22 boundary. No encoder option restores 5.1's order.
 
     With only ``frames_bgr`` (no file, or a file whose frames were resampled to 25 fps): the BGR
     frames are converted to limited-range I420 with OpenCV first, an approximation of the decoder's output.
