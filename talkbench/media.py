@@ -107,6 +107,16 @@ _CODEC_EXTENSIONS = {"h264": (".mp4", ".mov", ".mkv"), "ffv1": (".mkv", ".avi")}
 _X264_OPTIONS: dict[str, str] = {"threads": "1", "x264-params": "mbtree=0"}
 
 
+def _read_umask() -> int:
+    # os.umask can only be read by setting it: done once, at import
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+_UMASK = _read_umask()
+
+
 # --------------------------------------------------------------------------------------------------
 # Frame-rate conversion (ffmpeg -r 25)
 # --------------------------------------------------------------------------------------------------
@@ -445,6 +455,7 @@ def write_clip(path: str | Path, frames_bgr: np.ndarray, audio_int16: np.ndarray
     temp = Path(temp_name)
     try:
         _encode(temp, _WRITE_FORMATS[path.suffix.lower()], frames_bgr, audio_int16, fps, codec, crf)
+        os.chmod(temp, 0o666 & ~_UMASK)   # mkstemp makes 0600 files; give the usual permissions
         os.replace(temp, path)
     except BaseException:
         temp.unlink(missing_ok=True)

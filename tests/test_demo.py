@@ -23,3 +23,7 @@ def test_demo_with_the_shipped_mini_observers_orders_the_baselines(tmp_path):
     assert shifted["wer1"] <= gt["wer1"] + 10       # same video: still readable
     assert shifted["lse_c"] < gt["lse_c"] and shifted["lse_d"] > gt["lse_d"]  # but out of sync
     assert abs(shifted["av_offset"]) > 3 > abs(gt["av_offset"])
+    # the bundled TalkLip-mini generator: its lips follow the audio, unlike the still frame
+    mini = s["talklip-mini"]
+    assert mini["lse_c"] > still["lse_c"] + 0.5 and mini["lse_d"] < still["lse_d"] - 2
+    assert gt["wer1"] < mini["wer1"] and mini["ssim"] < 1.0

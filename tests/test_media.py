@@ -338,3 +338,14 @@ def test_error_corrupt_stream(tmp_path):
 def test_index_clip_helper_round_trip():
     assert all(read_index(index_frame(i)[..., ::-1]) == i for i in (0, 1, 255, 1000, 65535))
     assert isinstance(SPECS["r30.mp4"], ClipSpec)
+
+
+def test_written_files_get_the_usual_permissions(tmp_path):
+    import os
+    import stat
+
+    out = tmp_path / "clip.mkv"
+    media.write_clip(out, np.zeros((3, 16, 16, 3), np.uint8), None, codec="ffv1")
+    mask = os.umask(0)
+    os.umask(mask)
+    assert stat.S_IMODE(out.stat().st_mode) == 0o666 & ~mask
