@@ -173,6 +173,7 @@ def test_report_gives_mean_and_sample_std_over_seeds(tmp_path):
     runs = list(csv.DictReader((tmp_path / "out" / "ablation_runs.csv").open()))
     assert len(runs) == 4 and {r["steps"] for r in runs} == {"300"}
     assert ablation.best_run(tmp_path, "lip").parent.parent.name == "seed0"
+    assert ablation.best_run(tmp_path).parent.parent.parent.name == "lip"     # lowest mean WER
 
 
 def test_report_without_runs_and_unknown_configs_are_refused(tmp_path):

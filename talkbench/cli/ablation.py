@@ -62,7 +62,8 @@ def report_command(
 def export_command(
     out: Path = typer.Argument(Path("runs/mini-ablation"), help="The folder `ablation run` wrote."),
     dest: Path = typer.Option(..., "--dest", help="Where to write the inference-only generator file."),
-    config: str = typer.Option("lip+contrastive", "--config", help="Configuration whose best seed is exported."),
+    config: Optional[str] = typer.Option(None, "--config", help="Configuration whose best seed is exported "
+                                         "(default: the configuration with the lowest mean WER)."),
 ) -> None:
     """Export the best seed (lowest WER) of a configuration as a small generator file."""
     from talkbench.mini.ablation import best_run, export_generator

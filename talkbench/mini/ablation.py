@@ -73,6 +73,7 @@ def config_by_name(name: str) -> AblationConfig:
 
 
 def run_dir(out: Path, config: str, seed: int) -> Path:
+    """``OUT/<config>/seed<k>``: the folder of one run (train/, generated/, eval/)."""
     return Path(out) / config / f"seed{seed}"
 
 
@@ -119,7 +120,7 @@ def run_one(corpus: Path, out: Path, config: str, seed: int, steps: int = DEFAUL
     from talkbench.generate import generate_reference_folder
 
     torch.set_num_threads(threads)
-    _quiet_logging()
+    _worker_logging()
     checkpoint = train_generator(corpus, out, config, seed, steps, threads)
     base = run_dir(out, config, seed)
     generated = generate_reference_folder(checkpoint, Path(corpus) / "test", base / "generated")
@@ -133,12 +134,12 @@ def evaluate_ground_truth(corpus: Path, out: Path, threads: int = 1) -> dict[str
     import torch
 
     torch.set_num_threads(threads)
-    _quiet_logging()
+    _worker_logging()
     reference = Path(corpus) / "test"
     return evaluate_split(reference, reference, Path(out) / GROUND_TRUTH / "eval", GROUND_TRUTH)
 
 
-def _quiet_logging() -> None:
+def _worker_logging() -> None:
     # worker processes: show talkbench's INFO lines, on stderr
     if not logging.getLogger().handlers:
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(processName)s %(message)s")
@@ -306,8 +307,19 @@ def _write_csv(path: Path, rows: Sequence[Mapping[str, Any]]) -> None:
             writer.writerow({k: ("" if v is None else v) for k, v in row.items()})
 
 
-def best_run(out: Path, config: str = "lip+contrastive", metric: str = "wer1") -> Path:
-    """The generator checkpoint of ``config``'s seed with the lowest ``metric``."""
+def best_run(out: Path, config: str | None = None, metric: str = "wer1") -> Path:
+    """The generator checkpoint of the seed with the lowest ``metric`` within ``config`` (default: the
+    configuration with the lowest mean ``metric`` over its seeds).
+
+    Raises:
+        ValueError: no finished run (of ``config``).
+    """
+    if config is None:
+        means = [r for r in aggregate(collect_runs(out)) if r["config"] != GROUND_TRUTH
+                 and r[f"{metric}_mean"] is not None]
+        if not means:
+            raise ValueError(f"{out}: no finished ablation run.")
+        config = min(means, key=lambda r: r[f"{metric}_mean"])["config"]
     runs = [r for r in collect_runs(out) if r["config"] == config and r[metric] is not None]
     if not runs:
         raise ValueError(f"{out}: no finished run of {config!r}.")

@@ -9,11 +9,13 @@
 * :class:`AVSyncHead` — the contrastive audio/visual sync head (``av_sync``): one ``Linearaudio``
   projection and an InfoNCE loss with negatives drawn from the other audio rows.
 
-Official TalkLip checkpoints carry no config, so :func:`load_talklip_generator` infers every size
-from the tensors themselves (audio width, number of transformer layers, FFN width, positional-conv
-kernel and groups, label-embedding table, skip connections). The only size a shape cannot tell is the
-number of attention heads: AV-HuBERT Base (768-d) uses 12 and Large (1024-d) 16; other widths fall
-back to 16-d heads (the parity fixture's tiny 64-d encoder has 4), or pass ``attention_heads``.
+Official TalkLip checkpoints carry no config, so :func:`load_talklip_generator` infers every size from
+the tensors themselves (audio width, number of transformer layers, FFN width, positional-conv kernel and
+groups, label-embedding table, skip connections, U-Net widths — so talkbench's smaller generators, e.g.
+TalkLip-mini with :class:`LocalAudioEncoder` or a narrow AV-HuBERT, load the same way). The only size a
+shape cannot tell is the number of attention heads: AV-HuBERT Base (768-d) uses 12 and Large (1024-d) 16;
+other widths fall back to 16-d heads (the parity fixture's tiny 64-d encoder has 4), or pass
+``attention_heads``.
 
 All modules are plain ``nn.Module`` s; channel order is BGR everywhere (the reference never swaps).
 """
@@ -142,7 +144,7 @@ def _face_decoder(channels: UNetChannels, res_layers: int) -> nn.ModuleList:
         return nn.Sequential(*blocks)
 
     return nn.ModuleList([
-        nn.Sequential(ConvBlock(channels.encoder[-1], d[0], 1, 1, 0)),                                        # 1×1
+        nn.Sequential(ConvBlock(channels.encoder[-1], d[0], 1, 1, 0)),                                    # 1×1
         nn.Sequential(ConvTransposeBlock(up[0], d[1], 3, 1, 0), ConvBlock(d[1], d[1], 3, 1, 1, residual=True)),  # 3×3
         stage(up[1], d[2], 2),   # 6×6
         stage(up[2], d[3], 2),   # 12×12
@@ -464,7 +466,7 @@ def encoder_heads(width: int, override: int | None = None) -> int:
         return KNOWN_HEADS[width]
     heads = max(1, width // 16)
     logger.info("audio encoder width %d is not AV-HuBERT Base/Large: assuming %d attention heads of 16 "
-                   "dimensions (pass attention_heads= to override)", width, heads)
+                "dimensions (pass attention_heads= to override)", width, heads)
     return heads
 
 
