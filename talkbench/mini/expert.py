@@ -53,8 +53,8 @@ def ctc_targets(target: Tensor) -> tuple[Tensor, Tensor]:
 
 
 class MiniLipReadingLoss(FrozenExpertLoss):
-    """CTC loss of a frozen :class:`talkbench.mini.lipreader.MiniLipReader` on (hybrid) videos; same call and output as
-    :class:`talkbench.losses.LipReadingLoss`.
+    """CTC loss of a frozen :class:`talkbench.mini.lipreader.MiniLipReader` on (hybrid) videos; same call
+    and output as :class:`talkbench.losses.LipReadingLoss`.
 
     Args:
         expert: the mini lip reader (kept in eval mode, parameters frozen; BatchNorm statistics stay fixed).

@@ -58,9 +58,10 @@ class TrainConfig:
         generator_width: divide every U-Net and discriminator width by this.
         audio_encoder: ``"expert"`` = a copy of the expert's AV-HuBERT encoder (the reference; only its last
             ``finetune_last_layers`` layers train), ``"transformer"`` = a new AV-HuBERT audio encoder of
-            ``audio_dim``/``audio_layers``/``audio_ffn`` (16-d attention heads, as the loader assumes) (global: every frame attends to the whole
-            utterance), ``"local"`` = :class:`talkbench.nets.talklip.LocalAudioEncoder` of width ``audio_dim``
-            (each frame sees 7 frames of audio). New encoders train entirely from the first step.
+            ``audio_dim``/``audio_layers``/``audio_ffn`` with 16-d attention heads, as the loader assumes
+            (global: every frame attends to the whole utterance), ``"local"`` =
+            :class:`talkbench.nets.talklip.LocalAudioEncoder` of width ``audio_dim`` (each frame sees 7 frames
+            of audio). New encoders train entirely from the first step.
     """
 
     # data
