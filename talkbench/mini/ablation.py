@@ -30,6 +30,8 @@ from multiprocessing import get_context
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
+from talkbench.summary import write_csv
+
 logger = logging.getLogger(__name__)
 
 
@@ -291,20 +293,11 @@ def report(out: Path, prefix: Path) -> list[dict[str, Any]]:
     table = aggregate(runs)
     prefix = Path(prefix)
     prefix.parent.mkdir(parents=True, exist_ok=True)
-    _write_csv(prefix.with_name(prefix.name + "_runs.csv"), runs)
-    _write_csv(prefix.with_suffix(".csv"), table)
+    write_csv(prefix.with_name(prefix.name + "_runs.csv"), runs, list(runs[0]))
+    write_csv(prefix.with_suffix(".csv"), table, list(table[0]))
     prefix.with_suffix(".md").write_text(markdown(table))
     plot(table, prefix.with_suffix(".png"))
     return table
-
-
-def _write_csv(path: Path, rows: Sequence[Mapping[str, Any]]) -> None:
-    columns = list(rows[0].keys())
-    with path.open("w", newline="") as fh:
-        writer = csv.DictWriter(fh, columns)
-        writer.writeheader()
-        for row in rows:
-            writer.writerow({k: ("" if v is None else v) for k, v in row.items()})
 
 
 def best_run(out: Path, config: str | None = None, metric: str = "wer1") -> Path:
