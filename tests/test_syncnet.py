@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from recipe import filled_state_dict
-from talkbench import lse
+from talkbench import jpeg_compat, lse
 from talkbench.audio_features import syncnet_mfcc
 from talkbench.nets.checkpoint_keys import CheckpointError
 from talkbench.nets.syncnet import SyncNet, load_syncnet
@@ -59,7 +59,7 @@ def frames() -> dict:
     out = {}
     for clip in CLIPS:
         out[clip, "videocapture"] = _decode_bgr(FIX / f"{clip}.mp4")
-        out[clip, "jpg"] = lse.ffmpeg_jpeg_roundtrip(path=FIX / f"{clip}.mp4")
+        out[clip, "jpg"] = jpeg_compat.reference_frames(path=FIX / f"{clip}.mp4")
     return out
 
 
@@ -120,19 +120,10 @@ def test_videocapture_frames_equal_reference_decode(clip: str, frames: dict, arr
 
 
 @pytest.mark.parametrize("clip", CLIPS)
-def test_jpeg_roundtrip_reproduces_ffmpeg_jpegs(clip: str, frames: dict, arrays: dict) -> None:
-    got = frames[clip, "jpg"]
-    np.testing.assert_array_equal(got[0], arrays[f"{clip}/jpg/frame0_decoded_bgr"])
-    means = got.reshape(len(got), -1, 3).astype(np.float64).mean(1)
-    err = np.abs(means - arrays[f"{clip}/jpg/frames_decoded_channel_mean"]).max(1)
-    # Known residual: FFmpeg >= 8 assigns the optimal-Huffman codewords in another order than 5.1 (same
-    # code lengths), so 0xFF byte stuffing and frame sizes differ by a few bytes; the one-pass rate control
-    # reacts, and on `meeting` frame 35 picks quantiser 21 where the reference's ffmpeg 5.1 picked 22
-    # (README). Every other frame is identical.
-    assert (err > 1e-4).sum() <= (1 if clip == "meeting" else 0)
-    # and without the round trip the frames are clearly different
-    direct = frames[clip, "videocapture"].reshape(len(got), -1, 3).astype(np.float64).mean(1)
-    assert np.abs(direct - arrays[f"{clip}/jpg/frames_decoded_channel_mean"]).max() > 0.1
+def test_jpeg_roundtrip_changes_the_frames(clip: str, frames: dict, arrays: dict) -> None:
+    """The reference scores ffmpeg-written JPEGs: without the round trip the frames are clearly different."""
+    direct = frames[clip, "videocapture"].reshape(len(frames[clip, "videocapture"]), -1, 3).astype(np.float64)
+    assert np.abs(direct.mean(1) - arrays[f"{clip}/jpg/frames_decoded_channel_mean"]).max() > 0.1
 
 
 @pytest.mark.parametrize("clip", CLIPS)
@@ -144,8 +135,9 @@ def test_audio_front_and_embeddings(clip: str, model: SyncNet, arrays: dict) -> 
         emb = model.forward_aud(win)
         fast = model.audio_embeddings(win)
     np.testing.assert_allclose(fast.numpy(), emb.numpy(), atol=1e-3, rtol=1e-5)
-    np.testing.assert_allclose(front.numpy(), arrays[f"{clip}/aud_front_first5"], atol=5e-3, rtol=1e-4)
-    np.testing.assert_allclose(emb.numpy(), arrays[f"{clip}/audio_emb_first5"], atol=5e-3, rtol=1e-4)
+    # measured 1.8e-4 / 8.7e-5 (fixture README: the reference's float32-vs-float64 spread is 9.6e-4 / 3.1e-4)
+    np.testing.assert_allclose(front.numpy(), arrays[f"{clip}/aud_front_first5"], atol=1e-3, rtol=0)
+    np.testing.assert_allclose(emb.numpy(), arrays[f"{clip}/audio_emb_first5"], atol=5e-4, rtol=0)
 
 
 @pytest.mark.parametrize("clip", CLIPS)
@@ -158,8 +150,9 @@ def test_lip_front_and_embeddings_clip_path_equals_reference_path(clip: str, mod
         video = f224.permute(3, 0, 1, 2)                                               # (3, T, 224, 224)
         windows = torch.stack([video[:, i:i + 5] for i in range(5)]).float()
         ref_emb = model.forward_lip(windows)            # the reference's per-window Conv3d path
-    np.testing.assert_allclose(front.numpy(), arrays[f"{clip}/videocapture/lip_front_first5"], atol=5e-3, rtol=1e-4)
-    np.testing.assert_allclose(emb.numpy(), arrays[f"{clip}/videocapture/video_emb_first5"], atol=5e-3, rtol=1e-4)
+    # measured 8.1e-4 / 3.3e-4; the reference's own Conv3d path re-run here differs from its fixture by 2.7e-4
+    np.testing.assert_allclose(front.numpy(), arrays[f"{clip}/videocapture/lip_front_first5"], atol=2e-3, rtol=0)
+    np.testing.assert_allclose(emb.numpy(), arrays[f"{clip}/videocapture/video_emb_first5"], atol=1e-3, rtol=0)
     np.testing.assert_allclose(emb.numpy(), ref_emb.numpy(), atol=2e-3, rtol=1e-5)
 
 
@@ -171,17 +164,20 @@ def test_clip_scores_match_reference(clip: str, mode: str, model: SyncNet, frame
     audio = arrays[f"{clip}/audio_int16"]
     n = lse.count_windows(len(frames[clip, mode]), len(audio))
     assert n == want["n_windows"]
-    video_emb, audio_emb = lse.embed_clip(model, lse.resize_frames(frames[clip, mode]), audio, n, chunk=16)
+    video_emb, audio_emb = lse.embed_clip(model, lse.resize_frames(frames[clip, mode]), audio, n)
     dists = lse.shifted_distances(video_emb, audio_emb)
     result = lse.scores_from_distances(dists)
     assert result.av_offset == want["offset"]
-    # one frame of meeting's JPEGs differs from ffmpeg 5.1's (rate control; see the jpeg test)
-    tol = 2e-2 if (clip, mode) == ("meeting", "jpg") else 5e-4
+    # Without the reference ffmpeg (not Linux x86-64), frame 35 of meeting's JPEGs differs (test_jpeg_compat)
+    approximate = (clip, mode) == ("meeting", "jpg") and jpeg_compat.active_route() != "reference"
+    # measured: LSE 0 or 1.2e-4 (one float32 ulp at 1059), mean_dists <= 2.4e-4, dists <= 9.8e-4; the issue's
+    # 1e-4 is below float32 resolution at these magnitudes, so 2 ulps is the tightest meaningful bound
+    tol = 2e-2 if approximate else 2.5e-4
     assert result.lse_d == pytest.approx(want["LSE_D"], abs=tol)
     assert result.lse_c == pytest.approx(want["LSE_C"], abs=tol)
-    np.testing.assert_allclose(result.mean_dists, want["mean_dists"], atol=tol)
-    if (clip, mode) != ("meeting", "jpg"):
-        np.testing.assert_allclose(dists.numpy(), arrays[f"{clip}/{mode}/dists"], atol=5e-3)
+    np.testing.assert_allclose(result.mean_dists, want["mean_dists"], atol=max(tol, 5e-4))
+    if not approximate:
+        np.testing.assert_allclose(dists.numpy(), arrays[f"{clip}/{mode}/dists"], atol=2.5e-3)
 
 
 def test_chunk_size_does_not_change_embeddings(model: SyncNet, frames: dict) -> None:
@@ -190,3 +186,20 @@ def test_chunk_size_does_not_change_embeddings(model: SyncNet, frames: dict) -> 
         a = model.lip_embeddings(f224, 8, chunk=8)
         b = model.lip_embeddings(f224, 8, chunk=3)
     torch.testing.assert_close(a, b, atol=2e-3, rtol=1e-5)
+
+
+def test_folded_plans_follow_weight_changes(checkpoint: Path) -> None:
+    """The cached BatchNorm-folded plans are rebuilt after in-place weight updates and load_state_dict."""
+    net = load_syncnet(checkpoint, "cpu")
+    win = torch.randn(3, 1, 13, 20) * 10
+    with torch.inference_mode():
+        before = net.audio_embeddings(win)
+    with torch.no_grad():
+        net.netcnnaud[1].running_mean.add_(1.0)                # in place: same storage, new version
+    with torch.inference_mode():
+        after, reference = net.audio_embeddings(win), net.forward_aud(win)
+    assert (after - before).abs().max() > 1e-2
+    torch.testing.assert_close(after, reference, atol=1e-3, rtol=1e-5)
+    net.load_state_dict(torch.load(checkpoint))
+    with torch.inference_mode():
+        torch.testing.assert_close(net.audio_embeddings(win), before, atol=0, rtol=0)

@@ -11,7 +11,8 @@ import pytest
 import torch
 
 from recipe import filled_state_dict
-from talkbench.media import Clip
+from talkbench import jpeg_compat
+from talkbench.media import Clip, decode_clip
 from talkbench.observers import ClipData, ClipSkipped, ObserverContext, build_observers
 from talkbench.observers import syncnet as obs
 
@@ -83,6 +84,22 @@ def test_wav2lip_mode_row_and_jpeg_compat(observer: obs.SyncNetObserver, another
     summary = observer.summarize([row, row_jpg, {"lse_c": None, "lse_d": None, "av_offset": None}])
     assert summary["lse_d"] == pytest.approx((row["lse_d"] + row_jpg["lse_d"]) / 2)
     assert summary["av_offset"] == pytest.approx(-15.0)
+
+
+@pytest.mark.skipif(jpeg_compat.active_route() != "reference", reason="no ffmpeg 5.1 executable here")
+def test_jpeg_compat_scores_meeting_like_the_reference_end_to_end(checkpoint: Path) -> None:
+    """The clip decoded as `evaluate` decodes it; frames and audio through the reference ffmpeg (route recorded)."""
+    expected = json.loads((FIX / "expected.json").read_text())["per_clip"]["meeting"]["jpg"]
+    ctx = ObserverContext(device="cpu", weights={"syncnet-v2": checkpoint}, options={"lse_jpeg_compat": True})
+    (compat,) = build_observers(["lse_c", "lse_d", "av_offset"], ctx)
+    assert compat.weights_sha256[obs.JPEG_ROUTE_KEY] == "reference"
+    clip = ClipData("meeting", decode_clip(FIX / "meeting.mp4"))
+    row = compat.measure(clip)
+    with np.load(FIX / "expected_slim.npz") as z:
+        np.testing.assert_array_equal(clip.cache["lse.reference_audio"], z["meeting/audio_int16"])
+    assert row["av_offset"] == expected["offset"] and row["n_windows"] == expected["n_windows"]
+    assert row["lse_d"] == pytest.approx(expected["LSE_D"], abs=5e-4)
+    assert row["lse_c"] == pytest.approx(expected["LSE_C"], abs=5e-4)
 
 
 def test_clips_that_cannot_be_scored_are_skipped(observer: obs.SyncNetObserver, another_audio: np.ndarray) -> None:
