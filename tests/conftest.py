@@ -37,3 +37,15 @@ def one_torch_thread():
 @pytest.fixture
 def fixtures_dir() -> Path:
     return FIXTURES
+
+
+@pytest.fixture(scope="session")
+def syncnet_checkpoint(tmp_path_factory) -> Path:
+    """SyncNet v2 stand-in weights (tests/recipe.py, seed 0) saved in the official layout (plain name -> tensor)."""
+    import torch
+
+    from recipe import filled_state_dict
+
+    path = tmp_path_factory.mktemp("syncnet") / "syncnet_v2.model"
+    torch.save(filled_state_dict(FIXTURES / "syncnet" / "keys.json"), path)
+    return path

@@ -10,23 +10,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from typer.testing import CliRunner
 
-from recipe import filled_state_dict
 from talkbench import jpeg_compat
 from talkbench.cli import app
 from talkbench.media import write_clip
 
 FIX = Path(__file__).resolve().parent / "fixtures" / "syncnet"
 METRICS = "lse_c,lse_d,av_offset"
-
-
-@pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory) -> Path:
-    path = tmp_path_factory.mktemp("lse_cli") / "syncnet_v2.model"
-    torch.save(filled_state_dict(FIX / "keys.json"), path)
-    return path
 
 
 @pytest.fixture(scope="module")
@@ -54,11 +45,11 @@ def _lrs2_folder(root: Path) -> Path:
 
 
 @pytest.mark.parametrize("mode", ["jpg", "videocapture"])
-def test_lrs2_folder_scores_equal_the_reference(mode: str, checkpoint: Path, expected: dict, tmp_path: Path) -> None:
+def test_lrs2_folder_scores_equal_the_reference(mode: str, syncnet_checkpoint: Path, expected: dict, tmp_path: Path) -> None:
     generated = _lrs2_folder(tmp_path / "gen")
     flag = "--lse-jpeg-compat" if mode == "jpg" else "--no-lse-jpeg-compat"
     result = CliRunner().invoke(app, ["evaluate", str(generated), "--suite", "lrs2", "--metrics", METRICS,
-                                      "--weights", f"syncnet-v2={checkpoint}", "--out", str(tmp_path / "run"),
+                                      "--weights", f"syncnet-v2={syncnet_checkpoint}", "--out", str(tmp_path / "run"),
                                       flag, "--json"])
     assert result.exit_code == 0, result.output
     rows = _rows(tmp_path / "run")
@@ -79,7 +70,7 @@ def test_lrs2_folder_scores_equal_the_reference(mode: str, checkpoint: Path, exp
     assert ("lse-jpeg-route=" in summary["observers"]) == (mode == "jpg")     # the route is in the provenance
 
 
-def test_plain_folder_pipeline_mode_scores_tracks_and_records_short_clips(checkpoint: Path,
+def test_plain_folder_pipeline_mode_scores_tracks_and_records_short_clips(syncnet_checkpoint: Path,
                                                                           tmp_path: Path) -> None:
     generated = tmp_path / "wild"
     generated.mkdir()
@@ -88,7 +79,7 @@ def test_plain_folder_pipeline_mode_scores_tracks_and_records_short_clips(checkp
     grey = np.full((60, 160, 160, 3), 128, np.uint8)                         # no face anywhere
     write_clip(generated / "no_face.mp4", grey, (rng.standard_normal(60 * 640) * 300).astype(np.int16))
     base = ["evaluate", str(generated), "--suite", "folder", "--metrics", METRICS, "--weights",
-            f"syncnet-v2={checkpoint}", "--lse-mode", "pipeline", "--lse-min-face-size", "50"]
+            f"syncnet-v2={syncnet_checkpoint}", "--lse-mode", "pipeline", "--lse-min-face-size", "50"]
     result = CliRunner().invoke(app, [*base, "--out", str(tmp_path / "default")])
     assert result.exit_code == 0, result.output
     rows = _rows(tmp_path / "default")

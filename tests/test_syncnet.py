@@ -14,7 +14,6 @@ import numpy as np
 import pytest
 import torch
 
-from recipe import filled_state_dict
 from talkbench import jpeg_compat, lse
 from talkbench.audio_features import syncnet_mfcc
 from talkbench.nets.checkpoint_keys import CheckpointError
@@ -37,15 +36,8 @@ def arrays():
 
 
 @pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory) -> Path:
-    path = tmp_path_factory.mktemp("syncnet") / "syncnet_v2.model"
-    torch.save(filled_state_dict(FIX / "keys.json"), path)
-    return path
-
-
-@pytest.fixture(scope="module")
-def model(checkpoint: Path) -> SyncNet:
-    return load_syncnet(checkpoint, "cpu")
+def model(syncnet_checkpoint: Path) -> SyncNet:
+    return load_syncnet(syncnet_checkpoint, "cpu")
 
 
 def _decode_bgr(path: Path) -> np.ndarray:
@@ -73,8 +65,8 @@ def test_state_dict_keys_and_shapes_are_official() -> None:
         assert list(sd[key].shape) == shape, key
 
 
-def test_loader_accepts_file_without_num_batches_tracked(tmp_path: Path, checkpoint: Path) -> None:
-    state = torch.load(checkpoint)
+def test_loader_accepts_file_without_num_batches_tracked(tmp_path: Path, syncnet_checkpoint: Path) -> None:
+    state = torch.load(syncnet_checkpoint)
     old = {k: v for k, v in state.items() if not k.endswith("num_batches_tracked")}
     assert len(old) == len(state) - 14
     torch.save(old, tmp_path / "old.model")
@@ -83,8 +75,8 @@ def test_loader_accepts_file_without_num_batches_tracked(tmp_path: Path, checkpo
     assert not m.training
 
 
-def test_loader_reports_missing_and_unexpected_keys(tmp_path: Path, checkpoint: Path) -> None:
-    state = torch.load(checkpoint)
+def test_loader_reports_missing_and_unexpected_keys(tmp_path: Path, syncnet_checkpoint: Path) -> None:
+    state = torch.load(syncnet_checkpoint)
     bad = dict(state)
     del bad["netfcaud.3.weight"]
     bad["netfcaud.9.weight"] = torch.zeros(3)
@@ -188,9 +180,9 @@ def test_chunk_size_does_not_change_embeddings(model: SyncNet, frames: dict) -> 
     torch.testing.assert_close(a, b, atol=2e-3, rtol=1e-5)
 
 
-def test_folded_plans_follow_weight_changes(checkpoint: Path) -> None:
+def test_folded_plans_follow_weight_changes(syncnet_checkpoint: Path) -> None:
     """The cached BatchNorm-folded plans are rebuilt after in-place weight updates and load_state_dict."""
-    net = load_syncnet(checkpoint, "cpu")
+    net = load_syncnet(syncnet_checkpoint, "cpu")
     win = torch.randn(3, 1, 13, 20) * 10
     with torch.inference_mode():
         before = net.audio_embeddings(win)
@@ -200,6 +192,6 @@ def test_folded_plans_follow_weight_changes(checkpoint: Path) -> None:
         after, reference = net.audio_embeddings(win), net.forward_aud(win)
     assert (after - before).abs().max() > 1e-2
     torch.testing.assert_close(after, reference, atol=1e-3, rtol=1e-5)
-    net.load_state_dict(torch.load(checkpoint))
+    net.load_state_dict(torch.load(syncnet_checkpoint))
     with torch.inference_mode():
         torch.testing.assert_close(net.audio_embeddings(win), before, atol=0, rtol=0)

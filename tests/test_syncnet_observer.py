@@ -8,9 +8,7 @@ from pathlib import Path
 import av
 import numpy as np
 import pytest
-import torch
 
-from recipe import filled_state_dict
 from talkbench import jpeg_compat
 from talkbench.media import Clip, decode_clip
 from talkbench.observers import ClipData, ClipSkipped, ObserverContext, build_observers
@@ -20,15 +18,8 @@ FIX = Path(__file__).resolve().parent / "fixtures" / "syncnet"
 
 
 @pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory) -> Path:
-    path = tmp_path_factory.mktemp("syncnet_obs") / "syncnet_v2.model"
-    torch.save(filled_state_dict(FIX / "keys.json"), path)
-    return path
-
-
-@pytest.fixture(scope="module")
-def observer(checkpoint: Path) -> obs.SyncNetObserver:
-    ctx = ObserverContext(device="cpu", weights={"syncnet-v2": checkpoint})
+def observer(syncnet_checkpoint: Path) -> obs.SyncNetObserver:
+    ctx = ObserverContext(device="cpu", weights={"syncnet-v2": syncnet_checkpoint})
     (built,) = build_observers(["lse_c", "lse_d", "av_offset"], ctx)
     return built
 
@@ -87,10 +78,10 @@ def test_wav2lip_mode_row_and_jpeg_compat(observer: obs.SyncNetObserver, another
 
 
 @pytest.mark.skipif(jpeg_compat.active_route() != "reference", reason="no ffmpeg 5.1 executable here")
-def test_jpeg_compat_scores_meeting_like_the_reference_end_to_end(checkpoint: Path) -> None:
+def test_jpeg_compat_scores_meeting_like_the_reference_end_to_end(syncnet_checkpoint: Path) -> None:
     """The clip decoded as `evaluate` decodes it; frames and audio through the reference ffmpeg (route recorded)."""
     expected = json.loads((FIX / "expected.json").read_text())["per_clip"]["meeting"]["jpg"]
-    ctx = ObserverContext(device="cpu", weights={"syncnet-v2": checkpoint}, options={"lse_jpeg_compat": True})
+    ctx = ObserverContext(device="cpu", weights={"syncnet-v2": syncnet_checkpoint}, options={"lse_jpeg_compat": True})
     (compat,) = build_observers(["lse_c", "lse_d", "av_offset"], ctx)
     assert compat.weights_sha256[obs.JPEG_ROUTE_KEY] == "reference"
     clip = ClipData("meeting", decode_clip(FIX / "meeting.mp4"))
