@@ -444,6 +444,22 @@ class TalkLipTrainer:
         return torch.Generator().manual_seed(hash((self.config.seed, 7) + keys) & 0x7FFFFFFF)
 
     # -- one step ------------------------------------------------------------------------------------
+    def _expert_video(self, batch: Batch, faces: Tensor) -> Tensor:
+        """The lip expert's input: each clip's frames with its generated faces pasted on the picked frames.
+
+        Args:
+            faces: generated faces in [0, 1] of all picked frames of the batch, clip after clip (``ΣP×3×96×96``).
+        Returns:
+            ``B×1×T×88×88``, T = the batch's audio length (:func:`talkbench.losses.expert_video_input`).
+        """
+        hybrids, start = [], 0
+        for frames, boxes, picked in zip(batch.frames, batch.boxes, batch.picked):
+            video = torch.from_numpy(frames).to(self.device)
+            hybrids.append(compose_hybrid_video(video, boxes, faces[start:start + len(picked)], picked))
+            start += len(picked)
+        video, _ = expert_video_input(hybrids, length=batch.audio.shape[2])
+        return video
+
     def generator_losses(self, batch: Batch, neg_gen: torch.Generator | None) -> tuple[Tensor, dict[str, Any], Tensor]:
         """All generator terms; returns (total loss, logged values, generated faces)."""
         cfg = self.config
@@ -452,13 +468,8 @@ class TalkLipTrainer:
         zero = faces.new_zeros(())
         lip = sync = zero
         if self.lip_on and (cfg.lip_weight > 0 or cfg.contrastive_weight > 0):
-            hybrids, start = [], 0
-            for frames, boxes, picked in zip(batch.frames, batch.boxes, batch.picked):
-                video = torch.from_numpy(frames).to(self.device)
-                hybrids.append(compose_hybrid_video(video, boxes, faces[start:start + len(picked)], picked))
-                start += len(picked)
-            video, _ = expert_video_input(hybrids, length=batch.audio.shape[2])
-            out = self.lip(video, batch.padding_mask, batch.target, batch.prev_output_tokens)
+            out = self.lip(self._expert_video(batch, faces), batch.padding_mask, batch.target,
+                           batch.prev_output_tokens)
             lip = out.loss
             logs.update(lip=float(lip.detach()), lip_tokens=out.n_tokens, lip_correct=out.n_correct)
             if cfg.contrastive_weight > 0:
@@ -512,13 +523,8 @@ class TalkLipTrainer:
             real, fake = gan_discriminator_loss(self.discriminator, batch.gt, faces)
             totals["disc_real"] += float(real)
             totals["disc_fake"] += float(fake)
-            hybrids, start = [], 0
-            for frames, boxes, picked in zip(batch.frames, batch.boxes, batch.picked):
-                video = torch.from_numpy(frames).to(self.device)
-                hybrids.append(compose_hybrid_video(video, boxes, faces[start:start + len(picked)], picked))
-                start += len(picked)
-            video, _ = expert_video_input(hybrids, length=batch.audio.shape[2])
-            out = self.lip(video, batch.padding_mask, batch.target, batch.prev_output_tokens)
+            out = self.lip(self._expert_video(batch, faces), batch.padding_mask, batch.target,
+                           batch.prev_output_tokens)
             totals["lip"] += float(out.loss)
             correct += out.n_correct
             tokens += out.n_tokens
