@@ -78,6 +78,25 @@ def test_reference_ffmpeg_failure_names_the_file(tmp_path: Path) -> None:
         jpeg_compat.reference_frames(path=bad, route="reference")
 
 
+@needs_reference_ffmpeg
+def test_configured_executable_takes_precedence(monkeypatch, tmp_path: Path, caplog) -> None:
+    link = tmp_path / "my-ffmpeg"
+    link.symlink_to(reference_ffmpeg.find_reference_ffmpeg())
+    monkeypatch.setenv(reference_ffmpeg.ENV_VAR, str(link))
+    reference_ffmpeg.find_reference_ffmpeg.cache_clear()
+    try:
+        assert reference_ffmpeg.find_reference_ffmpeg() == link
+    finally:
+        monkeypatch.delenv(reference_ffmpeg.ENV_VAR)
+        reference_ffmpeg.find_reference_ffmpeg.cache_clear()
+    fake = tmp_path / "ffmpeg-9"
+    fake.write_text("#!/bin/sh\necho 'ffmpeg version 9.0.2 Copyright'\n")
+    fake.chmod(0o755)
+    with caplog.at_level("WARNING"):
+        assert reference_ffmpeg.ffmpeg_version(fake) == "9.0.2"
+    assert "measured with 5.1.x only" in caplog.text
+
+
 def test_configured_executable_must_exist(monkeypatch, tmp_path: Path) -> None:
     monkeypatch.setenv(reference_ffmpeg.ENV_VAR, str(tmp_path / "no-ffmpeg"))
     reference_ffmpeg.find_reference_ffmpeg.cache_clear()
