@@ -45,12 +45,13 @@ def _lrs2_folder(root: Path) -> Path:
 
 
 @pytest.mark.parametrize("mode", ["jpg", "videocapture"])
-def test_lrs2_folder_scores_equal_the_reference(mode: str, syncnet_checkpoint: Path, expected: dict, tmp_path: Path) -> None:
+def test_lrs2_folder_scores_equal_the_reference(mode: str, syncnet_checkpoint: Path, expected: dict,
+                                                tmp_path: Path) -> None:
     generated = _lrs2_folder(tmp_path / "gen")
     flag = "--lse-jpeg-compat" if mode == "jpg" else "--no-lse-jpeg-compat"
     result = CliRunner().invoke(app, ["evaluate", str(generated), "--suite", "lrs2", "--metrics", METRICS,
-                                      "--weights", f"syncnet-v2={syncnet_checkpoint}", "--out", str(tmp_path / "run"),
-                                      flag, "--json"])
+                                      "--weights", f"syncnet-v2={syncnet_checkpoint}",
+                                      "--out", str(tmp_path / "run"), flag, "--json"])
     assert result.exit_code == 0, result.output
     rows = _rows(tmp_path / "run")
     exact = mode == "videocapture" or jpeg_compat.active_route() == "reference"
