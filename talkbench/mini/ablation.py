@@ -307,13 +307,13 @@ def best_run(out: Path, config: str | None = None, metric: str = "wer1") -> Path
     Raises:
         ValueError: no finished run (of ``config``).
     """
+    all_runs = collect_runs(out)
     if config is None:
-        means = [r for r in aggregate(collect_runs(out)) if r["config"] != GROUND_TRUTH
-                 and r[f"{metric}_mean"] is not None]
+        means = [r for r in aggregate(all_runs) if r["config"] != GROUND_TRUTH and r[f"{metric}_mean"] is not None]
         if not means:
             raise ValueError(f"{out}: no finished ablation run.")
         config = min(means, key=lambda r: r[f"{metric}_mean"])["config"]
-    runs = [r for r in collect_runs(out) if r["config"] == config and r[metric] is not None]
+    runs = [r for r in all_runs if r["config"] == config and r[metric] is not None]
     if not runs:
         raise ValueError(f"{out}: no finished run of {config!r}.")
     best = min(runs, key=lambda r: r[metric])
