@@ -3,25 +3,39 @@
 The store in the run directory is the source of truth: every clip's row is committed as soon as the
 clip finishes, a re-run skips what is stored, and ``summary.csv`` / ``clips.csv`` are always
 re-exported from the store. A clip that cannot be scored becomes a row with an ``error`` and the run
-goes on (``strict=True`` makes the first failure fatal).
+goes on (``strict=True`` makes the first failure fatal). An observer that fails on a clip (or gives a
+non-finite number) loses only its own columns: the clip's other metrics still count.
+
+Settings that change a number are stored with the run (:func:`run_meta`): metrics, protocol, options,
+the generated folder and the suite's settings (:func:`talkbench.suites.suite_settings`: reference folder,
+layout, the filelist's and the transcript table's sha256, LRW classes, boxes folder). A rerun with other settings is refused. Each clip's row also keeps its inputs' signature
+(:func:`input_signature`); a clip whose generated or reference file, face boxes or transcript changed
+since its row was stored is recomputed (and logged).
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
+import math
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
+import numpy as np
+
 from talkbench import media, suites
-from talkbench.observers import ALL_METRICS, ClipData, ClipSkipped, Observer, ObserverContext, build_observers
+from talkbench.devices import resolve_device
+from talkbench.observers import (ALL_METRICS, PROTOCOL_METRICS, ClipData, ClipSkipped, Observer, ObserverContext,
+                                 build_observers)
 from talkbench.store import ClipRecord, ResultStore
 from talkbench.summary import SUMMARY_COLUMNS, clip_columns, clip_rows, summary_row, write_csv
 
 logger = logging.getLogger(__name__)
 
-PROTOCOLS: tuple[str, ...] = ("talklip2023", "avhubert-official", "mini")
+PROTOCOLS: tuple[str, ...] = tuple(PROTOCOL_METRICS)
+_REPORT_NAMES = 5  # how many clip ids a log line names
 
 
 class EvaluationError(RuntimeError):
@@ -98,26 +112,59 @@ def in_shard(clip_id: str, shard: tuple[int, int] | None) -> bool:
     return zlib.crc32(clip_id.encode("utf-8")) % n == k - 1
 
 
-def run_meta(config: EvaluateConfig, suite_kind: str) -> dict[str, Any]:
-    """Settings that must not change between a run and its resumption."""
+def run_meta(config: EvaluateConfig, suite: suites.Suite) -> dict[str, Any]:
+    """Settings that must not change between a run and its resumption: everything that changes a number for
+    the whole run (per-clip inputs are checked by :func:`input_signature`)."""
     return {
         "metrics": list(config.metrics),
         "model": config.model,
-        "suite": suite_kind,
+        "suite": suite.kind,
         "split": config.split,
         "protocol": config.protocol,
         "shard": list(config.shard) if config.shard else None,
         "generated": str(config.generated.resolve()),
+        "suite_settings": suites.suite_settings(suite),
         "options": {k: v for k, v in sorted(config.options.items())},
     }
 
 
+def _stat(path: Path | None) -> list[int] | None:
+    if path is None:
+        return None
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    return [int(st.st_size), int(st.st_mtime_ns)]
+
+
+def input_signature(pair: suites.ClipPair) -> dict[str, Any]:
+    """What a clip's row was computed from: size and mtime of its generated clip, reference clip and face-box
+    file, and a hash of its transcript. Cheap (no file is read)."""
+    return {
+        "generated": _stat(pair.generated),
+        "reference": _stat(pair.reference),
+        "boxes": _stat(pair.boxes),
+        "text": hashlib.sha256(pair.text.encode("utf-8")).hexdigest()[:16] if pair.text is not None else None,
+    }
+
+
 def _check_config(config: EvaluateConfig) -> None:
-    unknown = [m for m in config.metrics if m not in ALL_METRICS]
-    if unknown or not config.metrics:
-        raise EvaluationError(f"--metrics must name some of {', '.join(ALL_METRICS)}; got {list(config.metrics)}.")
+    resolve_device(config.device)  # a bad --device fails before anything is read or written
     if config.protocol not in PROTOCOLS:
         raise EvaluationError(f"--protocol must be one of {', '.join(PROTOCOLS)}, got {config.protocol!r}.")
+    available = PROTOCOL_METRICS[config.protocol]
+    unknown = [m for m in config.metrics if m not in ALL_METRICS]
+    if unknown or not config.metrics:
+        raise EvaluationError(f"--metrics must name some of {', '.join(available)}; got {list(config.metrics)}.")
+    missing = [m for m in config.metrics if m not in available]
+    if missing:
+        raise EvaluationError(f"--protocol {config.protocol} has no {', '.join(missing)}; its metrics are "
+                              f"{', '.join(available)}.")
+    if config.generated.is_file():
+        raise EvaluationError(f"{config.generated}: `evaluate` takes a folder of generated clips, not one file. To "
+                              "score a single clip, put it in a folder of its own (with its reference clip at the "
+                              "same relative path under --reference).")
     if not config.generated.is_dir():
         raise EvaluationError(f"{config.generated}: generated-clips folder not found.")
     if config.reference is not None and not config.reference.is_dir():
@@ -125,6 +172,8 @@ def _check_config(config: EvaluateConfig) -> None:
 
 
 def _clip_data(pair: suites.ClipPair, observers: Sequence[Observer]) -> ClipData:
+    if pair.error:
+        raise ClipSkipped(pair.error)
     if pair.generated is None:
         raise ClipSkipped("no generated clip for this reference clip (expected at the same relative path)")
     generated = media.decode_clip(pair.generated, need_audio=False)
@@ -137,6 +186,11 @@ def _clip_data(pair: suites.ClipPair, observers: Sequence[Observer]) -> ClipData
         raise ClipSkipped("no transcript/label for this clip (needed by the lip-reading metrics)")
     boxes = suites.load_boxes(pair.boxes, generated.num_frames) if pair.boxes is not None else None
     return ClipData(clip_id=pair.clip_id, generated=generated, reference=reference, text=pair.text, boxes=boxes)
+
+
+def non_finite(row: Mapping[str, Any]) -> list[str]:
+    """The columns of a per-clip row whose number is NaN or infinite."""
+    return [k for k, v in row.items() if isinstance(v, (float, np.floating)) and not math.isfinite(float(v))]
 
 
 def measure_clip(pair: suites.ClipPair, observers: Sequence[Observer]) -> tuple[dict[str, Any], str | None]:
@@ -154,7 +208,12 @@ def measure_clip(pair: suites.ClipPair, observers: Sequence[Observer]) -> tuple[
     errors: list[str] = []
     for observer in observers:
         try:
-            values.update(observer.measure(data))
+            row = observer.measure(data)
+            bad = non_finite(row)
+            if bad:
+                raise ClipSkipped(f"non-finite {', '.join(f'{k}={row[k]}' for k in bad)}; the checkpoint or the "
+                                  "clip gives no usable number")
+            values.update(row)
         except (ClipSkipped, media.MediaError, ValueError) as err:
             errors.append(f"{observer.name}: {err}")
         except Exception as err:  # noqa: BLE001 - an observer bug on one clip must not lose the run
@@ -186,19 +245,28 @@ def evaluate(config: EvaluateConfig, progress: Callable[[int, int], Any] | None 
         suite = suites.load_suite(config.suite, config.generated, config.reference, config.filelist)
     except (ValueError, OSError) as err:
         raise EvaluationError(str(err)) from err
-    pairs = [p for p in suite.pairs if in_shard(p.clip_id, config.shard)]
-    if not pairs and not suite.unmatched_generated:
+    if not suite.pairs and not suite.unmatched_generated:
         raise EvaluationError(f"{config.generated}: no clips found for suite {suite.kind!r}.")
+    # a shard may hold no clip of a small suite: its run directory is still written, so that merge sees it
+    pairs = [p for p in suite.pairs if in_shard(p.clip_id, config.shard)]
+    unmatched = [c for c in suite.unmatched_generated if in_shard(c, config.shard)]
 
-    meta = run_meta(config, suite.kind)
+    meta = run_meta(config, suite)
     with ResultStore(config.out, meta) as store:
+        signatures = {p.clip_id: input_signature(p) for p in pairs}
         done = store.finished_ids(include_failed=not config.retry_failed)
-        for clip_id in suite.unmatched_generated:
-            if in_shard(clip_id, config.shard) and clip_id not in done:
-                store.put(clip_id, {}, "input: generated clip matches no reference clip or transcript")
+        stored_inputs = store.inputs()
+        changed = sorted(c for c, sig in signatures.items() if c in done and stored_inputs.get(c) not in ({}, None, sig))
+        if changed:
+            more = ", …" if len(changed) > _REPORT_NAMES else ""
+            logger.warning("%d clip(s) changed since their rows were stored (first: %s%s); recomputing them",
+                           len(changed), ", ".join(changed[:_REPORT_NAMES]), more)
+            done -= set(changed)
         todo = [p for p in pairs if p.clip_id not in done]
-        total = len(pairs)
-        logger.info("%d clip(s) in this run, %d already stored, %d to compute", total, total - len(todo), len(todo))
+        new_unmatched = [c for c in unmatched if c not in done]
+        total = len(pairs) + len(unmatched)
+        logger.info("%d clip(s) in this run, %d already stored, %d to compute", total,
+                    total - len(todo) - len(new_unmatched), len(todo) + len(new_unmatched))
         observers: list[Observer] = []
         if todo:
             ctx = ObserverContext(device=config.device, protocol=config.protocol,
@@ -206,13 +274,16 @@ def evaluate(config: EvaluateConfig, progress: Callable[[int, int], Any] | None 
             observers = build_observers(config.metrics, ctx)
             provenance = {k: v for o in observers for k, v in o.weights_sha256.items()}
             _record_observers(store, provenance)
+        # error rows are written only once the observers exist: a run that cannot build them stores nothing
+        for clip_id in new_unmatched:
+            store.put(clip_id, {}, "input: generated clip matches no reference clip or transcript")
         n_done = total - len(todo)
         for pair in todo:
             values, error = measure_clip(pair, observers)
             if error and config.strict:
                 raise EvaluationError(f"{pair.clip_id}: {error} (--strict stops at the first failure)")
-            store.put(pair.clip_id, values, error)
-            if error:
+            store.put(pair.clip_id, values, error, inputs=signatures[pair.clip_id])
+            if error and pair.generated is not None:  # missing generated clips: the suite's report names them
                 logger.warning("%s: %s", pair.clip_id, error)
             n_done += 1
             if progress is not None:

@@ -64,15 +64,23 @@ def check_boxes(boxes: np.ndarray, n_frames: int, height: int, width: int, sourc
     Returns:
         int64 ``T×4`` with 0 <= x1 < x2 <= width and 0 <= y1 < y2 <= height.
     Raises:
-        GenerateError: wrong shape, wrong frame count, or an empty box.
+        GenerateError: wrong shape or type, wrong frame count, a NaN/infinite coordinate, or an empty box.
     """
     boxes = np.asarray(boxes)
     if boxes.ndim != 2 or boxes.shape[1] != 4:
         raise GenerateError(f"{source}: face boxes must be a T×4 array (x1, y1, x2, y2 per frame), got shape "
                             f"{boxes.shape}.")
+    if not (np.issubdtype(boxes.dtype, np.integer) or np.issubdtype(boxes.dtype, np.floating)):
+        raise GenerateError(f"{source}: face boxes must be numbers (pixels), got dtype {boxes.dtype}.")
     if len(boxes) < n_frames:
         raise GenerateError(f"{source}: {len(boxes)} face boxes for {n_frames} frames; give one box per frame.")
-    boxes = np.rint(boxes[:n_frames]).astype(np.int64)
+    boxes = boxes[:n_frames]
+    bad = np.flatnonzero(~np.isfinite(boxes).all(axis=1))
+    if len(bad):
+        raise GenerateError(f"{source}: the face box of frame {int(bad[0])} is {boxes[bad[0]].tolist()} (NaN or "
+                            f"infinite coordinates; {len(bad)} such frames); give pixel coordinates for every frame "
+                            "(re-run the face detector or fill the gaps from neighbouring frames).")
+    boxes = np.rint(boxes).astype(np.int64)
     boxes[:, [0, 2]] = np.clip(boxes[:, [0, 2]], 0, width)
     boxes[:, [1, 3]] = np.clip(boxes[:, [1, 3]], 0, height)
     empty = np.flatnonzero((boxes[:, 2] <= boxes[:, 0]) | (boxes[:, 3] <= boxes[:, 1]))
@@ -207,6 +215,168 @@ def repeat_frames_to_audio(n_frames: int, n_audio: int) -> np.ndarray:
 
 
 # ----------------------------------------------------------------------------------------------------
+# Checks done before any heavy work (model loading, decoding, face detection)
+# ----------------------------------------------------------------------------------------------------
+
+def check_options(reference_frame: int | None = 0, batch_size: int = 32, align: str = "video",
+                  detector: str | None = None, s3fd_weights: str | Path | None = None) -> None:
+    """Refuse option values that would fail (or silently do something else) only after the compute.
+
+    Args:
+        reference_frame: a frame index >= 0 (its upper bound is checked by :func:`synthesize` once the clip's
+            length is known), or None (each frame's own crop).
+        batch_size: frames per generator call, >= 1.
+        align: one of :data:`ALIGN_MODES`.
+        detector: ``dlib`` or ``s3fd`` (the latter needs ``s3fd_weights``); None = not checked.
+    Raises:
+        GenerateError: the message names the option and its valid values.
+    """
+    if reference_frame is not None:
+        if isinstance(reference_frame, bool) or not isinstance(reference_frame, (int, np.integer)):
+            raise GenerateError(f"--reference-frame takes a frame index (0, 1, ...) or 'same', "
+                                f"got {reference_frame!r}.")
+        if reference_frame < 0:
+            raise GenerateError(f"--reference-frame {reference_frame}: frame indexes run from 0 to the clip's frame "
+                                "count - 1 (negative indexes are not counted from the end); give 0 or more, or "
+                                "'same'.")
+    if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
+        raise GenerateError(f"--batch-size {batch_size}: give a positive number of frames per generator call "
+                            "(default 32; smaller uses less memory).")
+    if align not in ALIGN_MODES:
+        raise GenerateError(f"--align {align!r}: use one of {', '.join(ALIGN_MODES)}.")
+    if detector is not None:
+        from talkbench.faces import DETECTORS
+
+        if detector not in DETECTORS:
+            raise GenerateError(f"--detector {detector!r}: use one of {', '.join(DETECTORS)} (dlib needs no "
+                                "download; s3fd needs --weights s3fd=PATH).")
+        if detector == "s3fd" and s3fd_weights is None:
+            raise GenerateError("--detector s3fd needs the S3FD weights (--weights s3fd=PATH); use --detector dlib "
+                                "to run without them, or pass --boxes.")
+
+
+def codec_extensions(codec: str) -> tuple[str, ...]:
+    """The file extensions :func:`talkbench.media.write_clip` writes ``codec`` to (e.g. ffv1: .mkv, .avi).
+
+    Raises:
+        GenerateError: an unknown codec.
+    """
+    from talkbench import media
+
+    table: dict[str, tuple[str, ...]] = media._CODEC_EXTENSIONS   # media has no public accessor yet
+    if codec not in table:
+        raise GenerateError(f"--codec {codec!r}: use one of {', '.join(table)}.")
+    return tuple(table[codec])
+
+
+def _check_crf(codec: str, crf: int | None) -> None:
+    if crf is None:
+        return
+    if codec != "h264":
+        raise GenerateError(f"--crf applies to h264 only ({codec} is lossless); leave it out.")
+    if not 0 <= crf <= 51:
+        raise GenerateError(f"--crf {crf}: libx264's CRF runs from 0 (lossless) to 51; the default is 23.")
+
+
+def _check_writable_parent(path: Path, what: str) -> None:
+    """The nearest existing ancestor of ``path`` must be a folder we can write into."""
+    parent = path.parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir():
+        raise GenerateError(f"{path}: cannot write the {what} there: {parent} is a file, not a folder; choose "
+                            "another path.")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise GenerateError(f"{path}: cannot write the {what} there: no write permission in {parent}; choose "
+                            "another path.")
+
+
+def check_output_file(out: str | Path, codec: str = "h264", crf: int | None = None) -> Path:
+    """Check a single-clip output path before any work: not a folder, an extension the codec is written to,
+    a valid ``crf``, and a writable folder.
+
+    Returns:
+        ``out`` as a Path.
+    Raises:
+        GenerateError: the message names the path and the fix.
+    """
+    out = Path(out)
+    extensions = codec_extensions(codec)
+    if out.is_dir():
+        raise GenerateError(f"--out {out} is a folder; give the output video's file name (e.g. {out / 'out'}"
+                            f"{extensions[0]}), or use --reference/--suite to generate a whole folder.")
+    if out.suffix.lower() not in extensions:
+        raise GenerateError(f"--out {out}: codec {codec} is written to {', '.join(extensions)} files; change the "
+                            f"extension (e.g. {out.with_suffix(extensions[0]).name}) or the --codec.")
+    _check_crf(codec, crf)
+    _check_writable_parent(out, "video")
+    return out
+
+
+def check_output_dir(out_dir: str | Path, codec: str = "h264", crf: int | None = None) -> Path:
+    """Check the batch form's output folder before any work: not an existing file, a known codec, a valid
+    ``crf``, and a writable location.
+
+    Returns:
+        ``out_dir`` as a Path.
+    Raises:
+        GenerateError: the message names the path and the fix.
+    """
+    out_dir = Path(out_dir)
+    codec_extensions(codec)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise GenerateError(f"--out {out_dir} is an existing file; the batch form (--reference/--suite) writes a "
+                            "folder of clips: give a folder path.")
+    _check_crf(codec, crf)
+    if out_dir.is_dir():
+        if not os.access(out_dir, os.W_OK | os.X_OK):
+            raise GenerateError(f"--out {out_dir}: no write permission in this folder; choose another one.")
+    else:
+        _check_writable_parent(out_dir, "output folder")
+    return out_dir
+
+
+def _check_input_file(path: Path, what: str, fix: str) -> None:
+    if not path.is_file():
+        state = "is a folder, not a file" if path.is_dir() else "not found"
+        raise GenerateError(f"{path}: {what} {state}; {fix}")
+
+
+def remove_stale_parts(targets: Iterable[str | Path]) -> int:
+    """Delete the hidden partial files an interrupted write left beside ``targets``.
+
+    :func:`talkbench.media.write_clip` writes ``.<name>.<random>.part`` in the target's folder and renames it
+    when complete; a killed run leaves that file behind. Only files of exactly this pattern, beside one of
+    ``targets``, are removed (do not run two batch generations into the same folder at once: one would
+    delete the other's file in progress).
+
+    Returns:
+        The number of files removed.
+    """
+    removed = 0
+    by_folder: dict[Path, set[str]] = {}
+    for target in targets:
+        target = Path(target)
+        by_folder.setdefault(target.parent, set()).add(target.name)
+    for folder, names in by_folder.items():
+        if not folder.is_dir():
+            continue
+        for entry in folder.iterdir():
+            if not (entry.name.startswith(".") and entry.name.endswith(".part")):
+                continue
+            name, _, random_part = entry.name[1:-len(".part")].rpartition(".")
+            if name not in names or not random_part or not entry.is_file():
+                continue
+            try:
+                entry.unlink()
+            except FileNotFoundError:      # gone meanwhile
+                continue
+            removed += 1
+            logger.debug("removed stale partial file %s", entry)
+    return removed
+
+
+# ----------------------------------------------------------------------------------------------------
 # Generation
 # ----------------------------------------------------------------------------------------------------
 
@@ -230,12 +400,14 @@ def synthesize(generator: torch.nn.Module, frames: np.ndarray, boxes: np.ndarray
         progress: called with (frames done, total).
     Returns:
         (uint8 frames ``T_out×H×W×3``, the boxes of those frames ``T_out×4``).
+    Raises:
+        GenerateError: a negative or too large ``reference_frame``, ``batch_size`` < 1, an unknown ``align``.
     """
-    if align not in ALIGN_MODES:
-        raise ValueError(f"align must be one of {ALIGN_MODES}, got {align!r}.")
+    check_options(reference_frame=reference_frame, batch_size=batch_size, align=align)
     n = len(frames)
-    if reference_frame is not None and not -n <= reference_frame < n:
-        raise GenerateError(f"reference frame {reference_frame} is outside the clip's {n} frames.")
+    if reference_frame is not None and reference_frame >= n:
+        raise GenerateError(f"--reference-frame {reference_frame} is outside the clip's {n} frames; give an index "
+                            f"within 0..{n - 1}, or 'same'.")
     features = avhubert_audio_features(np.asarray(audio_int16))
     reference = None
     if reference_frame is not None:
@@ -305,15 +477,13 @@ def read_audio(path: Path) -> np.ndarray:
     from talkbench import media
 
     try:
-        import av
-
-        with av.open(str(path)) as container:
+        with media.open_input(path) as container:
             if container.streams.audio:
                 stream = container.streams.audio[0]
                 if stream.rate != SAMPLE_RATE or stream.channels != 1:
                     logger.info("%s: audio is %d Hz, %d channel(s); converting to 16 kHz mono (the reference "
                                 "accepts only 16 kHz mono)", path, stream.rate, stream.channels)
-    except Exception:  # the decoder below reports unreadable files with a clear message
+    except media.MediaError:  # read_wav_int16 below reports unreadable files with the same clear message
         pass
     return media.read_wav_int16(path)
 
@@ -340,10 +510,27 @@ def generate_video(video: str | Path, out: str | Path, audio: str | Path | None 
         align: ``video`` or ``audio`` (see :func:`synthesize`).
     Returns:
         The written path.
+    Raises:
+        GenerateError: bad options, output path or inputs — checked before the model is loaded and the video
+            decoded (see :func:`check_options`, :func:`check_output_file`).
+        ValueError: an unusable ``device`` (:func:`talkbench.devices.resolve_device`), an undecodable file.
+        talkbench.weights.WeightsError: the checkpoint card's file is missing and cannot be downloaded.
     """
     from talkbench import media
+    from talkbench.devices import resolve_device
 
     video, out = Path(video), Path(out)
+    check_options(reference_frame, batch_size, align, detector if boxes is None else None, s3fd_weights)
+    check_output_file(out, codec, crf)
+    resolve_device(device)
+    _check_input_file(video, "face video", "pass an existing video with --video.")
+    if audio is not None:
+        _check_input_file(Path(audio), "speech file", "pass an existing audio or video file with --audio.")
+    if boxes is not None:
+        _check_input_file(Path(boxes), "boxes file", "pass a T×4 .npy of x1, y1, x2, y2 per frame with --boxes, or "
+                                                     "leave it out to detect faces.")
+    if generator is None:
+        generator, _ = load_generator(checkpoint, weights, device)
     clip = media.decode_clip(video, need_audio=audio is None)
     if clip.source_fps and abs(clip.source_fps - FPS) > 1e-3:
         logger.info("%s: %.3f fps converted to 25 fps (the reference accepts only 25 fps)", video, clip.source_fps)
@@ -357,8 +544,6 @@ def generate_video(video: str | Path, out: str | Path, audio: str | Path | None 
         raise GenerateError(f"{audio or video}: the audio is shorter than one 25 ms window; give a longer speech.")
     box_array = face_boxes(clip.frames, Path(boxes) if boxes else None, detector,
                            Path(s3fd_weights) if s3fd_weights else None)
-    if generator is None:
-        generator, _ = load_generator(checkpoint, weights, device)
     frames, _ = synthesize(generator, clip.frames, box_array, samples, reference_frame=reference_frame,
                            batch_size=batch_size, align=align, device=device)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -422,20 +607,35 @@ def generate_suite(jobs: Iterable[GenerationJob], out_dir: str | Path, checkpoin
     """Generate every job into ``out_dir`` (same relative paths), resumably.
 
     A clip whose output already exists is skipped: outputs are written under a temporary name and
-    renamed when complete, so an existing file is always a finished one. A failing clip is logged and
+    renamed when complete, so an existing file is always a finished one; the hidden partial files a killed
+    run left beside the outputs are deleted first (:func:`remove_stale_parts`). A failing clip is logged and
     recorded in :attr:`BatchResult.failed` (``strict`` re-raises instead).
+
+    Raises:
+        GenerateError: bad options or ``out_dir`` (an existing file, an unknown codec), before any work.
+        ValueError: an unusable ``device``.
+        talkbench.weights.WeightsError: the checkpoint cannot be found or downloaded (not a per-clip failure).
     """
+    from talkbench.devices import resolve_device
+
     out_dir = Path(out_dir)
     jobs = list(jobs)
+    check_options(reference_frame, batch_size, "video", detector if any(j.boxes is None for j in jobs) else None,
+                  s3fd_weights)
+    check_output_dir(out_dir, codec, crf)
+    resolve_device(device)
+    targets = [output_path(out_dir, job.clip_id, codec) for job in jobs]
+    removed = remove_stale_parts(targets)
+    if removed:
+        logger.info("%s: removed %d stale partial file(s) left by an interrupted run", out_dir, removed)
     result = BatchResult([], [], {})
-    for k, job in enumerate(jobs):
-        target = output_path(out_dir, job.clip_id, codec)
+    for k, (job, target) in enumerate(zip(jobs, targets)):
         if target.exists():
             result.skipped.append(job.clip_id)
         else:
+            if generator is None:       # outside the per-clip handler: a missing checkpoint fails the run
+                generator, _ = load_generator(checkpoint, weights, device)
             try:
-                if generator is None:
-                    generator, _ = load_generator(checkpoint, weights, device)
                 generate_video(job.video, target, audio=job.audio, boxes=job.boxes, reference_frame=reference_frame,
                                codec=codec, crf=crf, device=device, detector=detector, s3fd_weights=s3fd_weights,
                                batch_size=batch_size, generator=generator)

@@ -16,6 +16,11 @@ This module reproduces them in memory:
   Audio comes from PyAV's decoder (11 samples per fixture clip differ by 1).
 
 Decoding is ``cv2.imdecode(..., IMREAD_COLOR)``, i.e. ``cv2.imread``'s libjpeg-turbo, in both routes.
+
+Both routes open the clip as a local file (``file:`` + absolute path, never a protocol URL) and apply its
+display matrix as ffmpeg 5.1's autorotate does (the reference route through ffmpeg itself; the PyAV route
+rotates/flips the decoded yuv420p planes with :func:`talkbench.media.orientation_ops`, where the CLI inserts
+its transpose/hflip/vflip filters), so rotated clips come out as :func:`talkbench.media.decode_clip` gives them.
 """
 
 from __future__ import annotations
@@ -82,6 +87,7 @@ def reference_frames(path: str | Path | None = None, frames_bgr: np.ndarray | No
         uint8 BGR ``T×H×W×3`` (``T×size×size×3`` with ``size``).
     Raises:
         ValueError: neither input given, odd frame size, or (PyAV route) a video that is not 8-bit 4:2:0.
+        talkbench.media.MediaError: (PyAV route) the file is missing or not a readable video (a ValueError).
         talkbench.reference_ffmpeg.ReferenceFFmpegError: the reference ffmpeg failed on the file.
     """
     route = route or active_route()
@@ -118,20 +124,49 @@ def reference_audio(path: str | Path, route: str | None = None) -> np.ndarray | 
 # ------------------------------------------------------------------------------------------ PyAV route
 
 def _pyav_frames_from_video(path: Path, size: int | None) -> np.ndarray:
-    import av
+    from talkbench import media
 
     yuv: list[np.ndarray] = []
-    with av.open(str(path)) as container:
+    ops: list[str] | None = None
+    width = height = 0
+    with media.open_input(path) as container:       # a local file, never a URL; MediaError names the file
+        if not container.streams.video:
+            raise media.MediaError(f"{path}: has no video stream (audio only?). Give a video file.")
         for frame in container.decode(container.streams.video[0]):
             if frame.format.name != "yuv420p":
                 raise ValueError(f"{path}: JPEG-compat mode without the reference ffmpeg reproduces yuv420p "
                                  f"sources only, got {frame.format.name}; set {reference_ffmpeg.ENV_VAR} or run "
                                  "without lse_jpeg_compat.")
-            yuv.append(frame.to_ndarray(format="yuv420p"))
+            if ops is None:    # the display matrix, applied where ffmpeg's autorotate applies it: on the planes
+                ops = media.orientation_ops(media.display_matrix(frame), path)
+            planes, width, height = _orient_i420(frame.to_ndarray(format="yuv420p"), frame.width, frame.height, ops)
+            yuv.append(planes)
     if not yuv:
         raise ValueError(f"{path}: no video frames decoded.")
-    height, width = yuv[0].shape[0] * 2 // 3, yuv[0].shape[1]
     return pyav_encode_decode_jpeg([limited_yuv420_to_jpeg_range(p, height) for p in yuv], width, height, size)
+
+
+def _orient_i420(packed: np.ndarray, width: int, height: int, ops: list[str]) -> tuple[np.ndarray, int, int]:
+    """Rotate/flip each plane of a packed I420 frame as ffmpeg's transpose/hflip/vflip filters do.
+
+    Args:
+        packed: uint8 ``(3·H/2)×W`` (PyAV's yuv420p ``to_ndarray`` layout: Y, then U and V, each flattened).
+        ops: :func:`talkbench.media.orientation_ops`.
+    Returns:
+        ``(packed', W', H')`` in the same layout for the oriented frame (``W' = H`` after a quarter turn).
+    """
+    if not ops:
+        return packed, width, height
+    from talkbench import media
+
+    flat = packed.reshape(-1)
+    luma, chroma = width * height, (width // 2) * (height // 2)
+    y = flat[:luma].reshape(height, width)
+    u = flat[luma:luma + chroma].reshape(height // 2, width // 2)
+    v = flat[luma + chroma:luma + 2 * chroma].reshape(height // 2, width // 2)
+    y, u, v = (media.apply_orientation(p, ops) for p in (y, u, v))
+    new_height, new_width = y.shape
+    return np.concatenate([y.reshape(-1), u.reshape(-1), v.reshape(-1)]).reshape(-1, new_width), new_width, new_height
 
 
 def _limited_to_full_luma(y: np.ndarray) -> np.ndarray:

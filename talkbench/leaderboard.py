@@ -3,27 +3,88 @@
 Rows of different (suite, protocol) are never ranked together: the Markdown has one table per group
 and each chart one panel per group. Rows copied from papers keep ``source = reported``; measured rows
 are ``measured``. Within a group, a newer row of the same (model, source) replaces an older one.
+
+Untrusted text is made safe for where it goes:
+
+- CSV: a text cell that a spreadsheet would run as a formula (first character ``=``, ``+``, ``-``, ``@``,
+  tab or carriage return) is written with a leading ``'`` (OWASP's advice for CSV injection); a cell that
+  already starts with ``'`` before such a character gets one more, so that reading the leaderboard CSV back
+  as a source (:func:`read_summary_rows` removes one ``'``) gives the original text exactly. Numbers
+  (``-1.083``) are written as they are.
+- Markdown: ``|`` is escaped as ``\\|`` and line breaks become spaces, so that a name cannot break the table.
+- Charts: ``$`` is escaped, so that a name is drawn as written instead of being parsed as mathtext.
+- A metric cell that is not a number is left out of the tables and charts with a warning naming the file,
+  the line, the model and the column.
 """
 
 from __future__ import annotations
 
 import csv
+import io
 import logging
+import re
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
+from talkbench.suites import read_text_file
 from talkbench.summary import HIGHER_IS_BETTER, METRIC_COLUMNS, SUMMARY_COLUMNS, ZERO_IS_BEST, write_csv
 
 logger = logging.getLogger(__name__)
 
 GroupKey = tuple[str, str]  # (suite, protocol)
 
+#: First characters that make a spreadsheet evaluate a cell (OWASP CSV injection).
+FORMULA_TRIGGERS = ("=", "+", "-", "@", "\t", "\r")
+#: Text that gets (or, read back, had) a protective quote: optional quotes, then a trigger.
+_NEUTRALISED = re.compile("^'*[" + "".join(re.escape(c) for c in FORMULA_TRIGGERS) + "]")
+_DECIMAL = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$")
+
+
+def is_numeric_cell(value: Any) -> bool:
+    """True for a number or a string written as a plain decimal number (``-1.083``, ``1e-3``)."""
+    if isinstance(value, bool):
+        return False
+    if isinstance(value, (int, float)):
+        return True
+    return isinstance(value, str) and bool(_DECIMAL.match(value.strip()))
+
+
+def neutralise_csv_cell(value: Any) -> Any:
+    """A cell safe to open in a spreadsheet: text that would run as a formula gets a leading ``'``.
+
+    Numbers (and strings that are plain decimal numbers, such as ``-1.083``) are returned unchanged.
+    A text that starts with quotes followed by a trigger gets one more quote, so that
+    :func:`restore_csv_cell` inverts this exactly.
+    """
+    if value is None or is_numeric_cell(value):
+        return value
+    text = str(value)
+    return "'" + text if _NEUTRALISED.match(text) else text
+
+
+def restore_csv_cell(value: str) -> str:
+    """Undo :func:`neutralise_csv_cell` on a cell read from a leaderboard CSV."""
+    if value and value.startswith("'") and _NEUTRALISED.match(value[1:]):
+        return value[1:]
+    return value
+
+
+def markdown_cell(value: Any) -> str:
+    """Text for a Markdown table cell: ``|`` escaped as ``\\|``, line breaks replaced by spaces."""
+    text = "" if value is None else str(value)
+    return re.sub(r"\r\n|\r|\n", " ", text).replace("|", "\\|")
+
 
 def read_summary_rows(sources: Iterable[Path]) -> list[dict[str, Any]]:
     """Rows from run directories (their ``summary.csv``) or CSV files in the leaderboard schema.
 
+    Files are UTF-8 (a BOM, as spreadsheets write, is allowed). Cells neutralised by
+    :func:`neutralise_csv_cell` (a leaderboard CSV read back) are restored. A metric cell that is not a
+    number is logged as a warning (file, line, model, column) and later ignored.
+
     Raises:
-        ValueError: a source is neither, or a CSV lacks the schema's key columns.
+        ValueError: a source is neither, a CSV lacks the schema's key columns or is not UTF-8 (the
+            message names the file, the line and the fix).
     """
     rows: list[dict[str, Any]] = []
     for source in sources:
@@ -31,13 +92,20 @@ def read_summary_rows(sources: Iterable[Path]) -> list[dict[str, Any]]:
         csv_path = path / "summary.csv" if path.is_dir() else path
         if not csv_path.is_file():
             raise ValueError(f"{source}: not a run directory with summary.csv, nor a CSV file.")
-        with csv_path.open(newline="") as handle:
-            reader = csv.DictReader(handle)
-            missing = {"model", "suite", "protocol", "source"} - set(reader.fieldnames or ())
-            if missing:
-                raise ValueError(f"{csv_path}: missing column(s) {', '.join(sorted(missing))}; "
-                                 "expected the leaderboard schema (see README).")
-            rows.extend(dict(row) for row in reader)
+        reader = csv.DictReader(io.StringIO(read_text_file(csv_path), newline=""))
+        missing = {"model", "suite", "protocol", "source"} - set(reader.fieldnames or ())
+        if missing:
+            raise ValueError(f"{csv_path}: missing column(s) {', '.join(sorted(missing))}; "
+                             "expected the leaderboard schema (see README).")
+        for row in reader:
+            row = {k: restore_csv_cell(v) if isinstance(v, str) else v for k, v in row.items()}
+            for column in METRIC_COLUMNS:
+                value = row.get(column)
+                if value not in (None, "") and _number(value) is None:
+                    logger.warning("%s: line %d (model %r): column %s holds %r, not a number; it is left out "
+                                   "of the tables and charts. Write a number or leave the cell empty.",
+                                   csv_path, reader.line_num, row.get("model", ""), column, value)
+            rows.append(row)
     return rows
 
 
@@ -75,7 +143,7 @@ def markdown(rows: Sequence[dict[str, Any]]) -> str:
     lines: list[str] = []
     for (suite, protocol), group in group_rows(rows).items():
         metrics = present_metrics(group)
-        lines += [f"### {suite or '?'} — protocol {protocol or '?'}", ""]
+        lines += [f"### {markdown_cell(suite or '?')} — protocol {markdown_cell(protocol or '?')}", ""]
         lines.append("| model | source | n_clips | " + " | ".join(metrics) + " |")
         lines.append("|---|---|---|" + "---|" * len(metrics))
         best = {m: _best(group, m) for m in metrics}
@@ -87,7 +155,8 @@ def markdown(rows: Sequence[dict[str, Any]]) -> str:
                 cells.append(f"**{text}**" if value is not None and value == best[m] else text)
             source = str(row.get("source", ""))
             marker = f"{source} ({row['citation']})" if source == "reported" and row.get("citation") else source
-            lines.append(f"| {row.get('model', '')} | {marker} | {row.get('n_clips', '')} | " + " | ".join(cells) + " |")
+            lines.append(f"| {markdown_cell(row.get('model', ''))} | {markdown_cell(marker)} | "
+                         f"{markdown_cell(row.get('n_clips', ''))} | " + " | ".join(cells) + " |")
         lines.append("")
     arrows = ", ".join(f"{m} {'→0' if m in ZERO_IS_BEST else '↑' if HIGHER_IS_BETTER[m] else '↓'}"
                        for m in METRIC_COLUMNS)
@@ -122,9 +191,9 @@ def plot_metric(rows: Sequence[dict[str, Any]], metric: str, path: Path) -> None
         for bar, row in zip(bars, group):
             if row.get("source") == "reported":
                 bar.set_hatch("//")
-        ax.set_xticks(range(len(group)), [str(r.get("model", "")) for r in group], rotation=30, ha="right",
-                      fontsize=8)
-        ax.set_title(f"{suite} / {protocol}", fontsize=9)
+        ax.set_xticks(range(len(group)), [_plain_label(r.get("model", "")) for r in group], rotation=30,
+                      ha="right", fontsize=8)
+        ax.set_title(_plain_label(f"{suite} / {protocol}"), fontsize=9)
         better = "closer to 0" if metric in ZERO_IS_BEST else "higher" if HIGHER_IS_BETTER[metric] else "lower"
         ax.set_ylabel(f"{metric} ({better} is better)")
     fig.tight_layout()
@@ -132,17 +201,27 @@ def plot_metric(rows: Sequence[dict[str, Any]], metric: str, path: Path) -> None
     plt.close(fig)
 
 
+def _plain_label(value: Any) -> str:
+    """Text for a chart label, shown literally: ``$`` would start Matplotlib mathtext (and can crash it)."""
+    return str(value).replace("$", r"\$")
+
+
 def build_leaderboard(sources: Sequence[Path], out_csv: Path) -> list[dict[str, Any]]:
     """Merge summary rows into ``out_csv`` (+ ``.md`` and one ``<stem>_<metric>.png`` per metric).
 
+    Text cells that a spreadsheet would run as formulas are neutralised in the CSV
+    (:func:`neutralise_csv_cell`); the returned rows hold the original values.
+
     Returns:
-        the rows written, in schema order.
+        the rows written (values as read, not neutralised).
     """
     rows = deduplicate(read_summary_rows(sources))
     if not rows:
         raise ValueError("no summary rows found in the given sources.")
+    out_csv = Path(out_csv)
     out_csv.parent.mkdir(parents=True, exist_ok=True)
-    write_csv(out_csv, rows, SUMMARY_COLUMNS)
+    write_csv(out_csv, [{c: neutralise_csv_cell(row.get(c, "")) for c in SUMMARY_COLUMNS} for row in rows],
+              SUMMARY_COLUMNS)
     out_csv.with_suffix(".md").write_text(markdown(rows))
     for metric in present_metrics(rows):
         plot_metric(rows, metric, out_csv.with_name(f"{out_csv.stem}_{metric}.png"))

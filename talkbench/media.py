@@ -15,11 +15,31 @@ input it keeps frames 0–12 and drops 13, 19, 25, …; the fps filter drops 3, 
 29.97 fps, variable frame rate, gaps, video starting after audio) it picks exactly the frames
 ``ffmpeg -i IN -r 25 OUT.mp4`` of FFmpeg 5.1.9 writes. :func:`decode_clip` applies it to clips whose
 stream rate is not 25; 25 fps clips are returned as decoded, as ``cv2.VideoCapture`` reads them.
+
+Rotation: a stream's display matrix (MP4/MOV ``tkhd`` matrix, Matroska projection, the old ``rotate`` tag;
+PyAV 18 exposes it as ``DISPLAYMATRIX`` side data on each decoded frame, read here from the first frame) is
+applied to the frames as the ffmpeg 5.1 CLI's autorotate applies it, the route of the JPEG step
+(:mod:`talkbench.jpeg_compat`): with ``theta`` = the clockwise angle rounded to whole degrees, 90 ->
+``transpose=clock`` (``cclock_flip`` when the matrix mirrors), 180 -> ``hflip`` and/or ``vflip`` by the signs
+of the diagonal, 270 -> ``transpose=cclock`` (``clock_flip`` when mirrored), 0 -> ``vflip`` when the matrix
+flips vertically, else nothing (:func:`orientation_ops`). For pure rotations this is also what OpenCV
+(>= 4.5, ``CAP_PROP_ORIENTATION_AUTO`` on by default) returns, bit for bit (OpenCV ignores mirroring, the
+CLI does not). Angles that are not a multiple of 90° (the CLI's ``rotate`` filter, with black corners) are
+refused with a :class:`MediaError`.
+
+Files are always opened as local files (``file:`` + absolute path, :func:`local_url`), never as FFmpeg URLs:
+a clip named ``concat:t.mp4`` or ``pipe:1.mp4`` is that file.
+
+Memory: :func:`decode_clip` keeps every frame as uint8 BGR. It refuses clips whose frames are larger than
+:data:`MAX_FRAME_PIXELS` or whose frames would take more than :data:`MAX_DECODED_BYTES`, first from the
+header (frame size, frame count or duration) before decoding anything, then while decoding (the header may
+lie) and before assembling the 25 fps output; both limits are keyword arguments of :func:`decode_clip`.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import os
 import tempfile
 from dataclasses import dataclass
@@ -34,6 +54,17 @@ logger = logging.getLogger(__name__)
 
 SAMPLE_RATE = 16000
 TARGET_FPS = 25.0
+
+#: Largest frame :func:`decode_clip` accepts, in pixels: 3840×2160 (UHD "4K", 8.3 MP; any aspect ratio with
+#: that many pixels). The metrics work on 96×96 to 224×224 crops, and every observer holds several copies of
+#: the clip (a 1-s 4096×4096 clip took one to 9.5 GB and a 45-clip suite died), so larger sources are
+#: refused with the command that downscales them. Override per call with ``max_frame_pixels=``.
+MAX_FRAME_PIXELS = 3840 * 2160
+
+#: Largest total of decoded frames :func:`decode_clip` holds, in bytes of uint8 BGR (4 GiB: 27 s of 1080p,
+#: 2.6 min of 720p, 14 h of 160×160 at 25 fps). Checked on the header before decoding, while decoding and
+#: on the 25 fps output. Override per call with ``max_decoded_bytes=``.
+MAX_DECODED_BYTES = 4 * 2**30
 
 
 class MediaError(ValueError):
@@ -221,8 +252,25 @@ def _sniff(path: Path) -> str | None:
     return None
 
 
-def _open_input(path: Path) -> av.container.InputContainer:
-    """Open a media file for reading; every failure becomes a :class:`MediaError` that says what to do."""
+def local_url(path: str | Path) -> str:
+    """The FFmpeg URL of a local file: ``file:`` + its absolute path.
+
+    FFmpeg reads a bare name as a URL when it starts with a protocol name and a colon (``concat:t.mp4``
+    reads ``t.mp4``, ``pipe:1.mp4`` reads stdin, ``subfile:…`` a byte range of another file); its ``file``
+    protocol strips the ``file:`` prefix and opens the rest as a path, whatever it contains. Format
+    probing is unchanged (the extension is still at the end).
+    """
+    return "file:" + os.path.abspath(os.fspath(path))
+
+
+def open_input(path: str | Path) -> av.container.InputContainer:
+    """Open a local media file for reading with PyAV (as a file, see :func:`local_url`).
+
+    Raises:
+        MediaError: missing file, folder, empty file, no permission, not a media file, truncated or
+            corrupt container. The message names the file and says what to do.
+    """
+    path = Path(path)
     if not path.exists():
         raise MediaError(f"{path}: file not found. Check the path (relative paths start at {Path.cwd()}).")
     if path.is_dir():
@@ -230,7 +278,7 @@ def _open_input(path: Path) -> av.container.InputContainer:
     if path.stat().st_size == 0:
         raise MediaError(f"{path}: file is empty (0 bytes). Re-create or re-download it.")
     try:
-        return av.open(str(path), mode="r")
+        return av.open(local_url(path), mode="r")
     except PermissionError as err:
         raise MediaError(f"{path}: cannot be read ({err.strerror}). Fix its permissions.") from err
     except av.error.FFmpegError as err:
@@ -244,6 +292,126 @@ def _open_input(path: Path) -> av.container.InputContainer:
             f"{path}: not a media file FFmpeg can read (FFmpeg: {err.strerror}). "
             f"Give a video ({', '.join(VIDEO_EXTENSIONS)}) or an audio file."
         ) from err
+
+
+# --------------------------------------------------------------------------------------------------
+# Rotation (display matrix) and memory limits
+# --------------------------------------------------------------------------------------------------
+
+#: Frame transforms of :func:`orientation_ops`, named after the ffmpeg filters the CLI inserts
+#: (``transpose`` directions, ``hflip``, ``vflip``); each maps an ``H×W[×C]`` array to its display form.
+_ORIENTATION_TRANSFORMS = {
+    "clock": lambda a: np.rot90(a, -1),                     # transpose=clock: 90° clockwise
+    "cclock": lambda a: np.rot90(a, 1),                     # transpose=cclock: 90° counter-clockwise
+    "cclock_flip": lambda a: a.swapaxes(0, 1),              # 90° counter-clockwise + vertical flip
+    "clock_flip": lambda a: a[::-1, ::-1].swapaxes(0, 1),   # 90° clockwise + vertical flip
+    "hflip": lambda a: a[:, ::-1],
+    "vflip": lambda a: a[::-1],
+}
+
+
+def display_matrix(frame: av.VideoFrame) -> np.ndarray | None:
+    """The frame's ``DISPLAYMATRIX`` side data as int32 ``9`` (16.16 fixed point, row-major 3×3), or None."""
+    for data in frame.side_data:
+        if data.type.name == "DISPLAYMATRIX":
+            return np.frombuffer(bytes(data), dtype=np.int32)[:9].copy()
+    return None
+
+
+def _round_c(x: float) -> float:
+    """C ``round``: halves away from zero."""
+    return math.copysign(math.floor(abs(x) + 0.5), x)
+
+
+def orientation_ops(matrix: np.ndarray | None, source: str | Path = "<clip>") -> list[str]:
+    """The transforms ffmpeg 5.1's autorotate applies for a display matrix, in order (see the module docstring).
+
+    Args:
+        matrix: int32 ``9`` (:func:`display_matrix`), or None (no matrix: no transform).
+        source: the file, for the error message.
+    Returns:
+        names of :data:`_ORIENTATION_TRANSFORMS` (``[]`` for an upright clip).
+    Raises:
+        MediaError: a rotation that is not a multiple of 90° (the CLI's ``rotate`` filter, not reproduced).
+    """
+    if matrix is None:
+        return []
+    m = [int(v) for v in matrix[:9]]
+    scale0, scale1 = math.hypot(m[0] / 65536, m[3] / 65536), math.hypot(m[1] / 65536, m[4] / 65536)
+    if scale0 == 0.0 or scale1 == 0.0:         # av_display_rotation_get gives NaN: the CLI applies nothing
+        return []
+    # av_display_rotation_get (counter-clockwise degrees), then the CLI's get_rotation (clockwise, [0, 360))
+    counter_clockwise = -math.degrees(math.atan2(m[1] / 65536 / scale1, m[0] / 65536 / scale0))
+    theta = -_round_c(counter_clockwise)
+    theta -= 360 * math.floor(theta / 360 + 0.9 / 360)
+    if abs(theta - 90) < 1.0:
+        return ["cclock_flip" if m[3] > 0 else "clock"]
+    if abs(theta - 180) < 1.0:
+        return [op for op, flipped in (("hflip", m[0] < 0), ("vflip", m[4] < 0)) if flipped]
+    if abs(theta - 270) < 1.0:
+        return ["clock_flip" if m[3] < 0 else "cclock"]
+    if abs(theta) > 1.0:
+        raise MediaError(
+            f"{source}: its display matrix says the video is rotated by {theta:g}° clockwise "
+            f"({(360 - theta) % 360:g}° counter-clockwise), not a multiple "
+            "of 90°; talkbench cannot reproduce the reference ffmpeg's rotate filter. Drop the rotation "
+            "(ffmpeg 5.1: ffmpeg -i IN -metadata:s:v:0 rotate=0 -c copy OUT; FFmpeg >= 6: ffmpeg "
+            "-display_rotation 0 -i IN -c copy OUT) or render it into the pixels (ffmpeg -i IN OUT.mp4).")
+    return ["vflip"] if m[4] < 0 else []
+
+
+def apply_orientation(image: np.ndarray, ops: Sequence[str]) -> np.ndarray:
+    """Apply :func:`orientation_ops` transforms to one ``H×W`` or ``H×W×C`` image (a plane or a BGR frame).
+
+    Returns:
+        the image in display orientation (``W×H[×C]`` after a quarter turn); ``image`` itself when ``ops``
+        is empty, else a new C-contiguous array.
+    """
+    if not ops:
+        return image
+    for op in ops:
+        image = _ORIENTATION_TRANSFORMS[op](image)
+    return np.ascontiguousarray(image)
+
+
+def _gib(n_bytes: float) -> str:
+    return f"{int(n_bytes)} bytes" if n_bytes < 2**20 else f"{n_bytes / 2**30:.2f} GiB"
+
+
+def _too_large_frames(path: Path, width: int, height: int, limit: int) -> MediaError:
+    named = " (3840×2160)" if limit == 3840 * 2160 else ""
+    return MediaError(
+        f"{path}: its frames are {width}×{height} ({width * height / 1e6:.1f} MP), over talkbench's limit of "
+        f"{limit} pixels per frame{named}; decoding would hold {_gib(width * height * 3)} per frame as BGR. "
+        "Downscale it: ffmpeg -i IN -vf scale=-2:1080 OUT.mp4 (or raise the limit: decode_clip(..., "
+        "max_frame_pixels=N) / talkbench.media.MAX_FRAME_PIXELS).")
+
+
+def _too_many_bytes(path: Path, what: str, total: float, limit: int) -> MediaError:
+    return MediaError(
+        f"{path}: {what} would take {_gib(total)} as BGR, over the limit of {_gib(limit)} of decoded frames. "
+        "Downscale it (ffmpeg -i IN -vf scale=-2:720 OUT.mp4) or cut it into shorter clips (ffmpeg -i IN -ss "
+        "START -t SECONDS OUT.mp4), or raise the limit: decode_clip(..., max_decoded_bytes=N) / "
+        "talkbench.media.MAX_DECODED_BYTES.")
+
+
+def _check_header_size(path: Path, video: av.video.stream.VideoStream, converts: bool, max_frame_pixels: int,
+                       max_decoded_bytes: int) -> None:
+    """Refuse, before decoding, a clip whose header shows frames or a frame total over the limits."""
+    width, height = video.codec_context.width, video.codec_context.height
+    if not width or not height:
+        return
+    if width * height > max_frame_pixels:
+        raise _too_large_frames(path, width, height, max_frame_pixels)
+    rate = video.guessed_rate or video.average_rate
+    seconds = float(video.duration * video.time_base) if video.duration and video.time_base else None
+    count = int(video.frames or 0) or (int(math.ceil(seconds * float(rate))) if seconds and rate else 0)
+    if converts:   # the 25 fps output repeats frames of slower clips
+        count = max(count, int(math.ceil(seconds * TARGET_FPS)) if seconds else
+                    (int(math.ceil(count * TARGET_FPS / float(rate))) if rate else count))
+    if count * width * height * 3 > max_decoded_bytes:
+        raise _too_many_bytes(path, f"its {count} frames of {width}×{height}", count * width * height * 3,
+                              max_decoded_bytes)
 
 
 def _corrupt(path: Path, err: av.error.FFmpegError) -> MediaError:
@@ -272,18 +440,37 @@ class _Decoded:
 
 
 def _decode_streams(path: Path, container: av.container.InputContainer, video: av.video.stream.VideoStream,
-                    audio: av.audio.stream.AudioStream | None) -> _Decoded:
-    """Decode the video (to BGR) and audio (to 16 kHz mono int16) streams in one pass over the file."""
+                    audio: av.audio.stream.AudioStream | None, max_frame_pixels: int = MAX_FRAME_PIXELS,
+                    max_decoded_bytes: int = MAX_DECODED_BYTES) -> _Decoded:
+    """Decode the video (to BGR) and audio (to 16 kHz mono int16) streams in one pass over the file.
+
+    Frames are turned upright by the first frame's display matrix (:func:`orientation_ops`); decoding stops
+    with a :class:`MediaError` at the first frame that is larger than ``max_frame_pixels`` or takes the
+    running total of BGR bytes past ``max_decoded_bytes``.
+    """
     decoded = _Decoded([], [], [], None, 0)
     resampler = av.AudioResampler(format="s16", layout="mono", rate=SAMPLE_RATE)
     chunks: list[np.ndarray] = []
+    ops: list[str] | None = None
+    total = 0
     try:
         for packet in container.demux(*[s for s in (video, audio) if s is not None]):
             is_video = packet.stream.index == video.index
             decoded.n_video_packets += int(is_video and packet.size > 0)
             for frame in packet.decode():
                 if is_video:
-                    decoded.frames.append(frame.to_ndarray(format="bgr24"))  # swscale, as cv2 converts
+                    if frame.width * frame.height > max_frame_pixels:
+                        raise _too_large_frames(path, frame.width, frame.height, max_frame_pixels)
+                    total += frame.width * frame.height * 3
+                    if total > max_decoded_bytes:
+                        raise _too_many_bytes(path, f"decoding stopped after {len(decoded.frames) + 1} frames: they",
+                                              total, max_decoded_bytes)
+                    if ops is None:
+                        ops = orientation_ops(display_matrix(frame), path)
+                        if ops:
+                            logger.info("%s: display matrix -> %s (as ffmpeg's autorotate)", path, "+".join(ops))
+                    # swscale, as cv2 converts; then the rotation, as cv2 (>= 4.5) rotates its BGR frames
+                    decoded.frames.append(apply_orientation(frame.to_ndarray(format="bgr24"), ops))
                     decoded.pts.append(frame.pts)
                     decoded.durations.append(frame.duration)
                 else:
@@ -296,30 +483,58 @@ def _decode_streams(path: Path, container: av.container.InputContainer, video: a
     return decoded
 
 
+def _assemble(frames: list[np.ndarray | None], indices: Sequence[int]) -> np.ndarray:
+    """``np.stack([frames[i] for i in indices])``, releasing each decoded frame after its last use.
+
+    The list is emptied on the way, so that the decoded frames and the output are never held twice over
+    (peak ≈ output + one frame, where ``np.stack`` of a list holds both).
+    """
+    last_use = {index: position for position, index in enumerate(indices)}
+    for index in range(len(frames)):
+        if index not in last_use:
+            frames[index] = None
+    first = frames[indices[0]]
+    out = np.empty((len(indices), *first.shape), dtype=first.dtype)
+    for position, index in enumerate(indices):
+        out[position] = frames[index]
+        if last_use[index] == position:
+            frames[index] = None
+    return out
+
+
 # --------------------------------------------------------------------------------------------------
 # Public API
 # --------------------------------------------------------------------------------------------------
 
-def decode_clip(path: str | Path, need_audio: bool = True, *, fps_mode: str = "auto") -> Clip:
+def decode_clip(path: str | Path, need_audio: bool = True, *, fps_mode: str = "auto",
+                max_frame_pixels: int | None = None, max_decoded_bytes: int | None = None) -> Clip:
     """Decode a video file: BGR uint8 frames at 25 fps and 16 kHz mono int16 audio.
 
     Args:
-        path: video file (any container/codec FFmpeg reads).
+        path: video file (any container/codec FFmpeg reads), opened as a local file (:func:`local_url`).
         need_audio: raise when the file has no audio stream (else ``audio_int16`` is None then).
         fps_mode: ``"auto"`` converts streams whose frame rate is not 25 as ``ffmpeg -r 25`` does
             (:func:`cfr_frame_indices`) and returns 25 fps streams as decoded (= ``cv2.VideoCapture``);
             ``"cfr"`` applies the ``-r 25`` rule to every stream (fills timestamp gaps as FFmpeg's CLI
             does when it extracts frames, e.g. to JPEG files); ``"passthrough"`` never converts.
+        max_frame_pixels: refuse frames with more pixels (default :data:`MAX_FRAME_PIXELS`, 3840×2160).
+        max_decoded_bytes: refuse clips whose decoded or 25 fps frames take more bytes as uint8 BGR (default
+            :data:`MAX_DECODED_BYTES`, 4 GiB); checked on the header before decoding, while decoding and
+            before the output is assembled.
     Returns:
-        a :class:`Clip`: ``frames`` uint8 ``T×H×W×3`` BGR, ``audio_int16`` ``N`` (or None).
+        a :class:`Clip`: ``frames`` uint8 ``T×H×W×3`` BGR, upright (display matrix applied, see the module
+        docstring), ``audio_int16`` ``N`` (or None).
     Raises:
         MediaError: missing file, not a media file, no video stream, no audio stream (when needed),
-            no frames, truncated or corrupt file. The message names the file and the fix.
+            no frames, truncated or corrupt file, frames over the size limits, a rotation that is not a
+            multiple of 90°. The message names the file and the fix.
     """
     if fps_mode not in FPS_MODES:
         raise ValueError(f"fps_mode must be one of {', '.join(FPS_MODES)}, got {fps_mode!r}.")
+    max_frame_pixels = MAX_FRAME_PIXELS if max_frame_pixels is None else int(max_frame_pixels)
+    max_decoded_bytes = MAX_DECODED_BYTES if max_decoded_bytes is None else int(max_decoded_bytes)
     path = Path(path)
-    with _open_input(path) as container:
+    with open_input(path) as container:
         if not container.streams.video:
             raise MediaError(f"{path}: has no video stream (audio only?). Give a video file.")
         video = container.streams.video[0]
@@ -327,14 +542,17 @@ def decode_clip(path: str | Path, need_audio: bool = True, *, fps_mode: str = "a
         if audio is None and need_audio:
             raise MediaError(f"{path}: has no audio stream, and this step needs the clip's sound. "
                              "Mux the audio track into the video (talkbench.media.write_clip does).")
-        decoded = _decode_streams(path, container, video, audio)
+        rate = video.guessed_rate or video.average_rate
+        source_fps = float(rate) if rate else TARGET_FPS
+        converts = fps_mode == "cfr" or (fps_mode == "auto" and abs(source_fps - TARGET_FPS) > 1e-6)
+        _check_header_size(path, video, converts, max_frame_pixels, max_decoded_bytes)
+        decoded = _decode_streams(path, container, video, audio, max_frame_pixels, max_decoded_bytes)
         if not decoded.frames:
             raise MediaError(f"{path}: the video stream has no decodable frames. Re-export the clip.")
         declared = int(video.frames or 0)
         if declared > decoded.n_video_packets and any(f in container.format.name for f in _INDEXED_FORMATS):
             raise MediaError(f"{path}: truncated file: its index lists {declared} video frames but the data "
                              f"stops after {decoded.n_video_packets}. Re-export or re-download it.")
-        rate = video.guessed_rate or video.average_rate
         start_us = container.start_time
         single_stream = len(container.streams) == 1
         time_base = video.time_base
@@ -345,19 +563,25 @@ def decode_clip(path: str | Path, need_audio: bool = True, *, fps_mode: str = "a
     if need_audio and decoded.audio.size == 0:
         raise MediaError(f"{path}: the audio stream has no decodable samples. Re-export the clip with its audio.")
 
-    source_fps = float(rate) if rate else TARGET_FPS
     frames, fps = decoded.frames, source_fps
-    if fps_mode == "cfr" or (fps_mode == "auto" and abs(source_fps - TARGET_FPS) > 1e-6):
+    indices = list(range(len(frames)))
+    if converts:
         start_pts = _round_half_away(Fraction(start_us, 1_000_000) / time_base) if start_us is not None else 0
         indices = cfr_frame_indices(_fill_missing_pts(decoded.pts, time_base, rate), time_base, decoded.durations,
                                     rate, start_pts, TARGET_FPS, single_stream)
         if indices != list(range(len(frames))):
             logger.info("%s: %.3f fps -> 25 fps (%d -> %d frames, as ffmpeg -r 25)",
                         path, source_fps, len(frames), len(indices))
-        frames, fps = [frames[i] for i in indices], TARGET_FPS
-        if not frames:
+        fps = TARGET_FPS
+        if not indices:
             raise MediaError(f"{path}: no frames left after the conversion to 25 fps. Re-export the clip.")
-    return Clip(path=path, frames=np.stack(frames), fps=fps, audio_int16=decoded.audio, source_fps=source_fps)
+        output_bytes = len(indices) * frames[0].nbytes
+        if output_bytes > max_decoded_bytes:
+            height, width = frames[0].shape[:2]
+            raise _too_many_bytes(path, f"its {len(indices)} frames at 25 fps of {width}×{height}", output_bytes,
+                                  max_decoded_bytes)
+    return Clip(path=path, frames=_assemble(frames, indices), fps=fps, audio_int16=decoded.audio,
+                source_fps=source_fps)
 
 
 def _fill_missing_pts(pts: Sequence[int | None], time_base: Fraction, rate: Fraction | None) -> list[int]:
@@ -380,7 +604,7 @@ def read_wav_int16(path: str | Path) -> np.ndarray:
         MediaError: missing, unreadable or corrupt file; no audio stream; no samples.
     """
     path = Path(path)
-    with _open_input(path) as container:
+    with open_input(path) as container:
         if not container.streams.audio:
             raise MediaError(f"{path}: has no audio stream. Give a wav/mp3/… file or a video with sound.")
         resampler = av.AudioResampler(format="s16", layout="mono", rate=SAMPLE_RATE)
@@ -465,7 +689,7 @@ def write_clip(path: str | Path, frames_bgr: np.ndarray, audio_int16: np.ndarray
 def _encode(target: Path, container_format: str, frames_bgr: np.ndarray, audio_int16: np.ndarray | None,
             fps: float, codec: str, crf: int | None) -> None:
     rate = Fraction(fps).limit_denominator(100_000)
-    with av.open(str(target), mode="w", format=container_format) as out:
+    with av.open(local_url(target), mode="w", format=container_format) as out:   # a file, never a URL
         if codec == "h264":
             video = out.add_stream("libx264", rate=rate)
             video.pix_fmt = "yuv420p"

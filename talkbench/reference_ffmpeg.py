@@ -25,6 +25,8 @@ from pathlib import Path
 
 import numpy as np
 
+from talkbench.media import local_url
+
 logger = logging.getLogger(__name__)
 
 ENV_VAR = "TALKBENCH_REFERENCE_FFMPEG"
@@ -130,8 +132,13 @@ def _end_of_scan(data: bytes, pos: int) -> int:
 
 
 def jpeg_frames_from_video(executable: Path, video: str | Path) -> list[bytes]:
-    """The JPEG files ``ffmpeg -i VIDEO -threads 1 -f image2 %06d.jpg`` would write, in frame order."""
-    data = _run(executable, ["-i", str(video), "-threads", "1", "-f", "image2pipe", "-c:v", "mjpeg", "-"],
+    """The JPEG files ``ffmpeg -i VIDEO -threads 1 -f image2 %06d.jpg`` would write, in frame order.
+
+    ``VIDEO`` is given to ffmpeg as ``file:`` + its absolute path (:func:`talkbench.media.local_url`), so a
+    file named like a protocol URL (``concat:a.mp4``) is read as that file. ffmpeg's autorotate applies the
+    stream's display matrix, as in the reference's command.
+    """
+    data = _run(executable, ["-i", local_url(video), "-threads", "1", "-f", "image2pipe", "-c:v", "mjpeg", "-"],
                 str(video))
     return split_jpeg_stream(data)
 
@@ -156,12 +163,14 @@ def jpeg_frames_from_bgr(executable: Path, frames_bgr: np.ndarray, fps: float = 
 def extract_audio(executable: Path, video: str | Path) -> np.ndarray:
     """16 kHz mono int16 samples as ``ffmpeg -i VIDEO -async 1 -ac 1 -vn -acodec pcm_s16le -ar 16000`` writes them.
 
+    ``VIDEO`` is opened as a local file (``file:`` + absolute path), never as a URL.
+
     Returns:
         int16 ``N``.
     Raises:
         ReferenceFFmpegError: ffmpeg failed (e.g. the file has no audio stream).
     """
-    data = _run(executable, ["-i", str(video), "-async", "1", "-ac", "1", "-vn", "-acodec", "pcm_s16le",
+    data = _run(executable, ["-i", local_url(video), "-async", "1", "-ac", "1", "-vn", "-acodec", "pcm_s16le",
                              "-ar", str(AUDIO_RATE), "-f", "s16le", "-"], str(video))
     return np.frombuffer(data, dtype="<i2").astype(np.int16)
 

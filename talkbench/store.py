@@ -4,32 +4,66 @@ Each clip's row is committed in its own transaction as soon as the clip finishes
 ``synchronous=FULL``, so a run killed at any moment (SIGKILL included) keeps every finished clip and
 never holds a partial row. A re-run opens the same store, skips the finished clips and computes only
 the rest; the run's settings are kept in a ``meta`` table and a re-run with different settings is
-refused rather than silently mixing results.
+refused rather than silently mixing results. A store that holds no clip yet (a run that stopped before
+its first clip, e.g. on a missing checkpoint) takes the new settings instead.
+
+Each row also keeps the signature of the inputs it was computed from (file sizes and modification
+times, a hash of the transcript): the runner recomputes a clip whose inputs changed since.
+
+One process per run directory: the store takes an exclusive lock (``RUN_DIR/.talkbench.lock``, released
+by the operating system when the process ends, SIGKILL included); a second process is refused with
+:class:`RunDirBusyError` naming the holder.
 """
 
 from __future__ import annotations
 
+import datetime as _dt
 import json
+import logging
 import math
+import os
+import socket
 import sqlite3
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, Mapping
 
+from filelock import FileLock, Timeout
+
+logger = logging.getLogger(__name__)
+
 STORE_NAME = "store.sqlite"
+LOCK_NAME = ".talkbench.lock"
+LOCK_OWNER_NAME = ".talkbench.lock.owner"
 
 
 class StoreMismatchError(ValueError):
     """The run directory holds results made with other settings."""
 
 
+class RunDirError(ValueError):
+    """The run directory cannot be used (not a folder, not writable, its store unreadable)."""
+
+
+class RunDirBusyError(RunDirError):
+    """Another process holds the run directory's lock."""
+
+
 @dataclass(frozen=True)
 class ClipRecord:
-    """One stored clip: its id, its measurements (column -> raw value) and its error text (or None)."""
+    """One stored clip.
+
+    Attributes:
+        clip_id: the clip's id in its suite.
+        values: its measurements (column -> raw value); the columns of an observer that failed are absent.
+        error: the error text (``observer: message; ...``) or None.
+        inputs: the signature of the inputs the row was computed from (see the module docstring), or {}.
+    """
 
     clip_id: str
     values: dict[str, Any]
     error: str | None
+    inputs: dict[str, Any] = field(default_factory=dict, compare=False)
 
 
 def _encode(values: Mapping[str, Any]) -> str:
@@ -57,28 +91,55 @@ class ResultStore:
 
     Args:
         run_dir: the run directory (created if missing).
-        meta: the run's settings (metrics, suite, protocol, ...). On an existing store they must equal
-            the stored ones, else :class:`StoreMismatchError` names the differing keys.
+        meta: the run's settings (metrics, suite, protocol, ...). On an existing store that holds clips they
+            must equal the stored ones, else :class:`StoreMismatchError` names the differing keys.
+    Raises:
+        RunDirError: ``run_dir`` is a file, or the store cannot be created or read (permissions, disk).
+        RunDirBusyError: another process uses this run directory.
     """
 
     def __init__(self, run_dir: str | Path, meta: Mapping[str, Any] | None = None) -> None:
         self.run_dir = Path(run_dir)
-        self.run_dir.mkdir(parents=True, exist_ok=True)
+        if self.run_dir.exists() and not self.run_dir.is_dir():
+            raise RunDirError(f"{self.run_dir}: the run directory (--out) is a file; give a folder path.")
         self.path = self.run_dir / STORE_NAME
-        self._db = sqlite3.connect(self.path, isolation_level=None, timeout=60)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=FULL")
-        self._db.execute("CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
-        self._db.execute(
-            "CREATE TABLE IF NOT EXISTS clips (clip_id TEXT PRIMARY KEY, seq INTEGER NOT NULL, "
-            "values_json TEXT NOT NULL, error TEXT)"
-        )
-        if meta is not None:
-            self._check_or_write_meta(meta)
+        self._db: sqlite3.Connection | None = None
+        try:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            raise RunDirError(f"{self.run_dir}: cannot create the run directory ({err.strerror}); "
+                              "choose another --out.") from None
+        self._lock = _acquire(self.run_dir)
+        try:
+            with self._guard():
+                self._db = sqlite3.connect(self.path, isolation_level=None, timeout=60)
+                self._db.execute("PRAGMA journal_mode=WAL")
+                self._db.execute("PRAGMA synchronous=FULL")
+                self._db.execute("CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
+                self._db.execute(
+                    "CREATE TABLE IF NOT EXISTS clips (clip_id TEXT PRIMARY KEY, seq INTEGER NOT NULL, "
+                    "values_json TEXT NOT NULL, error TEXT, inputs_json TEXT)"
+                )
+                columns = {row[1] for row in self._db.execute("PRAGMA table_info(clips)")}
+                if "inputs_json" not in columns:  # a store written before input signatures were kept
+                    self._db.execute("ALTER TABLE clips ADD COLUMN inputs_json TEXT")
+            if meta is not None:
+                self._check_or_write_meta(meta)
+        except BaseException:
+            self.close()
+            raise
+
+    def _guard(self) -> "_SqliteGuard":
+        return _SqliteGuard(self.path)
 
     # -- settings ---------------------------------------------------------------------------
     def _check_or_write_meta(self, meta: Mapping[str, Any]) -> None:
         stored = self.meta()
+        if stored and len(self) == 0:
+            logger.info("%s holds no clip yet: it takes this run's settings", self.run_dir)
+            with self._transaction():
+                self._db.execute("DELETE FROM meta")
+            stored = {}
         if not stored:
             with self._transaction():
                 for key, value in meta.items():
@@ -100,35 +161,59 @@ class ResultStore:
 
     def meta(self) -> dict[str, Any]:
         """The run's settings as stored."""
-        return {k: json.loads(v) for k, v in self._db.execute("SELECT key, value FROM meta")}
+        with self._guard():
+            return {k: json.loads(v) for k, v in self._db.execute("SELECT key, value FROM meta")}
 
     # -- rows -------------------------------------------------------------------------------
-    def put(self, clip_id: str, values: Mapping[str, Any], error: str | None = None) -> None:
-        """Store one finished clip durably (replaces an earlier row of the same clip)."""
+    def put(self, clip_id: str, values: Mapping[str, Any], error: str | None = None,
+            inputs: Mapping[str, Any] | None = None) -> None:
+        """Store one finished clip durably (replaces an earlier row of the same clip).
+
+        Args:
+            clip_id: the clip's id.
+            values: its measurements.
+            error: its error text, or None.
+            inputs: the signature of its inputs (see the module docstring).
+        """
         with self._transaction():
             seq = self._db.execute("SELECT COALESCE(MAX(seq), 0) + 1 FROM clips").fetchone()[0]
             self._db.execute(
-                "INSERT OR REPLACE INTO clips (clip_id, seq, values_json, error) VALUES (?, ?, ?, ?)",
-                (clip_id, seq, _encode(values), error),
+                "INSERT OR REPLACE INTO clips (clip_id, seq, values_json, error, inputs_json) VALUES (?, ?, ?, ?, ?)",
+                (clip_id, seq, _encode(values), error, json.dumps(dict(inputs or {}), sort_keys=True)),
             )
 
     def finished_ids(self, include_failed: bool = True) -> set[str]:
         """Ids of stored clips (optionally without the failed ones, so that they are retried)."""
         query = "SELECT clip_id FROM clips" + ("" if include_failed else " WHERE error IS NULL")
-        return {row[0] for row in self._db.execute(query)}
+        with self._guard():
+            return {row[0] for row in self._db.execute(query)}
+
+    def inputs(self) -> dict[str, dict[str, Any]]:
+        """The stored input signature of every clip (clip id -> signature; {} for rows stored without one)."""
+        with self._guard():
+            return {clip_id: json.loads(text) if text else {}
+                    for clip_id, text in self._db.execute("SELECT clip_id, inputs_json FROM clips")}
 
     def records(self) -> Iterator[ClipRecord]:
         """All stored clips, sorted by clip id (a deterministic order, whatever the finishing order)."""
-        for clip_id, values_json, error in self._db.execute(
-            "SELECT clip_id, values_json, error FROM clips ORDER BY clip_id"
-        ):
-            yield ClipRecord(clip_id, _decode(values_json), error)
+        with self._guard():
+            rows = self._db.execute(
+                "SELECT clip_id, values_json, error, inputs_json FROM clips ORDER BY clip_id").fetchall()
+        for clip_id, values_json, error, inputs_json in rows:
+            yield ClipRecord(clip_id, _decode(values_json), error, json.loads(inputs_json) if inputs_json else {})
 
     def __len__(self) -> int:
-        return int(self._db.execute("SELECT COUNT(*) FROM clips").fetchone()[0])
+        with self._guard():
+            return int(self._db.execute("SELECT COUNT(*) FROM clips").fetchone()[0])
 
     def close(self) -> None:
-        self._db.close()
+        """Close the database and release the run directory's lock."""
+        if self._db is not None:
+            self._db.close()
+            self._db = None
+        if self._lock is not None:
+            self._lock.release()
+            self._lock = None
 
     def __enter__(self) -> "ResultStore":
         return self
@@ -137,18 +222,66 @@ class ResultStore:
         self.close()
 
     def _transaction(self) -> "_Transaction":
-        return _Transaction(self._db)
+        return _Transaction(self._db, self.path)
+
+
+class _SqliteGuard:
+    """Turn SQLite errors (disk full, read-only folder, a damaged file) into :class:`RunDirError` naming the store."""
+
+    def __init__(self, path: Path) -> None:
+        self._path = path
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, exc_type: Any, exc: BaseException | None, tb: Any) -> bool:
+        if exc is not None and isinstance(exc, sqlite3.Error):
+            raise RunDirError(f"{self._path}: the run's result store cannot be used ({exc}). Check free disk space "
+                              "and write permission of the run directory, or choose another --out.") from exc
+        return False
+
+
+def _acquire(run_dir: Path) -> FileLock:
+    """Take the run directory's exclusive lock, or raise :class:`RunDirBusyError` naming its holder."""
+    lock = FileLock(str(run_dir / LOCK_NAME), timeout=0)
+    owner = run_dir / LOCK_OWNER_NAME
+    try:
+        lock.acquire()
+    except Timeout:
+        try:
+            holder = owner.read_text(encoding="utf-8").strip()
+        except OSError:
+            holder = "another process"
+        raise RunDirBusyError(f"{run_dir}: this run directory is in use by {holder}. Wait for that run to finish, "
+                              "or use another --out.") from None
+    except OSError as err:
+        raise RunDirError(f"{run_dir}: cannot lock the run directory ({err.strerror}); check its permissions, "
+                          "or choose another --out.") from None
+    try:
+        owner.write_text(f"pid {os.getpid()} on {socket.gethostname()} since "
+                         f"{_dt.datetime.now().isoformat(timespec='seconds')}\n", encoding="utf-8")
+    except OSError:  # a read-only run directory can still be read; the lock itself is held
+        pass
+    return lock
 
 
 class _Transaction:
-    def __init__(self, db: sqlite3.Connection) -> None:
+    def __init__(self, db: sqlite3.Connection, path: Path) -> None:
         self._db = db
+        self._guard = _SqliteGuard(path)
 
     def __enter__(self) -> None:
-        self._db.execute("BEGIN IMMEDIATE")
+        with self._guard:
+            self._db.execute("BEGIN IMMEDIATE")
 
-    def __exit__(self, exc_type: object, *rest: object) -> None:
-        self._db.execute("ROLLBACK" if exc_type else "COMMIT")
+    def __exit__(self, exc_type: Any, exc: BaseException | None, tb: Any) -> bool:
+        with self._guard:
+            if exc_type is None:
+                self._db.execute("COMMIT")
+                return False
+            if self._db.in_transaction:
+                self._db.execute("ROLLBACK")
+        return self._guard.__exit__(exc_type, exc, tb)
 
 
 def _roundtrip(value: Any) -> Any:

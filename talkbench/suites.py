@@ -28,16 +28,45 @@ Layouts (``kind``):
 
 Face boxes: ``<boxes_dir>/<id>.npy`` when a boxes folder is given, else ``<stem>.npy`` beside the
 reference clip (TalkLip's ``bbx_root`` files): ``T×4`` integer ``x1, y1, x2, y2`` per frame.
+
+Reporting: clips that cannot be paired are logged as ONE warning per kind (generated clips matching
+nothing, references without a generated clip, listed clips without a reference file), each with the
+count and the first five ids (:meth:`Suite.report`); the runner records them as error rows.
+
+Text encodings: filelists, ``transcripts.csv``, ``.tsv``/``.wrd`` and LRS2 ``.txt`` files are read as
+UTF-8; a UTF-8 byte-order mark (Excel's "CSV UTF-8") is accepted. Bytes that are not UTF-8 raise
+:class:`ValueError` naming the file, the line and the fix (re-save as UTF-8). A bad list or
+``transcripts.csv`` stops the suite (every clip depends on it); a bad LRS2 ``.txt`` only fails its clip:
+the pair gets ``text=None`` and ``error="<file>: ..."`` (:attr:`ClipPair.error`), which the runner records
+as that clip's error row. Of an LRS2 ``.txt`` only the first line (``Text:``) is decoded.
+
+Paths and symlinks (decided):
+
+- Clip ids from a filelist (or ``transcripts.csv``) must be relative and stay inside the root: an
+  absolute id or an id with a ``..`` component is refused with a :class:`ValueError` naming the list and
+  the line, whatever the files on disk.
+- Symlinks are followed, video files and folders alike (datasets are often assembled from symlinks), with
+  symlink loops skipped. A video whose real location is outside its suite folder (the resolved generated
+  or reference folder) is used, but not silently: the suite logs ONE warning with the count and the
+  first names, so a link that points at the wrong dataset is visible.
+
+Settings: :func:`suite_settings` summarises what of a suite changes every clip's number (reference root,
+kind, filelist and ``transcripts.csv`` hashes, LRW classes, boxes folder), cheaply (no video is read), for
+the run's settings: a rerun against another reference, list or transcript table is refused instead of
+mixed. Per-clip inputs are checked by the runner (:func:`talkbench.evaluate.input_signature`).
 """
 
 from __future__ import annotations
 
 import csv
+import hashlib
+import io
 import logging
 import os
 import re
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PureWindowsPath
+from typing import Any
 
 import numpy as np
 
@@ -62,6 +91,9 @@ class ClipPair:
         reference: the ground-truth clip, or None (no reference folder, or the file is missing).
         text: transcript (LRS2 ``Text:`` words, as written) or LRW word label, or None.
         boxes: ``.npy`` file of per-frame face boxes ``T×4`` (x1, y1, x2, y2), or None (= full frame).
+        error: why this clip cannot be scored although it is part of the suite (e.g. its transcript file
+            is not UTF-8: ``"<file>: line 1 is not valid UTF-8 ..."``), else None. The runner records a
+            pair with an error as an error row without decoding it; ``text`` is then None.
     """
 
     clip_id: str
@@ -69,6 +101,7 @@ class ClipPair:
     reference: Path | None
     text: str | None
     boxes: Path | None
+    error: str | None = None
 
 
 @dataclass
@@ -82,6 +115,11 @@ class Suite:
         missing_generated: ids of pairs without a generated clip.
         missing_reference: ids of pairs whose listed reference clip does not exist.
         labels: LRW classes (sorted folder names) for ``lrw``, else None.
+        reference: the reference folder the suite was read from, or None.
+        generated: the generated-clips folder, or None.
+        filelist: the list of a ``talklip-filelist`` suite, else None.
+        transcripts: the ``transcripts.csv`` a ``folder`` suite read, else None.
+        boxes_dir: the face-boxes folder, or None (boxes beside the reference clips).
     """
 
     kind: str
@@ -90,6 +128,11 @@ class Suite:
     missing_generated: list[str] = field(default_factory=list)
     missing_reference: list[str] = field(default_factory=list)
     labels: list[str] | None = None
+    reference: Path | None = None
+    generated: Path | None = None
+    filelist: Path | None = None
+    transcripts: Path | None = None
+    boxes_dir: Path | None = None
 
     def report(self) -> list[str]:
         """Human-readable lines about clips that could not be paired (empty when all paired)."""
@@ -98,9 +141,57 @@ class Suite:
                           ("reference clip(s) have no generated clip", self.missing_generated),
                           ("listed clip(s) have no reference file", self.missing_reference)):
             if ids:
-                more = ", …" if len(ids) > _REPORT_NAMES else ""
-                lines.append(f"{len(ids)} {what} (first: {', '.join(ids[:_REPORT_NAMES])}{more})")
+                lines.append(f"{len(ids)} {what} (first: {_first_names(ids)})")
         return lines
+
+
+def _first_names(names: list[str]) -> str:
+    more = ", …" if len(names) > _REPORT_NAMES else ""
+    return ", ".join(names[:_REPORT_NAMES]) + more
+
+
+# --------------------------------------------------------------------------------------------------
+# Text files
+# --------------------------------------------------------------------------------------------------
+
+_BOM = b"\xef\xbb\xbf"
+
+
+def _decode_utf8(data: bytes, path: Path) -> str:
+    """``data`` (a file's bytes, or its first lines) as text; a leading UTF-8 BOM is dropped.
+
+    Raises:
+        ValueError: bytes that are not UTF-8, naming the file, the line and column, and the fix.
+    """
+    offset = len(_BOM) if data.startswith(_BOM) else 0
+    try:
+        return data[offset:].decode("utf-8")
+    except UnicodeDecodeError as err:
+        start = offset + err.start
+        line = data.count(b"\n", 0, start) + 1
+        column = start - (data.rfind(b"\n", 0, start) + 1) + 1
+        raise ValueError(f"{path}: line {line} is not valid UTF-8 (byte 0x{data[start]:02x} at column {column}); "
+                         "re-save the file as UTF-8 (e.g. `iconv -f LATIN1 -t UTF-8 IN > OUT`, or "
+                         "\"CSV UTF-8\" in a spreadsheet).") from None
+
+
+def read_text_file(path: Path) -> str:
+    """A suite text file (list, manifest, transcripts) as UTF-8 text, with or without a BOM.
+
+    Raises:
+        ValueError: not UTF-8 (the message names the file, the line and the fix).
+        OSError: the file cannot be read.
+    """
+    return _decode_utf8(Path(path).read_bytes(), Path(path))
+
+
+def _check_clip_id(clip_id: str, source: Path, line: int) -> None:
+    """Refuse an id that is absolute or climbs out of the root with ``..`` (see the module docstring)."""
+    parts = re.split(r"[/\\]", clip_id)
+    if clip_id.startswith(("/", "\\")) or PureWindowsPath(clip_id).drive or ".." in parts:
+        raise ValueError(f"{source}: line {line}: clip id {clip_id!r} must be a path relative to the suite "
+                         "root without `..` (ids are matched inside --reference and the generated folder); "
+                         "fix the list.")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -111,12 +202,28 @@ def find_videos(root: Path) -> dict[str, Path]:
     """Video files under ``root`` by clip id (relative POSIX path without extension).
 
     Hidden files and folders (``.name``, e.g. unfinished ``write_clip`` temporaries) are skipped.
-    When one id exists with several extensions, the first of :data:`VIDEO_EXTENSIONS` wins (logged).
+    Symlinked folders are followed (a link back to one of its own ancestors is skipped, with a warning).
+    When one id exists with several extensions, the first of :data:`VIDEO_EXTENSIONS` wins (one warning
+    per folder with the count and the first ids).
     """
+    root = Path(root)
     rank = {ext: i for i, ext in enumerate(VIDEO_EXTENSIONS)}
     found: dict[str, Path] = {}
-    for folder, dirs, files in os.walk(root):
-        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+    ambiguous: list[str] = []
+    ancestors: dict[str, tuple[str, ...]] = {str(root): (os.path.realpath(root),)}
+    for folder, dirs, files in os.walk(root, followlinks=True):
+        chain = ancestors.pop(folder, (os.path.realpath(folder),))
+        kept = []
+        for name in sorted(d for d in dirs if not d.startswith(".")):
+            sub = os.path.join(folder, name)
+            real = os.path.realpath(sub)
+            if real in chain:
+                logger.warning("%s: symlink loop (it points to %s, one of its own parent folders); not followed",
+                               sub, real)
+                continue
+            ancestors[sub] = chain + (real,)
+            kept.append(name)
+        dirs[:] = kept
         for name in sorted(files):
             ext = os.path.splitext(name)[1].lower()
             if name.startswith(".") or ext not in rank:
@@ -124,11 +231,13 @@ def find_videos(root: Path) -> dict[str, Path]:
             path = Path(folder) / name
             clip_id = path.relative_to(root).with_suffix("").as_posix()
             if clip_id in found:
-                keep = min(found[clip_id], path, key=lambda p: rank[p.suffix.lower()])
-                logger.warning("%s: several video files for one clip (%s, %s); using %s",
-                               root, found[clip_id].name, path.name, keep.name)
-                path = keep
+                if clip_id not in ambiguous:
+                    ambiguous.append(clip_id)
+                path = min(found[clip_id], path, key=lambda p: rank[p.suffix.lower()])
             found[clip_id] = path
+    if ambiguous:
+        logger.warning("%s: %d clip(s) have several video files for one clip (first: %s); using the first of %s",
+                       root, len(ambiguous), _first_names(ambiguous), ", ".join(VIDEO_EXTENSIONS))
     return found
 
 
@@ -137,10 +246,13 @@ def read_lrs2_text(path: Path) -> str:
 
     A first line without the prefix is taken whole (the sample clips' ``.txt`` hold bare words).
     TalkLip's Conformer script takes ``line.strip()[7:]``, which is the same for LRS2's
-    ``Text:  WORDS`` (two spaces).
+    ``Text:  WORDS`` (two spaces). Only the first line is decoded (UTF-8, BOM allowed).
+
+    Raises:
+        ValueError: the first line is not UTF-8 (names the file, the line and the fix).
     """
-    with open(path, encoding="utf-8") as handle:
-        first = handle.readline().strip()
+    with open(path, "rb") as handle:
+        first = _decode_utf8(handle.readline(), Path(path)).strip()
     if first.startswith(LRS2_TEXT_PREFIX):
         first = first[len(LRS2_TEXT_PREFIX):].strip()
     return first
@@ -195,23 +307,38 @@ def _lrw_word(clip_id: str) -> str | None:
 
 
 # --------------------------------------------------------------------------------------------------
-# Layouts: {clip_id: (reference clip or None, text or None)}; list-based layouts also return missing references
+# Layouts: {clip_id: (reference clip or None, text or None, clip error or None)}; list-based layouts also
+# return the missing references
 # --------------------------------------------------------------------------------------------------
 
-def _lrs2_entries(root: Path) -> dict[str, tuple[Path | None, str | None]]:
-    entries = {}
+Entry = tuple[Path | None, str | None, str | None]  # (reference clip, text, clip error)
+
+
+def _clip_text(text_file: Path) -> tuple[str | None, str | None]:
+    """(text, None) from an LRS2 ``.txt``; (None, error) when it cannot be read; (None, None) without one."""
+    if not text_file.is_file():
+        return None, None
+    try:
+        return read_lrs2_text(text_file), None
+    except ValueError as err:
+        return None, str(err)
+    except OSError as err:
+        return None, f"{text_file}: cannot read the transcript ({err.strerror or err}); check the file."
+
+
+def _lrs2_entries(root: Path) -> dict[str, Entry]:
+    entries: dict[str, Entry] = {}
     for clip_id, video in find_videos(root).items():
-        text_file = video.with_suffix(".txt")
-        entries[clip_id] = (video, read_lrs2_text(text_file) if text_file.is_file() else None)
+        entries[clip_id] = (video, *_clip_text(video.with_suffix(".txt")))
     return entries
 
 
-def _lrw_entries(root: Path, split: str) -> dict[str, tuple[Path | None, str | None]]:
-    entries = {}
+def _lrw_entries(root: Path, split: str) -> dict[str, Entry]:
+    entries: dict[str, Entry] = {}
     for clip_id, video in find_videos(root).items():
         match = _LRW_ID.match(clip_id)
         if match and match.group("split") == split:
-            entries[clip_id] = (video, match.group("word"))
+            entries[clip_id] = (video, match.group("word"), None)
     return entries
 
 
@@ -223,17 +350,22 @@ def lrw_labels(root: Path) -> list[str]:
 def read_filelist(filelist: Path) -> list[tuple[str, str | None]]:
     """(clip id, transcript or None) rows of a TalkLip/LRS2/LRW list or an AV-HuBERT ``.tsv``/``.wrd`` pair.
 
+    Files are UTF-8 (a BOM is allowed). Ids must be relative paths without ``..``.
+
     Raises:
-        ValueError: the file or its ``.tsv``/``.wrd`` partner is missing, or their row counts differ.
+        ValueError: the file or its ``.tsv``/``.wrd`` partner is missing, or their row counts differ, a file
+            is not UTF-8, or an id is absolute or contains ``..`` (the message names the file and line).
     """
+    filelist = Path(filelist)
     if not filelist.is_file():
         raise ValueError(f"{filelist}: filelist not found (--filelist).")
     suffix = filelist.suffix.lower()
     if suffix not in (".tsv", ".wrd"):
         ids = []
-        for line in filelist.read_text(encoding="utf-8").splitlines():
+        for number, line in enumerate(read_text_file(filelist).splitlines(), start=1):
             if line.strip():
                 ids.append(line.split()[0])  # TalkLip: line.strip().split(' ')[0]; LRS2 lines end with a tag
+                _check_clip_id(ids[-1], filelist, number)
         return [(clip_id, None) for clip_id in ids]
     stem = filelist.with_suffix("")
     if suffix == ".tsv":
@@ -248,14 +380,18 @@ def read_filelist(filelist: Path) -> list[tuple[str, str | None]]:
             raise ValueError(f"{filelist}: no AV-HuBERT manifest beside it ({' or '.join(p.name for p in partners)}); "
                              "the .wrd file only holds transcripts, the ids are in the .tsv.")
         partners = [filelist]
-    rows = tsv.read_text(encoding="utf-8").splitlines()[1:]  # first line: the root folder
-    ids = [row.split("\t")[0].strip() for row in rows if row.strip()]
+    rows = read_text_file(tsv).splitlines()[1:]  # first line: the root folder
+    ids = []
+    for number, row in enumerate(rows, start=2):
+        if row.strip():
+            ids.append(row.split("\t")[0].strip())
+            _check_clip_id(ids[-1], tsv, number)
     wrd = next((p for p in partners if p.is_file()), None)
     if wrd is None:
         logger.warning("%s: no transcripts (%s not found); text comes from the reference .txt files",
                        tsv, " or ".join(p.name for p in partners))
         return [(clip_id, None) for clip_id in ids]
-    texts = [line.strip() for line in wrd.read_text(encoding="utf-8").splitlines()]
+    texts = [line.strip() for line in read_text_file(wrd).splitlines()]
     while texts and not texts[-1]:
         texts.pop()
     if len(texts) != len(ids):
@@ -265,8 +401,8 @@ def read_filelist(filelist: Path) -> list[tuple[str, str | None]]:
 
 
 def _filelist_entries(filelist: Path, reference: Path | None, text_root: Path
-                      ) -> tuple[dict[str, tuple[Path | None, str | None]], list[str]]:
-    entries: dict[str, tuple[Path | None, str | None]] = {}
+                      ) -> tuple[dict[str, Entry], list[str]]:
+    entries: dict[str, Entry] = {}
     missing_reference = []
     for clip_id, text in read_filelist(filelist):
         if clip_id in entries:
@@ -274,37 +410,41 @@ def _filelist_entries(filelist: Path, reference: Path | None, text_root: Path
         video = _video_at(reference, clip_id) if reference is not None else None
         if reference is not None and video is None:
             missing_reference.append(clip_id)
+        error = None
         if text is None:
-            text_file = text_root / (clip_id + ".txt")
-            text = read_lrs2_text(text_file) if text_file.is_file() else None
-        if text is None:
+            text, error = _clip_text(text_root / (clip_id + ".txt"))
+        if text is None and error is None:
             text = _lrw_word(clip_id)
-        entries[clip_id] = (video, text)
+        entries[clip_id] = (video, text, error)
     return entries, missing_reference
 
 
 def read_transcripts_csv(path: Path) -> list[tuple[str, str]]:
-    """(relative path, text) rows of a ``transcripts.csv`` with columns ``path,text``."""
-    with open(path, newline="", encoding="utf-8") as handle:
-        reader = csv.DictReader(handle)
-        columns = reader.fieldnames or []
-        if "path" not in columns or "text" not in columns:
-            raise ValueError(f"{path}: needs a header with columns `path,text`, got {columns}.")
-        rows = [(row["path"].strip(), (row["text"] or "").strip()) for row in reader if (row["path"] or "").strip()]
-    return rows
+    """(relative path, text) rows of a ``transcripts.csv`` with columns ``path,text`` (UTF-8, BOM allowed).
+
+    Raises:
+        ValueError: no ``path,text`` header, or bytes that are not UTF-8 (names the file, line and fix).
+    """
+    path = Path(path)
+    reader = csv.DictReader(io.StringIO(read_text_file(path), newline=""))
+    columns = reader.fieldnames or []
+    if "path" not in columns or "text" not in columns:
+        raise ValueError(f"{path}: needs a header with columns `path,text`, got {columns}.")
+    return [(row["path"].strip(), (row["text"] or "").strip()) for row in reader if (row["path"] or "").strip()]
 
 
-def _folder_entries(root: Path, has_reference: bool
-                    ) -> tuple[dict[str, tuple[Path | None, str | None]], list[str]]:
+def _folder_entries(root: Path, has_reference: bool) -> tuple[dict[str, Entry], list[str]]:
     table = root / TRANSCRIPTS_CSV
     if not table.is_file():
-        return {clip_id: (video if has_reference else None, None) for clip_id, video in find_videos(root).items()}, []
-    entries: dict[str, tuple[Path | None, str | None]] = {}
+        return {clip_id: (video if has_reference else None, None, None)
+                for clip_id, video in find_videos(root).items()}, []
+    entries: dict[str, Entry] = {}
     missing_reference = []
     for rel, text in read_transcripts_csv(table):
         rel_path = Path(rel)
-        if rel_path.is_absolute() or ".." in rel_path.parts:
-            raise ValueError(f"{table}: path {rel!r} must be relative to {root} and stay inside it.")
+        if rel_path.is_absolute() or ".." in re.split(r"[/\\]", rel) or PureWindowsPath(rel).drive:
+            raise ValueError(f"{table}: path {rel!r} must be relative to {root} and stay inside it (no `..`); "
+                             "fix the row.")
         has_ext = rel_path.suffix.lower() in VIDEO_EXTENSIONS
         clip_id = (rel_path.with_suffix("") if has_ext else rel_path).as_posix()
         if clip_id in entries:
@@ -314,7 +454,7 @@ def _folder_entries(root: Path, has_reference: bool
             video = (root / rel_path) if has_ext and (root / rel_path).is_file() else _video_at(root, clip_id)
             if video is None:
                 missing_reference.append(clip_id)
-        entries[clip_id] = (video, text or None)
+        entries[clip_id] = (video, text or None, None)
     return entries, missing_reference
 
 
@@ -381,6 +521,7 @@ def load_suite(kind: str, generated: Path, reference: Path | None, filelist: Pat
     root = reference if reference is not None else generated
     missing_reference: list[str] = []
     labels = None
+    transcripts = None
     if kind == "lrs2":
         entries = _lrs2_entries(root)
     elif kind == "lrw":
@@ -390,15 +531,16 @@ def load_suite(kind: str, generated: Path, reference: Path | None, filelist: Pat
         entries, missing_reference = _filelist_entries(filelist, reference, root)
     else:
         entries, missing_reference = _folder_entries(root, has_reference=reference is not None)
+        transcripts = root / TRANSCRIPTS_CSV if (root / TRANSCRIPTS_CSV).is_file() else None
     if reference is None and kind in ("lrs2", "lrw"):
-        entries = {clip_id: (None, text) for clip_id, (_, text) in entries.items()}
+        entries = {clip_id: (None, text, error) for clip_id, (_, text, error) in entries.items()}
 
     generated_videos = find_videos(generated)
     pairs = []
     for clip_id in sorted(entries):
-        ref_video, text = entries[clip_id]
+        ref_video, text, error = entries[clip_id]
         pairs.append(ClipPair(clip_id=clip_id, generated=generated_videos.get(clip_id), reference=ref_video,
-                              text=text, boxes=_boxes_for(clip_id, ref_video, boxes_dir)))
+                              text=text, boxes=_boxes_for(clip_id, ref_video, boxes_dir), error=error))
     suite = Suite(
         kind=kind,
         pairs=pairs,
@@ -406,8 +548,86 @@ def load_suite(kind: str, generated: Path, reference: Path | None, filelist: Pat
         missing_generated=[p.clip_id for p in pairs if p.generated is None],
         missing_reference=sorted(missing_reference),
         labels=labels,
+        reference=reference,
+        generated=generated,
+        filelist=filelist,
+        transcripts=transcripts,
+        boxes_dir=boxes_dir,
     )
     logger.info("suite %s: %d clip(s) from %s", kind, len(pairs), filelist or root)
     for line in suite.report():
         logger.warning("suite %s: %s", kind, line)
+    unreadable = [p.clip_id for p in pairs if p.error is not None]
+    if unreadable:
+        logger.warning("suite %s: %d clip(s) cannot be scored, they become error rows (first: %s); first error: %s",
+                       kind, len(unreadable), _first_names(unreadable),
+                       next(p.error for p in pairs if p.error is not None))
+    outside = _outside_links(reference, [(p.clip_id, p.reference) for p in pairs], "reference") \
+        + _outside_links(generated, sorted(generated_videos.items()), "generated")
+    if outside:
+        logger.warning("suite %s: %d video file(s) are symlinks (or inside symlinked folders) that resolve outside "
+                       "their suite folder (first: %s); they are followed. Check that the links point at the "
+                       "intended dataset.", kind, len(outside), _first_names(outside))
     return suite
+
+
+def _outside_links(root: Path | None, clips: list[tuple[str, Path | None]], side: str) -> list[str]:
+    """``id (side)`` of the clip files whose real location is outside the real ``root``."""
+    if root is None:
+        return []
+    real_root = os.path.realpath(root)
+    real_dirs: dict[str, str] = {}
+
+    def real(path: Path) -> str:  # realpath, with one realpath per folder instead of one per file
+        text = os.fspath(path)
+        if os.path.islink(text):
+            return os.path.realpath(text)
+        folder, name = os.path.split(text)
+        if folder not in real_dirs:
+            real_dirs[folder] = os.path.realpath(folder)
+        return os.path.join(real_dirs[folder], name)
+
+    return [f"{clip_id} ({side})" for clip_id, path in clips
+            if path is not None and not _inside(real(path), real_root)]
+
+
+def _inside(path: str, root: str) -> bool:
+    return path == root or path.startswith(root.rstrip(os.sep) + os.sep)
+
+
+def _sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def suite_settings(suite: Suite) -> dict[str, Any]:
+    """The settings of a suite that change every clip's number, as a JSON-able dict for a run's settings.
+
+    Two loads of the same suite give equal dicts; another ``--reference`` folder, suite kind, filelist (path
+    or content), ``transcripts.csv`` content, LRW class list or boxes folder gives a different one. Cheap: the
+    list and ``transcripts.csv`` are hashed, no video is read. Per-clip inputs (a clip's transcript, face
+    boxes, reference file) are not part of it: the runner keeps a signature per clip and recomputes the clips
+    whose inputs changed, so that adding clips or fixing one transcript does not block a resume. Paths are
+    resolved, so the same dataset under another mount point gives other settings.
+
+    Returns:
+        ``{"kind", "reference", "filelist", "transcripts", "labels_sha256", "boxes_dir"}``; ``filelist`` and
+        ``transcripts`` are ``{"path", "sha256"}`` or None.
+    """
+    def file_entry(path: Path | None) -> dict[str, str] | None:
+        return None if path is None else {"path": str(Path(path).resolve()), "sha256": _sha256_file(Path(path))}
+
+    labels = None
+    if suite.labels is not None:
+        labels = hashlib.sha256("\n".join(suite.labels).encode("utf-8")).hexdigest()
+    return {
+        "kind": suite.kind,
+        "reference": str(Path(suite.reference).resolve()) if suite.reference is not None else None,
+        "filelist": file_entry(suite.filelist),
+        "transcripts": file_entry(suite.transcripts),
+        "labels_sha256": labels,
+        "boxes_dir": str(Path(suite.boxes_dir).resolve()) if suite.boxes_dir is not None else None,
+    }

@@ -3,6 +3,10 @@
 The per-metric aggregation belongs to each observer module (module-level ``summarize(rows)``), so
 that a run, a resumed run and a merge of shards all compute the summary with the same code from the
 stored per-clip rows, without loading any network.
+
+Each metric's aggregate uses every clip whose row has that metric's per-clip column: a clip on which
+one observer failed still counts in the other observers' metrics. ``n_failed`` counts the clips with any
+error; ``n_failed_by_metric`` says, per requested metric, how many clips it could not score.
 """
 
 from __future__ import annotations
@@ -19,13 +23,16 @@ from talkbench.observers import observer_modules
 from talkbench.store import ClipRecord
 
 #: Columns of ``summary.csv`` and of the leaderboard, in this order.
-SUMMARY_COLUMNS: tuple[str, ...] = (
-    "model", "suite", "split", "protocol", "n_clips", "n_failed",
+METRIC_COLUMNS: tuple[str, ...] = (
     "psnr", "psnr_talklip_compat", "ssim", "lse_c", "lse_d", "av_offset",
     "wer1", "cer1", "wer2", "wer2_corpus", "acc", "acc_top5",
-    "observers", "talkbench_version", "date", "source", "citation",
 )
-METRIC_COLUMNS: tuple[str, ...] = SUMMARY_COLUMNS[6:18]
+SUMMARY_COLUMNS: tuple[str, ...] = (
+    ("model", "suite", "split", "protocol", "n_clips", "n_failed") + METRIC_COLUMNS
+    + ("n_failed_by_metric", "partial", "observers", "talkbench_version", "date", "source", "citation")
+)
+#: The per-clip column whose presence says a clip was scored for a metric that has no per-clip value of its own.
+PER_CLIP_COLUMN: dict[str, str] = {"wer2_corpus": "wer2"}
 #: Whether a higher value is better, per metric column (for ranking and charts).
 HIGHER_IS_BETTER: dict[str, bool] = {
     "psnr": True, "psnr_talklip_compat": True, "ssim": True, "lse_c": True, "lse_d": False,
@@ -37,7 +44,7 @@ ZERO_IS_BEST: frozenset[str] = frozenset({"av_offset"})
 
 
 def aggregate(metrics: Sequence[str], records: Iterable[ClipRecord], protocol: str = "talklip2023") -> dict[str, float]:
-    """Dataset-level metrics from stored clips; failed clips (``error`` set) count in no metric.
+    """Dataset-level metrics from stored clips; each metric uses the clips that have its per-clip columns.
 
     Args:
         metrics: the metric columns asked for.
@@ -46,13 +53,22 @@ def aggregate(metrics: Sequence[str], records: Iterable[ClipRecord], protocol: s
     Returns:
         metric column -> value, for every column the involved observer modules produce.
     """
-    ok_rows = [r.values for r in records if r.error is None]
+    rows = [r.values for r in records if r.values]
     result: dict[str, float] = {}
     for module_name in observer_modules(metrics, protocol):
         module = importlib.import_module(module_name)
-        if ok_rows:
-            result.update(module.summarize(ok_rows))
+        if rows:
+            result.update(module.summarize(rows))
     return result
+
+
+def failures_by_metric(metrics: Sequence[str], records: Sequence[ClipRecord]) -> dict[str, int]:
+    """Per requested metric, the number of stored clips without a value for it (any failure, input or observer)."""
+    counts: dict[str, int] = {}
+    for metric in metrics:
+        column = PER_CLIP_COLUMN.get(metric, metric)
+        counts[metric] = sum(1 for r in records if r.values.get(column) is None)
+    return counts
 
 
 def summary_row(meta: Mapping[str, Any], records: Sequence[ClipRecord]) -> dict[str, Any]:
@@ -67,6 +83,8 @@ def summary_row(meta: Mapping[str, Any], records: Sequence[ClipRecord]) -> dict[
         protocol=meta.get("protocol", ""),
         n_clips=len(records),
         n_failed=sum(1 for r in records if r.error is not None),
+        n_failed_by_metric=";".join(f"{m}={n}" for m, n in failures_by_metric(metrics, records).items() if n),
+        partial=",".join(f"shard {k} missing" for k in meta.get("partial_missing_shards") or ()),
         observers=";".join(f"{k}={v}" for k, v in sorted(meta.get("observers", {}).items())),
         talkbench_version=__version__,
         date=_dt.date.today().isoformat(),

@@ -125,3 +125,18 @@ def test_skips(suite):
     small = decode_clip(MEDIA / "about_256.mp4")
     with pytest.raises(ClipSkipped, match="one face box cannot crop both"):
         observer.measure(ClipData("x", small, data.reference, boxes=boxes))
+
+
+def test_a_size_mismatch_without_boxes_is_logged(caplog):
+    import logging
+
+    from talkbench.media import Clip
+    from talkbench.observers.base import ClipData
+    from talkbench.observers.image_quality import ImageQualityObserver
+
+    small = np.zeros((2, 64, 64, 3), np.uint8)
+    large = np.zeros((2, 128, 96, 3), np.uint8)
+    clip = ClipData("c1", Clip(Path("g.mp4"), small, 25.0, None, 25.0), Clip(Path("r.mp4"), large, 25.0, None, 25.0))
+    with caplog.at_level(logging.WARNING, logger="talkbench.observers.image_quality"):
+        ImageQualityObserver().measure(clip)
+    assert "c1: generated frames are 64×64, reference frames 96×128" in caplog.text

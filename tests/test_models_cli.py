@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 import pytest
 from typer.testing import CliRunner
@@ -12,6 +13,15 @@ from talkbench.cli.models import app
 from test_weights import PAYLOAD, PAYLOAD_SHA, REQUIRED_CARDS, FileServer, write_card
 
 runner = CliRunner()
+
+
+def error_paragraph(result) -> str:
+    """The one ``error: ...`` paragraph on stderr (from ``error:`` to the end): no traceback, no blank line."""
+    err = result.stderr
+    assert err.count("error: ") == 1 and "Traceback" not in err, err
+    paragraph = err[err.index("error: "):].strip()
+    assert "\n\n" not in paragraph, paragraph
+    return paragraph
 
 
 @pytest.fixture
@@ -36,7 +46,7 @@ def test_list_shows_every_card(env):
     by_name = {r["name"]: r for r in rows}
     assert by_name["syncnet-v2"]["metrics"] == ["lse_c", "lse_d", "av_offset"]
     assert by_name["talklip-l"]["released"] is False
-    assert not any(r["cached"] for r in rows)
+    assert not any(r["cached"] for r in rows if not r["bundled"])
     table = runner.invoke(app, ["list"])
     assert table.exit_code == 0
     for name in REQUIRED_CARDS:
@@ -118,3 +128,103 @@ def test_models_is_wired_into_the_talkbench_command(env):
     result = runner.invoke(root, ["models", "list", "--json"])
     assert result.exit_code == 0, result.output
     assert REQUIRED_CARDS <= {r["name"] for r in json.loads(result.stdout)}
+
+
+def test_list_shows_bundled_weights_as_available(env):
+    rows = {r["name"]: r for r in json.loads(runner.invoke(app, ["list", "--json"]).stdout)}
+    mini = [r for r in rows.values() if r["bundled"]]
+    assert {"mini-syncnet", "mini-lipreader-b", "talklip-mini"} <= {r["name"] for r in mini}
+    for r in mini:
+        card = weights.load_card(r["name"])
+        assert r["cached"] is True and r["path"] == str(card.bundled_path())
+    assert rows["syncnet-v2"]["bundled"] is False and rows["syncnet-v2"]["cached"] is False
+    table = runner.invoke(app, ["list"]).stdout
+    line = next(line for line in table.splitlines() if "mini-syncnet" in line)
+    assert "bundled" in line
+
+
+def test_list_survives_a_broken_card(env):
+    _, cards, _ = env
+    bad = write_card(cards, "broken-params", ["http://x/y"])
+    bad.write_text(bad.read_text().replace('layout = "raw bytes"', 'layout = "raw bytes"\nparams = "abc"'))
+    worse = write_card(cards, "broken-measures", ["http://x/y"])
+    worse.write_text(worse.read_text().split("[measures]")[0].replace('layout = "raw bytes"',
+                                                                       'layout = "raw bytes"\nmeasures = "oops"'))
+    result = runner.invoke(app, ["list", "--json"])
+    assert result.exit_code == 0, result.output
+    rows = {r["name"]: r for r in json.loads(result.stdout)}
+    assert REQUIRED_CARDS <= set(rows)
+    assert str(bad) in rows["broken-params"]["error"] and "params" in rows["broken-params"]["error"]
+    assert str(worse) in rows["broken-measures"]["error"] and "measures" in rows["broken-measures"]["error"]
+    assert rows["syncnet-v2"]["error"] is None
+    assert "broken-params" in result.stderr and "Traceback" not in result.output
+    table = runner.invoke(app, ["list"])
+    assert table.exit_code == 0 and "syncnet-v2" in table.stdout
+    assert "error" in next(line for line in table.stdout.splitlines() if "broken-params" in line)
+    # naming the broken card elsewhere is a clean usage error
+    for args in (["verify", "broken-params"], ["download", "broken-params"], ["path", "broken-params"]):
+        named = runner.invoke(app, args)
+        assert named.exit_code == 2, args
+        assert error_paragraph(named) and str(bad) in named.stderr and named.exception is not None
+        assert isinstance(named.exception, SystemExit)  # no traceback: typer.Exit, not the CardError
+
+
+def test_weights_errors_are_one_error_paragraph_with_documented_exit_codes(env, tmp_path):
+    _, cards, srv = env
+    write_card(cards, "wrongsha", [srv.base + "/files/model.bin"], sha256="0" * 64)
+    checksum = runner.invoke(app, ["download", "wrongsha", "--no-progress"])
+    assert checksum.exit_code == 1 and "wrong sha256" in error_paragraph(checksum)
+    srv.files["/files/junk.bin"] = b"this is not a checkpoint" * 100
+    write_card(cards, "junk", [srv.base + "/files/junk.bin"])
+    junk = runner.invoke(app, ["download", "junk", "--no-progress"])
+    assert junk.exit_code == 1 and "not a torch checkpoint" in error_paragraph(junk)
+    escape_card = write_card(cards, "escape", [srv.base + "/files/model.bin"], file_name="../../outside.bin")
+    escaped = runner.invoke(app, ["download", "escape", "--no-progress"])
+    assert escaped.exit_code == 2 and str(escape_card) in error_paragraph(escaped)
+    assert not (tmp_path / "outside.bin").exists() and srv.requests[-1][0] == "/files/junk.bin"
+    everything = runner.invoke(app, ["download", "--all", "--no-progress"])  # broken card: reported, others tried
+    assert everything.exit_code == 2 and str(escape_card) in everything.stderr
+    assert isinstance(everything.exception, SystemExit)
+
+
+def test_offline_download_says_where_to_put_the_file_not_to_run_the_download_again(env):
+    _, cards, srv = env
+    url = srv.base + "/nothing-here"
+    write_card(cards, "tiny", [url])
+    result = runner.invoke(app, ["download", "tiny", "--no-progress"])
+    assert result.exit_code == 1
+    err = error_paragraph(result)
+    assert "models download" not in result.stderr
+    assert url in err and str(weights.cache_path("tiny")) in err and "--weights tiny=PATH" in err
+    assert not err.startswith("error: tiny:")  # the card name is not stacked in front of the message
+    assert "WARNING" not in result.stderr  # each URL's failure is in the error, not repeated as a warning
+
+
+def test_verify_rehashes_instead_of_trusting_size_and_mtime(env):
+    _, cards, srv = env
+    write_card(cards, "tiny", [srv.base + "/files/model.bin"], sha256=PAYLOAD_SHA)
+    assert runner.invoke(app, ["download", "tiny", "--no-progress"]).exit_code == 0
+    assert runner.invoke(app, ["verify", "tiny"]).exit_code == 0
+    dest = weights.cache_path("tiny")
+    st = dest.stat()
+    dest.write_bytes(PAYLOAD[:500] + bytes([PAYLOAD[500] ^ 0xFF]) + PAYLOAD[501:])  # same size
+    os.utime(dest, ns=(st.st_atime_ns, st.st_mtime_ns))  # same mtime
+    result = runner.invoke(app, ["verify", "tiny", "--json"])
+    assert result.exit_code == 1 and json.loads(result.stdout)[0]["status"] == "mismatch"
+
+
+def test_verify_a_named_bundled_card_checks_the_shipped_file(env):
+    result = runner.invoke(app, ["verify", "mini-syncnet", "--json"])
+    assert result.exit_code == 0, result.output
+    row = json.loads(result.stdout)[0]
+    assert row["status"] == "ok" and row["path"] == str(weights.load_card("mini-syncnet").bundled_path())
+
+
+def test_path_rejects_bad_weights_items_as_usage_errors(env, tmp_path):
+    directory = runner.invoke(app, ["path", "syncnet-v2", "--weights", f"syncnet-v2={tmp_path}"])
+    assert directory.exit_code == 2 and error_paragraph(directory).startswith("error: --weights syncnet-v2=")
+    assert "is a directory" in directory.stderr
+    local = tmp_path / "s.model"
+    local.write_bytes(b"x")
+    typo = runner.invoke(app, ["path", "syncnet-v2", "--weights", f"mini-syncnt={local}"])
+    assert typo.exit_code == 2 and "Did you mean `mini-syncnet`" in typo.stderr

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import json
 import logging
+import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from talkbench.suites import (ClipPair, detect_suite_kind, load_boxes, load_suite, lrw_labels, read_filelist,
-                              read_lrs2_text)
+                              read_lrs2_text, suite_settings)
 
 
 def touch(path: Path, text: str | None = None) -> Path:
@@ -236,3 +238,173 @@ def test_load_boxes(tmp_path):
         load_boxes(tmp_path / "ok.npy", n_frames=5)
     with pytest.raises(ValueError, match="cannot read face boxes"):
         load_boxes(touch(tmp_path / "text.npy", "not numpy"))
+
+
+# --------------------------------------------------------------------------------------------------
+# Encodings
+# --------------------------------------------------------------------------------------------------
+
+def test_transcripts_csv_that_is_not_utf8_names_file_line_and_fix(tmp_path):
+    folder = tmp_path / "latin1"
+    touch(folder / "a.mp4")
+    (folder / "transcripts.csv").write_bytes("path,text\na.mp4,hello\nb.mp4,caf\u00e9\n".encode("latin-1"))
+    with pytest.raises(ValueError, match=r"transcripts\.csv: line 3 is not valid UTF-8.*re-save the file as UTF-8"):
+        load_suite("folder", folder, None)
+
+
+def test_transcripts_csv_with_a_bom_is_read(tmp_path):
+    folder = tmp_path / "bom"
+    touch(folder / "a.mp4")
+    (folder / "transcripts.csv").write_bytes("\ufeffpath,text\na.mp4,caf\u00e9\n".encode("utf-8"))
+    assert [(p.clip_id, p.text) for p in load_suite("folder", folder, None).pairs] == [("a", "caf\u00e9")]
+
+
+def test_undecodable_lrs2_transcript_fails_only_its_clip(lrs2, caplog):
+    ref, gen = lrs2
+    bad = ref / "main/spk1/00002.txt"
+    bad.write_bytes(b"Text:  CAF\xc9 AU LAIT\n")
+    (ref / "main/spk2/00001.txt").write_bytes("\ufeffText:  GOOD NIGHT\n".encode("utf-8"))  # BOM: fine
+    with caplog.at_level(logging.WARNING, logger="talkbench.suites"):
+        suite = load_suite("lrs2", gen, ref)
+    by_id = {p.clip_id: p for p in suite.pairs}
+    broken = by_id["main/spk1/00002"]
+    assert broken.text is None
+    assert broken.error.startswith(f"{bad}: line 1 is not valid UTF-8 (byte 0xc9 at column 11)")
+    assert "re-save the file as UTF-8" in broken.error
+    assert by_id["main/spk1/00001"].error is None and by_id["main/spk1/00001"].text == "HELLO WORLD"
+    assert by_id["main/spk2/00001"].text == "GOOD NIGHT"
+    assert "1 clip(s) cannot be scored" in caplog.text
+    # the same through a TalkLip filelist (transcripts beside the references)
+    filelist = touch(ref / "test.txt", "spk1/00002 NF\nspk1/00001 NF\n")
+    listed = {p.clip_id: p for p in load_suite("talklip-filelist", gen / "main", ref / "main", filelist).pairs}
+    assert listed["spk1/00002"].text is None and str(bad) in listed["spk1/00002"].error
+    assert listed["spk1/00001"].text == "HELLO WORLD"
+
+
+def test_filelist_that_is_not_utf8_names_file_and_line(tmp_path):
+    (tmp_path / "test.txt").write_bytes(b"spk1/00001 NF\nspk\xff/00002 NF\n")
+    with pytest.raises(ValueError, match=r"test\.txt: line 2 is not valid UTF-8.*re-save"):
+        read_filelist(tmp_path / "test.txt")
+    (tmp_path / "t.tsv").write_bytes(b"/\nspk1/00006\t58\t1\n")
+    (tmp_path / "t.wrd").write_bytes(b"\xe9t\xe9\n")
+    with pytest.raises(ValueError, match=r"t\.wrd: line 1 is not valid UTF-8"):
+        read_filelist(tmp_path / "t.tsv")
+
+
+# --------------------------------------------------------------------------------------------------
+# Paths and symlinks
+# --------------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("line", ["../outside/00001 NF", "spk1/../../x NF", "/etc/passwd", "C:\\data\\x"])
+def test_filelist_ids_must_stay_inside_the_root(lrs2, tmp_path, line):
+    ref, gen = lrs2
+    filelist = touch(tmp_path / "test.txt", f"spk1/00001 NF\n{line}\n")
+    with pytest.raises(ValueError, match=r"test\.txt: line 2: clip id .* must be a path relative"):
+        load_suite("talklip-filelist", gen / "main", ref / "main", filelist)
+
+
+def test_tsv_ids_must_stay_inside_the_root(tmp_path):
+    touch(tmp_path / "list.tsv", "/\nspk1/00006\t58\t1\n../x\t3\t4\n")
+    with pytest.raises(ValueError, match=r"list\.tsv: line 3: clip id '../x'"):
+        read_filelist(tmp_path / "list.tsv")
+
+
+def test_symlinks_are_followed_and_outside_targets_warned_once(tmp_path, caplog):
+    elsewhere = tmp_path / "elsewhere"
+    for i in range(7):
+        touch(elsewhere / "spk" / f"{i:05d}.mp4")
+    touch(elsewhere / "single.mp4")
+    ref = tmp_path / "ref"
+    touch(ref / "inside/00001.mp4")
+    (ref / "linked").symlink_to(elsewhere / "spk", target_is_directory=True)  # a symlinked folder
+    (ref / "file.mp4").symlink_to(elsewhere / "single.mp4")  # a symlinked file
+    (ref / "alias").symlink_to(ref / "inside", target_is_directory=True)  # inside the root: no warning
+    (ref / "inside" / "loop").symlink_to(ref / "inside", target_is_directory=True)  # a loop: skipped
+    gen = tmp_path / "gen"
+    touch(gen / "inside/00001.mp4")
+    with caplog.at_level(logging.WARNING, logger="talkbench.suites"):
+        suite = load_suite("folder", gen, ref)
+    ids = [p.clip_id for p in suite.pairs]
+    assert ids == ["alias/00001", "file", "inside/00001"] + [f"linked/{i:05d}" for i in range(7)]
+    outside = [r.getMessage() for r in caplog.records if "resolve outside" in r.getMessage()]
+    assert len(outside) == 1
+    assert outside[0].startswith("suite folder: 8 video file(s) are symlinks")
+    assert "(first: file (reference), linked/00000 (reference), linked/00001 (reference)," in outside[0]
+    assert "symlink loop" in caplog.text
+
+
+# --------------------------------------------------------------------------------------------------
+# Reports: one line per kind
+# --------------------------------------------------------------------------------------------------
+
+def test_unmatched_clips_are_reported_once_per_kind_with_count_and_first_five(tmp_path, caplog):
+    ref, gen = tmp_path / "ref", tmp_path / "gen"
+    for i in range(3):
+        touch(ref / f"r{i}.mp4")
+    for i in range(7):
+        touch(gen / f"x{i}.mp4")
+    touch(gen / "r0.mp4")
+    touch(gen / "r0.avi")  # ambiguous extensions: also one line, whatever the count
+    touch(gen / "x0.mkv")
+    with caplog.at_level(logging.WARNING, logger="talkbench.suites"):
+        load_suite("folder", gen, ref)
+    lines = [r.getMessage() for r in caplog.records]
+    assert [m for m in lines if "match no reference" in m] == [
+        "suite folder: 7 generated clip(s) match no reference clip or transcript (first: x0, x1, x2, x3, x4, …)"]
+    assert [m for m in lines if "have no generated clip" in m] == [
+        "suite folder: 2 reference clip(s) have no generated clip (first: r1, r2)"]
+    ambiguous = [m for m in lines if "several video files" in m]
+    assert len(ambiguous) == 1 and "2 clip(s)" in ambiguous[0] and "(first: r0, x0)" in ambiguous[0]
+    assert len(lines) == 3
+
+
+# --------------------------------------------------------------------------------------------------
+# Fingerprint
+# --------------------------------------------------------------------------------------------------
+
+def test_suite_settings_are_stable_and_see_every_suite_wide_input(lrs2, tmp_path):
+    ref, gen = lrs2
+    main = ref / "main"
+    filelist = touch(tmp_path / "test.txt", "spk1/00001 NF\nspk2/00001 MV\n")
+
+    def fp(**kwargs):
+        args = dict(kind="talklip-filelist", generated=gen / "main", reference=main, filelist=filelist)
+        args.update(kwargs)
+        return suite_settings(load_suite(args.pop("kind"), args.pop("generated"), args.pop("reference"),
+                                            args.pop("filelist"), **args))
+
+    base = fp()
+    assert json.loads(json.dumps(base)) == base  # JSON-able
+    assert fp() == base  # identical suite, identical fingerprint
+    touch(gen / "main/spk1/00002.mp4")
+    assert fp() == base  # generated clips are not part of it
+    assert base["reference"] == str(main.resolve()) and base["kind"] == "talklip-filelist"
+    assert base["filelist"]["path"] == str(filelist.resolve())
+
+    changed = {}
+    other_ref = tmp_path / "ref_copy"
+    shutil.copytree(main, other_ref)
+    changed["reference"] = fp(reference=other_ref)
+    changed["kind"] = suite_settings(load_suite("lrs2", gen, ref))
+    other_list = touch(tmp_path / "other.txt", "spk1/00001 NF\nspk2/00001 MV\n")
+    changed["filelist path"] = fp(filelist=other_list)
+    touch(filelist, "spk1/00001 NF\nspk2/00001 NF\n")  # same ids, other content
+    changed["filelist content"] = fp()
+    per_clip = fp()
+    touch(main / "spk1/00001.txt", "Text:  HELLO THERE\n")
+    np.save(main / "spk1/00001.npy", np.zeros((4, 4), np.int64))
+    assert fp() == per_clip  # one clip's transcript or boxes: the runner's per-clip signature, not these
+    bbx = tmp_path / "bbx"
+    (bbx / "spk1").mkdir(parents=True)
+    np.save(bbx / "spk1/00001.npy", np.zeros((4, 4), np.int64))
+    changed["boxes dir"] = fp(boxes_dir=bbx)
+    values = [base] + list(changed.values())
+    assert len({json.dumps(v, sort_keys=True) for v in values}) == len(values), changed.keys()
+
+    folder = tmp_path / "folder"
+    touch(folder / "a.mp4")
+    touch(folder / "transcripts.csv", "path,text\na.mp4,hello\n")
+    before = suite_settings(load_suite("folder", folder, folder))
+    assert before["transcripts"]["path"] == str((folder / "transcripts.csv").resolve())
+    touch(folder / "transcripts.csv", "path,text\na.mp4,hello\n\n")  # same rows, other bytes
+    assert suite_settings(load_suite("folder", folder, folder)) != before

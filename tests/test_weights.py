@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import http.server
+import io
 import json
 import logging
 import os
+import pickle
 import re
 import threading
 import time
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -21,7 +25,24 @@ REQUIRED_CARDS = {
     "avhubert-large-lrs2", "avhubert-base-lrs2", "talklip-l", "talklip-lc", "talklip-g", "talklip-gc",
     "talklip-disc", "conformer-lrs2", "mvm-lrw", "syncnet-v2", "s3fd",
 }
-PAYLOAD = np.random.RandomState(0).bytes(3_000_000 + 12_345)  # ~3 MB: several 1 MiB chunks
+
+
+def torch_like_zip(seed: int = 0, size: int = 3_000_000 + 12_345) -> bytes:
+    """Bytes laid out as torch.save's zip format (``archive/data.pkl`` + a storage record), built without torch.
+
+    Deterministic (fixed timestamps); the storage record is ``size`` random bytes, so the file spans several
+    1 MiB download chunks.
+    """
+    buf = io.BytesIO()
+    records = [("archive/data.pkl", pickle.dumps({"weight": "stand-in"}, protocol=2)),
+               ("archive/data/0", np.random.RandomState(seed).bytes(size)), ("archive/version", b"3\n")]
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_STORED) as archive:
+        for name, data in records:
+            archive.writestr(zipfile.ZipInfo(name, date_time=(2024, 1, 1, 0, 0, 0)), data)
+    return buf.getvalue()
+
+
+PAYLOAD = torch_like_zip()  # ~3 MB: several 1 MiB chunks; a readable checkpoint for the format check
 PAYLOAD_SHA = hashlib.sha256(PAYLOAD).hexdigest()
 
 
@@ -33,15 +54,28 @@ class FileServer:
     """Serves ``files`` (URL path -> bytes) on 127.0.0.1; records every request's path and Range header.
 
     Failure modes: ``ignore_range`` (always 200 + whole body), ``cut_after`` (the next response sends only
-    that many body bytes, then drops the connection), ``html`` (paths answered by a web page).
+    that many body bytes, then drops the connection), ``html`` (paths answered by a web page), ``pages``
+    (path -> HTML body), ``redirects`` (path -> Location), ``no_length`` (paths sent without Content-Length,
+    the body ending when the connection closes), ``chunked`` (paths sent with chunked transfer encoding),
+    ``etags`` (path -> strong ETag; If-Range is honoured unless ``ignore_if_range``), ``bare_416`` (416
+    without Content-Range), ``star_total`` (206 with ``Content-Range: bytes a-b/*``).
     """
 
     def __init__(self) -> None:
         self.files: dict[str, bytes] = {}
         self.html: set[str] = set()
+        self.pages: dict[str, bytes] = {}
+        self.redirects: dict[str, str] = {}
+        self.no_length: set[str] = set()
+        self.chunked: set[str] = set()
+        self.etags: dict[str, str] = {}
         self.ignore_range = False
+        self.ignore_if_range = False
+        self.bare_416 = False
+        self.star_total = False
         self.cut_after: int | None = None
         self.requests: list[tuple[str, str | None]] = []
+        self.if_ranges: list[str | None] = []
         server = self
 
         class Handler(http.server.BaseHTTPRequestHandler):
@@ -53,42 +87,65 @@ class FileServer:
             def do_GET(self):  # noqa: N802 - http.server API
                 rng = self.headers.get("Range")
                 server.requests.append((self.path, rng))
-                if self.path in server.html:
-                    body = b"<html><body>Google Drive can't scan this file for viruses.</body></html>"
+                server.if_ranges.append(self.headers.get("If-Range"))
+                if self.path in server.redirects:
+                    self._send(302, b"", {"Location": server.redirects[self.path]})
+                    return
+                if self.path in server.html or self.path in server.pages:
+                    body = server.pages.get(
+                        self.path, b"<html><body>Google Drive can't scan this file for viruses.</body></html>")
                     self._send(200, body, {"Content-Type": "text/html; charset=utf-8"})
                     return
-                data = server.files.get(self.path)
+                path = self.path.split("?")[0]
+                data = server.files.get(path)
                 if data is None:
                     self._send(404, b"not found", {"Content-Type": "text/plain"})
                     return
+                etag = server.etags.get(path)
+                if_range = self.headers.get("If-Range")
+                stale = bool(if_range and etag and if_range != etag and not server.ignore_if_range)
                 start = 0
                 match = re.match(r"bytes=(\d+)-$", rng or "")
-                if match and not server.ignore_range:
+                if match and not server.ignore_range and not stale:
                     start = int(match.group(1))
                     if start >= len(data):
-                        self._send(416, b"", {"Content-Range": f"bytes */{len(data)}"})
+                        self._send(416, b"", {} if server.bare_416 else {"Content-Range": f"bytes */{len(data)}"})
                         return
-                    headers = {"Content-Range": f"bytes {start}-{len(data) - 1}/{len(data)}"}
+                    total = "*" if server.star_total else str(len(data))
+                    headers = {"Content-Range": f"bytes {start}-{len(data) - 1}/{total}"}
                     status = 206
                 else:
                     headers, status = {}, 200
                 headers["Content-Type"] = "application/octet-stream"
+                if etag:
+                    headers["ETag"] = etag
                 body = data[start:]
                 cut, server.cut_after = server.cut_after, None
-                self._send(status, body, headers, cut=cut)
+                mode = "close" if path in server.no_length else "chunked" if path in server.chunked else "length"
+                self._send(status, body, headers, cut=cut, mode=mode)
 
-            def _send(self, status, body, headers, cut=None):
+            def _send(self, status, body, headers, cut=None, mode="length"):
                 self.send_response(status)
                 for k, v in headers.items():
                     self.send_header(k, v)
-                self.send_header("Content-Length", str(len(body)))
-                if cut is not None:
+                if mode == "length":
+                    self.send_header("Content-Length", str(len(body)))
+                elif mode == "chunked":
+                    self.send_header("Transfer-Encoding", "chunked")
+                if cut is not None or mode == "close":
                     self.send_header("Connection", "close")
-                self.end_headers()
-                self.wfile.write(body if cut is None else body[:cut])
-                self.wfile.flush()
-                if cut is not None:
                     self.close_connection = True
+                self.end_headers()
+                sent = body if cut is None else body[:cut]
+                if mode == "chunked":
+                    for i in range(0, len(sent), 1 << 16):
+                        piece = sent[i:i + (1 << 16)]
+                        self.wfile.write(f"{len(piece):x}\r\n".encode() + piece + b"\r\n")
+                    if cut is None:
+                        self.wfile.write(b"0\r\n\r\n")
+                else:
+                    self.wfile.write(sent)
+                self.wfile.flush()
 
         self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.httpd.daemon_threads = True
@@ -103,6 +160,16 @@ class FileServer:
     def close(self) -> None:
         self.httpd.shutdown()
         self.httpd.server_close()
+
+
+def write_part(name: str, data: bytes, url: str | None, **validators: object) -> Path:
+    """A ``.part`` file for card ``name`` as an interrupted download from ``url`` leaves it (sidecar included)."""
+    part = weights.cache_path(name).with_name(weights.cache_path(name).name + ".part")
+    part.parent.mkdir(parents=True, exist_ok=True)
+    part.write_bytes(data)
+    if url is not None:
+        part.with_name(part.name + ".json").write_text(json.dumps({"url": url, **validators}))
+    return part
 
 
 def write_card(folder: Path, name: str, urls: list[str], sha256: str = "unknown", released: bool = True,
@@ -282,10 +349,8 @@ def test_download_fresh_file_with_progress_and_sha_check(env, server):
 def test_download_resumes_a_partial_file_with_http_range(env, server):
     _, cards = env
     write_card(cards, "tiny", [server.base + "/files/model.bin"], sha256=PAYLOAD_SHA)
-    part = weights.cache_path("tiny").with_name("model.bin.part")
-    part.parent.mkdir(parents=True)
     have = 1_234_567
-    part.write_bytes(PAYLOAD[:have])
+    write_part("tiny", PAYLOAD[:have], server.base + "/files/model.bin")
     path = weights.download("tiny", progress=False)
     assert path.read_bytes() == PAYLOAD
     assert server.requests == [("/files/model.bin", f"bytes={have}-")]
@@ -308,9 +373,7 @@ def test_interrupted_download_leaves_a_part_file_that_the_next_call_completes(en
 def test_server_without_range_support_restarts_from_zero(env, server):
     _, cards = env
     write_card(cards, "tiny", [server.base + "/files/model.bin"], sha256=PAYLOAD_SHA)
-    part = weights.cache_path("tiny").with_name("model.bin.part")
-    part.parent.mkdir(parents=True)
-    part.write_bytes(b"garbage that must not survive")
+    write_part("tiny", b"garbage that must not survive", server.base + "/files/model.bin")
     server.ignore_range = True
     assert weights.download("tiny", progress=False).read_bytes() == PAYLOAD
 
@@ -337,9 +400,7 @@ def test_wrong_file_from_one_url_falls_back_to_the_next(env, server):
 def test_complete_part_file_is_verified_without_refetching(env, server):
     _, cards = env
     write_card(cards, "tiny", [server.base + "/files/model.bin"], sha256=PAYLOAD_SHA)
-    part = weights.cache_path("tiny").with_name("model.bin.part")
-    part.parent.mkdir(parents=True)
-    part.write_bytes(PAYLOAD)  # e.g. killed between the last byte and the rename
+    write_part("tiny", PAYLOAD, server.base + "/files/model.bin")  # killed between the last byte and the rename
     assert weights.download("tiny", progress=False).read_bytes() == PAYLOAD
     assert server.requests == [("/files/model.bin", f"bytes={len(PAYLOAD)}-")]  # answered 416, no body
 
@@ -420,7 +481,7 @@ def test_resolve_replaces_a_corrupt_cached_file(env, server):
     write_card(cards, "tiny", [server.base + "/files/model.bin"], sha256=PAYLOAD_SHA)
     dest = weights.cache_path("tiny")
     dest.parent.mkdir(parents=True)
-    dest.write_bytes(PAYLOAD[:-1] + b"\x00")
+    dest.write_bytes(PAYLOAD[:1000] + bytes([PAYLOAD[1000] ^ 1]) + PAYLOAD[1001:])  # one bit flipped
     with pytest.raises(weights.ChecksumError, match="differs"):
         weights.resolve("tiny", download=False)
     assert weights.resolve("tiny").read_bytes() == PAYLOAD
@@ -492,3 +553,341 @@ def test_mini_cards_cover_the_mini_protocol_and_their_files_are_shipped():
     assert all(len(v) == 1 for v in metrics.values())
     total = sum(c.bundled_path().stat().st_size for c in mini)
     assert total < 30_000_000
+
+
+# ---------------------------------------------------------------------------------------------
+# Cards cannot make talkbench write outside $TALKBENCH_HOME or read local files
+# ---------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("file_name", ["../../x", "/etc/x.pt", "sub/model.pt", "sub\\\\model.pt", "", "..",
+                                       "model..pt"])
+def test_card_file_name_must_be_a_plain_name(env, file_name):
+    _, cards = env
+    path = write_card(cards, "escape", ["http://127.0.0.1:9/x"], file_name=file_name)
+    with pytest.raises(weights.CardError, match="file_name") as info:
+        weights.parse_card(path)
+    assert str(path) in str(info.value)
+
+
+def test_download_and_resolve_never_write_outside_the_cache(env, server, tmp_path):
+    home, cards = env
+    write_card(cards, "tiny", [server.base + "/files/model.bin"], sha256=PAYLOAD_SHA)
+    card = weights.load_card("tiny")
+    for bad in ("../../escaped.bin", str(tmp_path / "escaped.bin")):
+        forged = dataclasses.replace(card, file_name=bad)  # a Card built in code skips parse_card's check
+        with pytest.raises(weights.CardError, match="file_name|outside"):
+            weights.cache_path(forged)
+        with pytest.raises(weights.CardError):
+            weights.download(forged, progress=False)
+    # The escaping card in a card folder: `evaluate`'s automatic download (resolve) refuses it too.
+    (cards / "tiny.toml").write_text((cards / "tiny.toml").read_text().replace('"model.bin"', '"../../escaped.bin"'))
+    with pytest.raises(weights.CardError, match="tiny.toml"):
+        weights.resolve("tiny")
+    assert server.requests == []
+    assert not list(tmp_path.rglob("escaped.bin*"))
+
+
+@pytest.mark.parametrize("url", ["file:///etc/passwd", "ftp://127.0.0.1/x", "data:,hello", "http:///nohost"])
+def test_card_urls_must_be_http_or_https(env, url):
+    _, cards = env
+    path = write_card(cards, "local", [url])
+    with pytest.raises(weights.CardError, match="http") as info:
+        weights.parse_card(path)
+    assert str(path) in str(info.value)
+
+
+def test_file_urls_are_refused_at_fetch_time_card_and_mirror(env, server, tmp_path, monkeypatch):
+    _, cards = env
+    secret = tmp_path / "secret.bin"
+    secret.write_bytes(PAYLOAD)  # even a file that looks right must not be "downloaded" from disk
+    write_card(cards, "tiny", [server.base + "/files/model.bin"])
+    forged = dataclasses.replace(weights.load_card("tiny"), urls=(secret.as_uri(),))
+    with pytest.raises(weights.DownloadError, match="only http") as info:
+        weights.download(forged, progress=False)
+    assert secret.as_uri() in str(info.value)
+    assert not weights.cache_path("tiny").exists()
+    # A file: mirror is skipped (with its reason logged), the card's http URL is used.
+    mirror = tmp_path / "mirror"
+    (mirror / "tiny").mkdir(parents=True)
+    (mirror / "tiny" / "model.bin").write_bytes(torch_like_zip(seed=5, size=100))
+    monkeypatch.setenv("TALKBENCH_WEIGHTS_MIRROR", mirror.as_uri())
+    assert weights.download("tiny", progress=False).read_bytes() == PAYLOAD
+    assert [p for p, _ in server.requests] == ["/files/model.bin"]
+
+
+def test_redirect_to_a_local_file_is_refused(env, server, tmp_path):
+    _, cards = env
+    secret = tmp_path / "secret.bin"
+    secret.write_bytes(PAYLOAD)
+    server.redirects["/jump"] = secret.as_uri()
+    write_card(cards, "tiny", [server.base + "/jump"])
+    with pytest.raises(weights.DownloadError, match="refused|not allowed"):
+        weights.download("tiny", progress=False)
+    assert not weights.cache_path("tiny").exists()
+
+
+# ---------------------------------------------------------------------------------------------
+# Broken downloads are never cached when no sha256 is known (every official card today)
+# ---------------------------------------------------------------------------------------------
+
+def test_body_cut_short_without_content_length_is_resumed_not_cached(env, server):
+    _, cards = env
+    write_card(cards, "tiny", [server.base + "/files/model.bin"])  # sha256 unknown
+    server.no_length.add("/files/model.bin")
+    server.cut_after = 1_000_000
+    path = weights.download("tiny", progress=False)
+    assert path.read_bytes() == PAYLOAD
+    # the short body ended with the connection: talkbench asked for the rest instead of trusting it
+    assert server.requests == [("/files/model.bin", None), ("/files/model.bin", "bytes=1000000-")]
+
+
+def test_unconfirmable_body_without_content_length_is_refused(env, server):
+    _, cards = env
+    write_card(cards, "tiny", [server.base + "/files/model.bin"])
+    server.no_length.add("/files/model.bin")
+    server.ignore_range = True  # cannot confirm the size by asking for the bytes after the end
+    server.cut_after = 1_000_000
+    with pytest.raises(weights.DownloadError, match="cannot be confirmed") as info:
+        weights.download("tiny", progress=False)
+    assert server.base + "/files/model.bin" in str(info.value)
+    dest = weights.cache_path("tiny")
+    assert not dest.exists() and not dest.with_name("model.bin.part").exists()
+
+
+def test_complete_body_without_content_length_is_confirmed_by_a_range_probe(env, server):
+    _, cards = env
+    write_card(cards, "tiny", [server.base + "/files/model.bin"])
+    server.no_length.add("/files/model.bin")
+    assert weights.download("tiny", progress=False).read_bytes() == PAYLOAD
+    assert server.requests[-1] == ("/files/model.bin", f"bytes={len(PAYLOAD)}-")  # answered 416 bytes */N
+
+
+def test_chunked_body_is_complete_only_with_its_last_chunk(env, server):
+    _, cards = env
+    write_card(cards, "tiny", [server.base + "/files/model.bin"])
+    server.chunked.add("/files/model.bin")
+    server.cut_after = 1_500_000
+    with pytest.raises(weights.DownloadError, match="IncompleteRead|Incomplete"):
+        weights.download("tiny", progress=False)
+    assert not weights.cache_path("tiny").exists()
+    assert weights.download("tiny", progress=False).read_bytes() == PAYLOAD  # resumed, then the last chunk came
+    assert server.requests[-1][1] is not None
+
+
+@pytest.mark.parametrize("part_bytes, bare", [(PAYLOAD + b"trailing garbage", False),
+                                             (PAYLOAD[::-1][:len(PAYLOAD)], True)])
+def test_416_is_not_taken_as_complete_unless_the_total_matches(env, server, part_bytes, bare):
+    _, cards = env
+    url = server.base + "/files/model.bin"
+    write_card(cards, "tiny", [url])
+    part = write_part("tiny", part_bytes, url)
+    server.bare_416 = bare  # 416 without Content-Range: nothing confirms the part
+    assert weights.download("tiny", progress=False).read_bytes() == PAYLOAD
+    assert server.requests == [("/files/model.bin", f"bytes={len(part_bytes)}-"), ("/files/model.bin", None)]
+    assert not part.exists() and not part.with_name(part.name + ".json").exists()
+
+
+def test_part_from_another_url_is_never_spliced(env, server):
+    _, cards = env
+    other = torch_like_zip(seed=1)
+    server.files["/old/model.bin"] = other
+    write_card(cards, "tiny", [server.base + "/files/model.bin"])
+    write_part("tiny", other[:1_000_000], server.base + "/old/model.bin")
+    assert weights.download("tiny", progress=False).read_bytes() == PAYLOAD
+    assert server.requests == [("/files/model.bin", None)]
+    # A .part without a sidecar (its URL unknown) is not resumed either.
+    weights.cache_path("tiny").unlink()
+    write_part("tiny", other[:1_000_000], None)
+    assert weights.download("tiny", progress=False).read_bytes() == PAYLOAD
+    assert server.requests[-1] == ("/files/model.bin", None)
+
+
+@pytest.mark.parametrize("ignore_if_range", [False, True])
+def test_changed_file_on_the_server_restarts_the_download(env, server, ignore_if_range):
+    _, cards = env
+    url = server.base + "/files/model.bin"
+    old = torch_like_zip(seed=1)
+    write_card(cards, "tiny", [url])
+    write_part("tiny", old[:1_000_000], url, etag='"v1"', total=len(old))
+    server.etags["/files/model.bin"] = '"v2"'
+    server.ignore_if_range = ignore_if_range  # then the 206's new ETag gives the change away
+    assert weights.download("tiny", progress=False).read_bytes() == PAYLOAD
+    assert server.requests[0] == ("/files/model.bin", "bytes=1000000-") and server.if_ranges[0] == '"v1"'
+    if ignore_if_range:  # 206 with ETag "v2": the part is dropped and the file fetched again from zero
+        assert server.requests[1:] == [("/files/model.bin", None)]
+    else:  # the server itself answered If-Range "v1" with the whole new file (200)
+        assert len(server.requests) == 1
+
+
+def test_sidecar_records_the_validator_and_a_resume_sends_if_range(env, server):
+    _, cards = env
+    write_card(cards, "tiny", [server.base + "/files/model.bin"])
+    server.etags["/files/model.bin"] = '"abc"'
+    server.cut_after = 1_200_000
+    with pytest.raises(weights.DownloadError, match="1200000 of"):
+        weights.download("tiny", progress=False)
+    part = weights.cache_path("tiny").with_name("model.bin.part")
+    meta = json.loads(part.with_name("model.bin.part.json").read_text())
+    assert meta["url"] == server.base + "/files/model.bin" and meta["etag"] == '"abc"'
+    assert meta["total"] == len(PAYLOAD)
+    assert weights.download("tiny", progress=False).read_bytes() == PAYLOAD
+    assert server.requests[-1] == ("/files/model.bin", "bytes=1200000-") and server.if_ranges[-1] == '"abc"'
+    assert not part.with_name("model.bin.part.json").exists()
+
+
+def test_206_without_a_known_total_is_refused(env, server):
+    _, cards = env
+    url = server.base + "/files/model.bin"
+    write_card(cards, "tiny", [url])
+    write_part("tiny", PAYLOAD[:1_000_000], url)
+    server.star_total = True
+    with pytest.raises(weights.DownloadError, match="Content-Range") as info:
+        weights.download("tiny", progress=False)
+    assert url in str(info.value)
+    assert not weights.cache_path("tiny").exists()
+
+
+def test_file_that_is_not_a_checkpoint_is_not_cached(env, server):
+    _, cards = env
+    url = server.base + "/files/garbage.bin"
+    server.files["/files/garbage.bin"] = np.random.RandomState(3).bytes(2_000_000)
+    server.files["/files/truncated.bin"] = PAYLOAD[:-200]  # a zip without its central directory
+    write_card(cards, "tiny", [url, server.base + "/files/truncated.bin"])
+    with pytest.raises(weights.DownloadError, match="not a torch checkpoint") as info:
+        weights.download("tiny", progress=False)
+    message = str(info.value)
+    assert url in message and "truncated" in message
+    dest = weights.cache_path("tiny")
+    assert not dest.exists() and not dest.with_name("model.bin.part").exists()
+
+
+def test_checkpoint_check_accepts_real_torch_files_without_unpickling(tmp_path):
+    torch = pytest.importorskip("torch")
+    state = {"w": torch.arange(6.0).reshape(2, 3)}
+    new = tmp_path / "new.pt"
+    torch.save(state, new)
+    legacy = tmp_path / "legacy.pt"
+    torch.save(state, legacy, _use_new_zipfile_serialization=False)
+    assert weights.checkpoint_problem(new) is None
+    assert weights.checkpoint_problem(legacy) is None
+    assert weights.checkpoint_problem(tmp_path / "missing.pt") is not None
+    page = tmp_path / "page.pt"
+    page.write_bytes(b"<!DOCTYPE html><html>quota exceeded</html>")
+    assert "HTML" in weights.checkpoint_problem(page)
+    evil = tmp_path / "evil.pt"  # a pickle that would run code if loaded: inspected only, never executed
+    evil.write_bytes(pickle.dumps(os.system) + b"...")
+    assert "not a torch checkpoint" in weights.checkpoint_problem(evil)
+
+
+def test_google_drive_confirmation_form_is_followed_once(env, server):
+    _, cards = env
+    form = (f'<html><body><form id="download-form" action="{server.base}/files/model.bin" method="get">'
+            '<input type="hidden" name="id" value="abc"><input type="hidden" name="confirm" value="t">'
+            '<input type="hidden" name="uuid" value="u-1"></form></body></html>').encode()
+    server.pages["/drive-form"] = form
+    write_card(cards, "tiny", [server.base + "/drive-form"], sha256=PAYLOAD_SHA)
+    assert weights.download("tiny", progress=False).read_bytes() == PAYLOAD
+    assert [p for p, _ in server.requests] == ["/drive-form", "/files/model.bin?id=abc&confirm=t&uuid=u-1"]
+    # A form that points to another host is not followed.
+    server.pages["/evil-form"] = form.replace(server.base.encode(), b"http://localhost:9")
+    write_card(cards, "evil", [server.base + "/evil-form"], sha256=PAYLOAD_SHA)
+    with pytest.raises(weights.DownloadError, match="web page"):
+        weights.download("evil", progress=False)
+
+
+def test_failed_download_says_how_to_get_the_file_by_hand_not_to_rerun_the_download(env, server):
+    _, cards = env
+    url = server.base + "/nothing-here"
+    write_card(cards, "tiny", [url])
+    with pytest.raises(weights.DownloadError) as info:
+        weights.download("tiny", progress=False)
+    message = str(info.value)
+    assert "models download" not in message
+    assert url in message and "404" in message and str(weights.cache_path("tiny")) in message
+    assert "--weights tiny=PATH" in message
+    # The automatic download of resolve() (what `evaluate` does) fails with the same advice.
+    with pytest.raises(weights.DownloadError) as info:
+        weights.resolve("tiny")
+    assert "models download" not in str(info.value)
+
+
+# ---------------------------------------------------------------------------------------------
+# Hashing: verify re-reads the file
+# ---------------------------------------------------------------------------------------------
+
+def test_verify_rehashes_a_file_modified_with_size_and_mtime_kept(env, server):
+    _, cards = env
+    write_card(cards, "tiny", [server.base + "/files/model.bin"], sha256=PAYLOAD_SHA)
+    path = weights.download("tiny", progress=False)
+    card = weights.load_card("tiny")
+    assert weights.verify_file(card, path).status == "ok"
+    st = path.stat()
+    path.write_bytes(PAYLOAD[:1000] + bytes([PAYLOAD[1000] ^ 1]) + PAYLOAD[1001:])
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert weights.verify_file(card, path).status == "ok"  # resolve's fast path trusts the memo ...
+    check = weights.verify_file(card, path, trust_memo=False)  # ... verify does not
+    assert check.status == "mismatch"
+    assert weights.verify_file(card, path).status == "mismatch"  # and the memo now knows
+
+
+# ---------------------------------------------------------------------------------------------
+# Malformed fields, broken cards among good ones, --weights items
+# ---------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda t: t.replace('layout = "raw bytes"', 'layout = "raw bytes"\nparams = "abc"'), "params"),
+    (lambda t: t.replace('[measures]\ndescription = "nothing"\nmetrics = ["lse_c"]\n\n'
+                         '[measures.higher_is_better]\nlse_c = true\n', 'measures = "oops"\n'), "measures"),
+    (lambda t: t.replace('layout = "raw bytes"', 'layout = "raw bytes"\nparams = 1.5'), "params"),
+    (lambda t: t.replace('metrics = ["lse_c"]', 'metrics = "lse_c"'), "metrics"),
+    (lambda t: t.replace('released = true', 'released = "yes"'), "released"),
+    (lambda t: t.replace('title = "test checkpoint bad"', 'title = 3'), "title"),
+])
+def test_wrongly_typed_fields_are_card_errors_naming_the_file(env, edit, message):
+    _, cards = env
+    path = write_card(cards, "bad", ["http://x/y"])
+    text = edit(path.read_text())
+    assert text != path.read_text()
+    if message == "measures":  # the table must go: `measures` becomes a plain string
+        text = text.replace('measures = "oops"\n', "").replace('layout = "raw bytes"',
+                                                               'layout = "raw bytes"\nmeasures = "oops"')
+    path.write_text(text)
+    with pytest.raises(weights.CardError, match=message) as info:
+        weights.parse_card(path)
+    assert str(path) in str(info.value) and info.value.card_path == path
+
+
+def test_scan_cards_lists_the_good_cards_next_to_a_broken_one(env):
+    _, cards = env
+    path = write_card(cards, "broken", ["http://x/y"])
+    path.write_text(path.read_text().replace('layout = "raw bytes"', 'layout = "raw bytes"\nparams = "abc"'))
+    good, broken = weights.scan_cards()
+    assert set(broken) == {"broken"} and str(path) in str(broken["broken"])
+    assert REQUIRED_CARDS <= {c.name for c in good}
+    with pytest.raises(weights.CardError):
+        weights.list_cards()
+
+
+def test_parse_overrides_checks_the_path_and_suggests_card_names(env, tmp_path):
+    local = tmp_path / "mini.pt"
+    local.write_bytes(b"x")
+    assert weights.parse_overrides([f"mini-syncnet={local}"]) == {"mini-syncnet": local}
+    with pytest.raises(weights.CardError, match="Did you mean `mini-syncnet`") as info:
+        weights.parse_overrides([f"mini-syncnt={local}"])
+    message = str(info.value)
+    assert f"--weights mini-syncnt={local}" in message and "Known cards:" in message and "syncnet-v2" in message
+    with pytest.raises(weights.WeightsNotFoundError, match="is a directory") as info:
+        weights.parse_overrides([f"mini-syncnet={tmp_path}"])
+    assert f"--weights mini-syncnet={tmp_path}" in str(info.value) and "mini-syncnet.pt" in str(info.value)
+    with pytest.raises(weights.WeightsNotFoundError, match="does not exist"):
+        weights.parse_overrides([f"mini-syncnet={tmp_path / 'nope.pt'}"])
+    assert isinstance(weights.WeightsNotFoundError("x"), FileNotFoundError)
+
+
+@pytest.mark.skipif(not hasattr(os, "geteuid") or os.geteuid() == 0, reason="root reads any file")
+def test_parse_overrides_refuses_an_unreadable_file(env, tmp_path):
+    local = tmp_path / "locked.pt"
+    local.write_bytes(b"x")
+    local.chmod(0)
+    with pytest.raises(weights.WeightsNotFoundError, match="cannot be read"):
+        weights.parse_overrides([f"mini-syncnet={local}"])

@@ -7,37 +7,85 @@ from __future__ import annotations
 
 import json
 import logging
-import sys
+import pickle
+import sqlite3
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, List
+from typing import Any, Iterator, List
 
 import typer
 from rich.console import Console
 from rich.logging import RichHandler
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Score talking-face videos for intelligibility, lip-sync and image quality.")
-stdout = Console(file=sys.stdout, soft_wrap=True)
-stderr = Console(file=sys.stderr)
+# No file= argument: rich then looks up sys.stdout / sys.stderr at each write (works under CliRunner too).
+# soft_wrap: messages are not cut into lines at the console width (paths stay whole for copy and paste).
+stdout = Console(soft_wrap=True)
+stderr = Console(stderr=True, soft_wrap=True)
 
 
 def parse_weights(items: List[str] | None) -> dict[str, Path]:
-    """``NAME=PATH`` items -> {card name: path}."""
-    weights: dict[str, Path] = {}
-    for item in items or []:
-        name, sep, path = item.partition("=")
-        if not sep or not name or not path:
-            raise typer.BadParameter(f"--weights takes NAME=PATH (e.g. syncnet-v2=/data/syncnet_v2.model), got {item!r}.")
-        weights[name.strip()] = Path(path).expanduser()
-    return weights
+    """``NAME=PATH`` items -> {card name: path}; every name must be a known card and every path a readable file.
+
+    Raises:
+        typer.Exit: (code 2, after an ``error:`` line) a malformed item, an unknown card name (with the close
+            matches) or a path that is not a readable file.
+    """
+    from talkbench import weights
+
+    with user_errors():
+        return weights.parse_overrides(items or [])
+
+
+#: Errors a user can act on: shown as one ``error:`` paragraph, exit 2, no traceback. ``ValueError`` covers the
+#: checkpoint, card, media, suite and option errors; ``OSError`` files and folders; ``sqlite3.Error`` the run store.
+USER_ERRORS: tuple[type[BaseException], ...] = (ValueError, OSError, pickle.UnpicklingError, sqlite3.Error)
+
+
+def _user_error_types() -> tuple[type[BaseException], ...]:
+    from talkbench.evaluate import EvaluationError
+    from talkbench.weights import WeightsError
+
+    return USER_ERRORS + (WeightsError, EvaluationError)
+
+
+def fail(message: str, code: int = 2) -> None:
+    """Print ``error: message`` on stderr and exit with ``code`` (2: nothing could run)."""
+    stderr.print(f"[red]error:[/red] {escape(message)}")
+    raise typer.Exit(code)
+
+
+@contextmanager
+def user_errors(offline_hint: str = "") -> Iterator[None]:
+    """Turn the errors a user can fix into one ``error:`` paragraph on stderr and exit code 2.
+
+    Args:
+        offline_hint: a sentence added when a checkpoint could not be found or downloaded (e.g. how to run
+            with the bundled weights instead).
+    """
+    from talkbench.weights import DownloadError, WeightsNotFoundError
+
+    try:
+        yield
+    except typer.Exit:
+        raise
+    except _user_error_types() as err:
+        message = str(err) or type(err).__name__
+        if isinstance(err, sqlite3.Error):
+            message = f"the run's result store cannot be used ({err}); check free disk space and write permission."
+        if offline_hint and isinstance(err, (DownloadError, WeightsNotFoundError)):
+            message = f"{message}\n{offline_hint}"
+        fail(message)
 
 
 def print_summary(summary: dict[str, Any], as_json: bool) -> None:
-    """The summary row on stdout: JSON, or a table of the filled columns."""
+    """The summary row on stdout: JSON (a metric that was not computed is ``null``), or a table of the filled columns."""
     if as_json:
-        stdout.print_json(json.dumps(summary))
+        stdout.print_json(json.dumps({k: None if v == "" else v for k, v in summary.items()}))
         return
     table = Table(title="talkbench summary")
     for column, value in summary.items():

@@ -9,13 +9,16 @@ from typing import List, Optional
 
 import typer
 
-from talkbench.cli import app, parse_weights, print_summary, progress_bar, stderr
-from talkbench.evaluate import EvaluateConfig, EvaluationError, evaluate, parse_shard
-from talkbench.store import StoreMismatchError
+from talkbench.cli import app, parse_weights, print_summary, progress_bar, stderr, user_errors
+from talkbench.evaluate import PROTOCOLS, EvaluateConfig, evaluate, parse_shard
 
 logger = logging.getLogger("talkbench")
 
 DEFAULT_METRICS = "psnr,psnr_talklip_compat,ssim"
+#: Added to the error of a checkpoint that is neither given, cached nor downloadable.
+OFFLINE_HINT = ("Without a download: `--protocol mini` scores WER1/CER1, LSE and PSNR/SSIM with the observers "
+                "bundled in talkbench (synthetic-corpus faces only); official checkpoints must be downloaded by "
+                "hand and passed with --weights NAME=PATH.")
 
 
 @app.command("evaluate")
@@ -25,7 +28,8 @@ def evaluate_command(
     suite: str = typer.Option("auto", help="Suite layout: auto, lrs2, lrw, talklip-filelist, folder."),
     filelist: Optional[Path] = typer.Option(None, help="TalkLip filelist (test.wrd style) for --suite talklip-filelist."),
     metrics: str = typer.Option(DEFAULT_METRICS, help="Comma-separated metric columns, e.g. wer1,lse_c,lse_d,psnr,ssim."),
-    protocol: str = typer.Option("talklip2023", help="talklip2023 (the paper's Table 1) or avhubert-official."),
+    protocol: str = typer.Option("talklip2023", help="talklip2023 (the paper's Table 1), avhubert-official "
+                                 "(landmark-aligned mouth ROIs) or mini (bundled mini observers, synthetic corpus)."),
     name: str = typer.Option("", "--name", help="Model name for the leaderboard row (default: the folder name)."),
     split: str = typer.Option("test", help="Split name recorded in the summary."),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Run directory (default runs/<name>)."),
@@ -49,11 +53,14 @@ def evaluate_command(
     """Score a folder of generated clips; per-clip rows are stored as they finish (re-run to resume)."""
     model = name or generated.resolve().name
     run_dir = out or Path("runs") / model
-    try:
+    overrides = parse_weights(weights)
+    with user_errors(offline_hint=OFFLINE_HINT):
+        if protocol not in PROTOCOLS:
+            raise ValueError(f"--protocol must be one of {', '.join(PROTOCOLS)}, got {protocol!r}.")
         config = EvaluateConfig(
             generated=generated, reference=reference, out=run_dir, suite=suite, filelist=filelist,
             metrics=tuple(m.strip() for m in metrics.split(",") if m.strip()), protocol=protocol, model=model,
-            split=split, device=device, weights=parse_weights(weights), strict=strict,
+            split=split, device=device, weights=overrides, strict=strict,
             shard=parse_shard(shard) if shard else None, retry_failed=retry_failed,
             options={"lse_mode": lse_mode,
                      "lse_jpeg_compat": protocol == "talklip2023" if lse_jpeg_compat is None else lse_jpeg_compat,
@@ -70,9 +77,6 @@ def evaluate_command(
                 bar.update(task, completed=done, total=total, rate=f"{done / elapsed:.2f}")
 
             result = evaluate(config, progress=advance)
-    except (EvaluationError, StoreMismatchError, ValueError) as err:
-        stderr.print(f"[red]error:[/red] {err}")
-        raise typer.Exit(2) from None
     print_summary(result.summary, as_json)
     if result.n_failed:
         stderr.print(f"[yellow]{result.n_failed} of {result.n_clips} clip(s) failed[/yellow]; "
@@ -84,16 +88,15 @@ def evaluate_command(
 def merge_command(
     run_dirs: List[Path] = typer.Argument(..., help="Run directories of the shards."),
     out: Path = typer.Option(..., "--out", "-o", help="Run directory to write the merged run to."),
+    allow_partial: bool = typer.Option(False, "--allow-partial", help="Merge although shards are missing; the "
+                                       "summary's `partial` column names them."),
     as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON on stdout."),
 ) -> None:
     """Combine shard run directories into the summary a single run would give."""
     from talkbench.merge import merge_runs
 
-    try:
-        summary = merge_runs(run_dirs, out)
-    except (ValueError, StoreMismatchError) as err:
-        stderr.print(f"[red]error:[/red] {err}")
-        raise typer.Exit(2) from None
+    with user_errors():
+        summary = merge_runs(run_dirs, out, allow_partial=allow_partial)
     print_summary(summary, as_json)
 
 
@@ -105,11 +108,8 @@ def leaderboard_command(
     """Merge summary rows into a leaderboard CSV, a Markdown table and one PNG chart per metric."""
     from talkbench.leaderboard import build_leaderboard
 
-    try:
+    with user_errors():
         rows = build_leaderboard(sources, out)
-    except ValueError as err:
-        stderr.print(f"[red]error:[/red] {err}")
-        raise typer.Exit(2) from None
     stdout_md = out.with_suffix(".md").read_text()
     typer.echo(stdout_md)
     stderr.print(f"{len(rows)} row(s) -> {out}")
@@ -125,7 +125,9 @@ def demo_command(
     """Run the whole protocol on the embedded sample suite and print its leaderboard."""
     from talkbench.demo import run_demo
 
+    overrides = parse_weights(weights)
     started = time.perf_counter()
-    run_demo(out, work, weights=parse_weights(weights), device=device)
+    with user_errors():
+        run_demo(out, work, weights=overrides, device=device)
     typer.echo((out / "leaderboard.md").read_text())
     stderr.print(f"demo finished in {time.perf_counter() - started:.1f} s; leaderboard in {out / 'leaderboard.csv'}")

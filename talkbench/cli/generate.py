@@ -1,6 +1,8 @@
 """``talkbench generate``: lip-sync a face video to a speech track with TalkLip (single clip or a suite).
 
-Thin layer over :mod:`talkbench.generate`; the lead wires it with ``register(app)``.
+Thin layer over :mod:`talkbench.generate`; the lead wires it with ``register(app)``. Options, output path,
+device and weights are checked before the model is loaded or a frame decoded; problems a user can fix
+(including a checkpoint that is missing and cannot be downloaded) end in one ``error:`` paragraph and exit 2.
 """
 
 from __future__ import annotations
@@ -11,7 +13,11 @@ from typing import List, Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+from talkbench.cli import fail, parse_weights, user_errors
+from talkbench.devices import resolve_device
 
 logger = logging.getLogger(__name__)
 _err = Console(stderr=True)
@@ -27,14 +33,17 @@ def parse_reference_frame(text: str) -> int | None:
         raise typer.BadParameter(f"--reference-frame takes a frame index or 'same', got {text!r}.") from None
 
 
-def _weights(items: List[str] | None) -> dict[str, Path]:
-    out: dict[str, Path] = {}
-    for item in items or []:
-        name, sep, path = item.partition("=")
-        if not sep or not name or not path:
-            raise typer.BadParameter(f"--weights takes NAME=PATH (e.g. talklip-gc=/data/talklip_gc.pth), got {item!r}.")
-        out[name.strip()] = Path(path).expanduser()
-    return out
+def offline_hint(checkpoint: str) -> str:
+    """What to do when the generator's checkpoint is missing and cannot be downloaded here."""
+    card = checkpoint if checkpoint and not checkpoint.endswith((".pth", ".pt", ".ckpt")) else "talklip-gc"
+    return (f"To generate offline, use `--checkpoint talklip-mini` (the small generator bundled with talkbench, "
+            f"for synthetic-corpus faces). Pass an official checkpoint you have with `--weights {card}=PATH` or "
+            "`--checkpoint PATH`.")
+
+
+#: When the S3FD detector's weights are missing and cannot be downloaded.
+S3FD_HINT = ("To run without S3FD weights, use `--detector dlib` (no download) or give the face boxes with "
+             "`--boxes` / `--boxes-dir`.")
 
 
 def generate_command(
@@ -47,8 +56,9 @@ def generate_command(
                                    "checkpoint file."),
     boxes: Optional[Path] = typer.Option(None, "--boxes", help="Per-frame face boxes .npy (T×4 x1,y1,x2,y2, as "
                                          "TalkLip's bbx files). Default: detect faces."),
-    reference_frame: str = typer.Option("0", "--reference-frame", help="Identity frame index (default 0, as "
-                                        "inf_test), or 'same' (each frame unmasked, as inf_demo)."),
+    reference_frame: str = typer.Option("0", "--reference-frame", help="Identity frame index, 0 to the frame "
+                                        "count - 1 (default 0, as inf_test), or 'same' (each frame unmasked, as "
+                                        "inf_demo)."),
     codec: str = typer.Option("h264", "--codec", help="h264 (.mp4) or ffv1 (lossless, .mkv/.avi)."),
     crf: Optional[int] = typer.Option(None, "--crf", help="libx264 CRF (h264 only; default 23)."),
     device: str = typer.Option("cpu", "--device", help="cpu or cuda."),
@@ -57,7 +67,7 @@ def generate_command(
                                  "is given, else dlib."),
     align: str = typer.Option("video", "--align", help="video: output has the video's length (inf_test); audio: "
                               "frames repeated to the speech's length (inf_demo)."),
-    batch_size: int = typer.Option(32, "--batch-size", help="Frames per generator call."),
+    batch_size: int = typer.Option(32, "--batch-size", help="Frames per generator call (1 or more)."),
     weights: Optional[List[str]] = typer.Option(None, "--weights", help="NAME=PATH local checkpoint for a card."),
     suite: Optional[str] = typer.Option(None, "--suite", help="Batch form: suite layout of --reference "
                                         "(auto, lrs2, lrw, talklip-filelist, folder)."),
@@ -70,47 +80,63 @@ def generate_command(
     """Generate a lip-synced video with TalkLip (or a whole suite into a folder `talkbench evaluate` accepts)."""
     from talkbench import generate as gen
 
-    weight_paths = _weights(weights)
+    weight_paths = parse_weights(weights)
     ref_frame = parse_reference_frame(reference_frame)
-    s3fd = None
+    if suite is not None and reference is None:
+        raise typer.BadParameter("--suite needs --reference (the folder of reference clips).")
+    if reference is None and video is None:
+        raise typer.BadParameter("give --video (single clip) or --reference/--suite (batch form).")
     if detector == "auto":
         detector = "s3fd" if "s3fd" in weight_paths else "dlib"
-    if detector == "s3fd":
-        from talkbench import weights as weights_mod
+    with user_errors(offline_hint=offline_hint(checkpoint)):
+        # everything that can be refused is checked before the model is loaded or a frame decoded
+        gen.check_options(ref_frame, batch_size, align)
+        if detector not in ("dlib", "s3fd"):
+            fail(f"--detector {detector!r}: use dlib (no download), s3fd (official weights, --weights s3fd=PATH) "
+                 "or auto.")
+        if reference is not None:
+            gen.check_output_dir(out, codec, crf)
+        else:
+            gen.check_output_file(out, codec, crf)
+        resolve_device(device)
+        s3fd = None
+        if detector == "s3fd" and (reference is not None or boxes is None):     # given boxes need no detector
+            from talkbench import weights as weights_mod
 
-        s3fd = weights_mod.resolve("s3fd", weight_paths)
-    elif detector != "dlib":
-        raise typer.BadParameter(f"--detector must be dlib or s3fd, got {detector!r}.")
-    try:
-        if suite is not None or reference is not None:
-            if reference is None:
-                raise typer.BadParameter("--suite needs --reference (the folder of reference clips).")
-            jobs = gen.suite_jobs(reference, suite or "auto", filelist, boxes_dir)
-            generator, path = gen.load_generator(checkpoint, weight_paths, device)
-            logger.info("generator %s; %d clip(s) -> %s", path, len(jobs), out)
-            with Progress(TextColumn("[bold]generate"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[clip]}"),
-                          TimeRemainingColumn(), console=_err) as bar:
-                task = bar.add_task("generate", total=len(jobs), clip="")
-                result = gen.generate_suite(jobs, out, checkpoint, ref_frame, codec, crf, device, detector, s3fd,
-                                            batch_size, weight_paths, generator, strict,
-                                            progress=lambda done, total, clip: bar.update(task, completed=done, clip=clip))
-            _err.print(f"written {len(result.written)}, already there {len(result.skipped)}, failed {len(result.failed)}")
-            for clip_id, message in list(result.failed.items())[:10]:
-                _err.print(f"[red]failed[/red] {clip_id}: {message}")
-            if result.failed:
-                raise typer.Exit(1)
+            with user_errors(offline_hint=S3FD_HINT):
+                s3fd = weights_mod.resolve("s3fd", weight_paths)
+        if reference is not None:
+            _generate_batch(out, reference, suite or "auto", filelist, boxes_dir, checkpoint, ref_frame, codec, crf,
+                            device, detector, s3fd, batch_size, weight_paths, strict)
             return
-        if video is None:
-            raise typer.BadParameter("give --video (single clip) or --reference/--suite (batch form).")
-        gen.generate_video(video, out, audio=audio, checkpoint=checkpoint, boxes=boxes, reference_frame=ref_frame,
-                           codec=codec, crf=crf, device=device, detector=detector, s3fd_weights=s3fd, align=align,
-                           batch_size=batch_size, weights=weight_paths)
-        typer.echo(str(out))
-    except typer.BadParameter:
-        raise
-    except (ValueError, FileNotFoundError) as err:
-        _err.print(f"[red]error:[/red] {err}")
-        raise typer.Exit(2) from None
+        if video is not None:
+            gen.generate_video(video, out, audio=audio, checkpoint=checkpoint, boxes=boxes,
+                               reference_frame=ref_frame, codec=codec, crf=crf, device=device, detector=detector,
+                               s3fd_weights=s3fd, align=align, batch_size=batch_size, weights=weight_paths)
+    typer.echo(str(out))
+
+
+def _generate_batch(out: Path, reference: Path, suite: str, filelist: Path | None, boxes_dir: Path | None,
+                    checkpoint: str, reference_frame: int | None, codec: str, crf: int | None, device: str,
+                    detector: str, s3fd: Path | None, batch_size: int, weight_paths: dict[str, Path],
+                    strict: bool) -> None:
+    """The batch form: every reference clip of the suite into ``out``; exit 1 when a clip failed."""
+    from talkbench import generate as gen
+
+    jobs = gen.suite_jobs(reference, suite, filelist, boxes_dir)
+    generator, path = gen.load_generator(checkpoint, weight_paths, device)
+    logger.info("generator %s; %d clip(s) -> %s", path, len(jobs), out)
+    with Progress(TextColumn("[bold]generate"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[clip]}"),
+                  TimeRemainingColumn(), console=_err) as bar:
+        task = bar.add_task("generate", total=len(jobs), clip="")
+        result = gen.generate_suite(jobs, out, checkpoint, reference_frame, codec, crf, device, detector, s3fd,
+                                    batch_size, weight_paths, generator, strict,
+                                    progress=lambda done, total, clip: bar.update(task, completed=done, clip=clip))
+    _err.print(f"written {len(result.written)}, already there {len(result.skipped)}, failed {len(result.failed)}")
+    for clip_id, message in list(result.failed.items())[:10]:
+        _err.print(f"[red]failed[/red] {escape(clip_id)}: {escape(message)}")
+    if result.failed:
+        raise typer.Exit(1)
 
 
 def register(app: typer.Typer) -> None:

@@ -1,15 +1,21 @@
 """``talkbench models list | path | download | verify``: the weights cards and the local cache.
 
 A thin Typer layer over :mod:`talkbench.weights`. Results go to stdout (table, paths, or JSON with
-``--json``); progress bars and warnings go to stderr. Exit codes: 0 ok, 1 a file is missing, corrupt
-or could not be downloaded, 2 bad arguments (unknown card).
+``--json``); progress bars, warnings and errors go to stderr. An error is one ``error: <message>``
+paragraph (no traceback); the message names the file or card and the fix.
+
+Exit codes:
+    0  ok (``list`` also exits 0 when some card files are malformed: they are shown as rows with their error);
+    1  a file is missing, corrupt (sha256 mismatch) or could not be downloaded;
+    2  bad arguments: an unknown card, a malformed ``--weights NAME=PATH`` item or a PATH that is not a
+       readable file, or a card file that cannot be read (malformed TOML or fields).
 """
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import List, Optional
+from typing import List, NoReturn, Optional
 
 import typer
 from rich.console import Console
@@ -21,47 +27,108 @@ from talkbench import weights
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="Checkpoint cards: list them, find, download and verify their files.")
 # No file= argument: rich then looks up sys.stdout / sys.stderr at each write (works under CliRunner too).
+# soft_wrap: long paths and URLs in messages are never broken by inserted newlines.
 _out = Console(soft_wrap=True)
-_err = Console(stderr=True)
+_err = Console(stderr=True, soft_wrap=True)
+
+EXIT_OK, EXIT_FILE, EXIT_USAGE = 0, 1, 2
+
+
+def exit_code(err: BaseException) -> int:
+    """The documented exit code for an error of :mod:`talkbench.weights` (see the module docstring)."""
+    if isinstance(err, weights.CardError) or isinstance(err, ValueError) and not isinstance(err, weights.WeightsError):
+        return EXIT_USAGE
+    return EXIT_FILE
+
+
+def _error(err: BaseException | str) -> None:
+    """Print one ``error: <message>`` paragraph on stderr (blank lines squeezed, markup escaped)."""
+    text = "\n".join(line for line in str(err).strip().splitlines() if line.strip())
+    _err.print(f"[red]error:[/red] {escape(text)}")
+
+
+def _fail(err: BaseException | str, code: int) -> NoReturn:
+    _error(err)
+    raise typer.Exit(code)
 
 
 def _cards(names: List[str] | None) -> list[weights.Card]:
-    """The named cards (exit 2 on an unknown name), or every card when no name is given."""
+    """The named cards (exit 2 on an unknown or malformed card), or every card when no name is given.
+
+    With no names, malformed cards are reported as errors on stderr and left out (the others are returned).
+    """
     if not names:
-        return weights.list_cards()
+        cards, broken = weights.scan_cards()
+        for err in broken.values():
+            _error(err)
+        return cards
     try:
         return [weights.load_card(n) for n in names]
     except weights.CardError as err:
-        _err.print(f"[red]error:[/red] {escape(str(err))}")
-        raise typer.Exit(2) from None
+        _fail(err, EXIT_USAGE)
+
+
+def _local_file(card: weights.Card) -> tuple[Path, bool]:
+    """(the file ``resolve`` would use without an override or download, whether it is the bundled one)."""
+    bundled = card.bundled_path()
+    if bundled is not None and bundled.is_file():
+        return bundled, True
+    return weights.cache_path(card), False
 
 
 def card_status(card: weights.Card) -> dict[str, object]:
-    """One row of ``models list``: the card plus the state of its cached file (does not hash the file)."""
-    path = weights.cache_path(card)
+    """One row of ``models list``: the card plus the state of its local file (does not hash the file).
+
+    ``cached`` is True when the file is available without a download: in the cache, or shipped inside the
+    package (then ``bundled`` is True too and ``path`` is the bundled file). ``error`` is None (a row for a
+    malformed card file carries the message there; see :func:`broken_card_status`).
+    """
+    path, bundled = _local_file(card)
     expected, source = weights.expected_sha256(card)
     return {
         "name": card.name, "role": card.role, "file_name": card.file_name, "released": card.released,
         "metrics": list(card.metrics), "size_bytes": card.size_bytes, "license": card.license,
         "sha256": expected, "sha256_source": source, "urls": list(card.urls),
-        "cached": path.is_file(), "path": str(path), "title": card.title,
+        "cached": path.is_file(), "bundled": bundled, "path": str(path), "title": card.title, "error": None,
+    }
+
+
+def broken_card_status(name: str, err: weights.CardError) -> dict[str, object]:
+    """The ``models list`` row of a card file that cannot be read: the same keys, ``error`` set."""
+    return {
+        "name": name, "role": None, "file_name": None, "released": None, "metrics": [], "size_bytes": None,
+        "license": None, "sha256": None, "sha256_source": None, "urls": [], "cached": False, "bundled": False,
+        "path": str(err.card_path) if err.card_path else None, "title": None, "error": str(err),
     }
 
 
 @app.command("list")
 def list_command(as_json: bool = typer.Option(False, "--json", help="Print JSON on stdout.")) -> None:
-    """Every card: what it is, where its file is, whether it is cached."""
-    rows = [card_status(c) for c in weights.list_cards()]
+    """Every card: what it is, where its file is, whether it is available (cached or bundled).
+
+    A malformed card file is listed as a row with its error (and a warning on stderr); the others are listed.
+    """
+    cards, broken = weights.scan_cards()
+    rows = [card_status(c) for c in cards] + [broken_card_status(n, e) for n, e in broken.items()]
+    rows.sort(key=lambda r: str(r["name"]))
+    for name, err in broken.items():
+        _err.print(f"[yellow]warning:[/yellow] card `{escape(name)}` is skipped: {escape(str(err))}")
     if as_json:
         typer.echo(json.dumps(rows, indent=1))  # plain JSON, no colour codes
         return
     table = Table(title=f"talkbench weights cards (cache: {weights.home()})")
-    table.add_column("name", no_wrap=True, min_width=max(len(str(r["name"])) for r in rows))
+    table.add_column("name", no_wrap=True, min_width=max([len(str(r["name"])) for r in rows] + [4]))
     for column in ("role", "metrics", "file", "sha256", "cached"):
         table.add_column(column, overflow="fold")
     for r in rows:
+        if r["error"]:
+            table.add_row(str(r["name"]), "[red]error[/red]", "-", "-", "-", escape(str(r["error"])))
+            continue
         sha = f"{r['sha256'][:12]} ({r['sha256_source']})" if r["sha256"] else "unknown"
-        cached = "yes" if r["cached"] else ("not released" if not r["released"] else "no")
+        if r["bundled"]:
+            cached = "bundled"
+        else:
+            cached = "yes" if r["cached"] else ("not released" if not r["released"] else "no")
         table.add_row(str(r["name"]), str(r["role"]), ",".join(r["metrics"]) or "-", str(r["file_name"]), sha, cached)
     _out.print(table)
 
@@ -75,13 +142,12 @@ def path_command(
     """Print the local file the card resolves to (override, else verified cache; download only if asked)."""
     try:
         overrides = weights.parse_overrides(weights_opt or [])
+    except (ValueError, weights.WeightsError) as err:  # a bad --weights item is a bad argument
+        _fail(err, EXIT_USAGE)
+    try:
         path = weights.resolve(name, overrides, download=download)
-    except ValueError as err:  # unknown card (CardError) or a malformed NAME=PATH
-        _err.print(f"[red]error:[/red] {escape(str(err))}")
-        raise typer.Exit(2) from None
-    except (weights.WeightsError, FileNotFoundError) as err:
-        _err.print(f"[red]error:[/red] {escape(str(err))}")
-        raise typer.Exit(1) from None
+    except (weights.WeightsError, ValueError, OSError) as err:
+        _fail(err, exit_code(err))
     typer.echo(str(path))  # plain text: scripts use $(talkbench models path NAME)
 
 
@@ -94,20 +160,25 @@ def download_command(
 ) -> None:
     """Download card files into the cache (resuming partial files); the sha256 is always checked."""
     if not names and not all_cards:
-        _err.print("[red]error:[/red] name at least one card (see `talkbench models list`) or pass --all.")
-        raise typer.Exit(2)
-    cards = _cards(names) if names else [c for c in weights.list_cards() if c.released]
-    failed = 0
+        _fail("name at least one card (see `talkbench models list`) or pass --all.", EXIT_USAGE)
+    if names:
+        cards, broken = _cards(names), 0
+    else:
+        every, bad = weights.scan_cards()
+        for err in bad.values():
+            _error(err)
+        cards, broken = [c for c in every if c.released], len(bad)
+    code = EXIT_USAGE if broken else EXIT_OK
     for card in cards:
         try:
             path = weights.download(card, progress=progress, force=force)
         except (weights.WeightsError, OSError) as err:
-            _err.print(f"[red]{card.name}:[/red] {escape(str(err))}")
-            failed += 1
+            _error(err)
+            code = max(code, exit_code(err))
             continue
         typer.echo(f"{card.name}\t{path}")
-    if failed:
-        raise typer.Exit(1)
+    if code:
+        raise typer.Exit(code)
 
 
 @app.command("verify")
@@ -117,25 +188,36 @@ def verify_command(
     file: Optional[Path] = typer.Option(None, "--file", help="Check this file instead of the cached one (one card)."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON on stdout."),
 ) -> None:
-    """Hash cached files and compare with the cards (or local pins); exit 1 on a mismatch or missing file."""
+    """Re-hash files (never trusting the remembered hashes) and compare with the cards or local pins.
+
+    Named cards are checked where ``resolve`` finds them (the bundled file, else the cache); with no names,
+    every cached file. Exit 1 on a mismatch or a missing file, 2 on an unknown or malformed card.
+    """
     cards = _cards(names)
     if file is not None and len(cards) != 1:
-        _err.print("[red]error:[/red] --file needs exactly one card name.")
-        raise typer.Exit(2)
+        _fail("--file needs exactly one card name.", EXIT_USAGE)
     rows = []
     bad = False
-    for card in cards:
-        path = file if file is not None else weights.cache_path(card)
-        if not names and not path.is_file():
-            continue  # default: only what is cached
-        check = weights.verify_file(card, path)
-        pinned = False
-        if pin and check.status == "unverified":
-            weights.pin(card, check.sha256, path.stat().st_size)
-            pinned = True
-        bad |= check.status in ("mismatch", "missing")
-        rows.append({"name": card.name, "path": str(path), "status": "pinned" if pinned else check.status,
-                     "sha256": check.sha256, "expected": check.expected, "message": check.message})
+    try:
+        for card in cards:
+            if file is not None:
+                path = file
+            elif names:
+                path = _local_file(card)[0]
+            else:
+                path = weights.cache_path(card)
+                if not path.is_file():
+                    continue  # default: only what is cached
+            check = weights.verify_file(card, path, trust_memo=False)
+            pinned = False
+            if pin and check.status == "unverified":
+                weights.pin(card, check.sha256, path.stat().st_size)
+                pinned = True
+            bad |= check.status in ("mismatch", "missing")
+            rows.append({"name": card.name, "path": str(path), "status": "pinned" if pinned else check.status,
+                         "sha256": check.sha256, "expected": check.expected, "message": check.message})
+    except (weights.WeightsError, OSError) as err:  # unreadable file, read-only pins.json, ...
+        _fail(err, exit_code(err))
     if as_json:
         typer.echo(json.dumps(rows, indent=1))  # plain JSON, no colour codes
     else:
@@ -146,7 +228,7 @@ def verify_command(
             _out.print(f"[{colour}]{r['status']}[/{colour}]\t{r['name']}\t{r['sha256'][:12] or '-'}\t"
                        f"{escape(str(r['message']))}")
     if bad:
-        raise typer.Exit(1)
+        raise typer.Exit(EXIT_FILE)
 
 
 def register(parent: typer.Typer) -> None:
@@ -154,7 +236,7 @@ def register(parent: typer.Typer) -> None:
     parent.add_typer(app, name="models")
 
 
-__all__ = ["app", "card_status", "register"]
+__all__ = ["app", "broken_card_status", "card_status", "exit_code", "register"]
 
 
 if __name__ == "__main__":  # python -m talkbench.cli.models ...

@@ -13,6 +13,8 @@ import typer
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
+from talkbench.cli import parse_weights
+
 _err = Console(stderr=True)
 
 
@@ -40,12 +42,7 @@ def train_command(
     """Train the TalkLip generator (L1 + GAN + lip-reading expert + contrastive), resumable."""
     from talkbench.train import TrainError, load_config, train
 
-    items: dict[str, Path] = {}
-    for item in weights or []:
-        name, sep, path = item.partition("=")
-        if not sep:
-            raise typer.BadParameter(f"--weights takes NAME=PATH, got {item!r}.")
-        items[name.strip()] = Path(path).expanduser()
+    items = parse_weights(weights)
     try:
         cfg = load_config(config, data_root=data_root, train_list=train_list, val_list=val_list, boxes_root=boxes_root,
                           audio_root=audio_root, out_dir=out_dir, expert=expert, generator_init=generator_init,

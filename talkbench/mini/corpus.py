@@ -21,7 +21,6 @@ from __future__ import annotations
 import json
 import logging
 import multiprocessing
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path

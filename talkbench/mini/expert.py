@@ -97,12 +97,20 @@ class MiniLipReadingLoss(FrozenExpertLoss):
 
 
 def is_mini_lipreader(path: str) -> bool:
-    """Whether ``path`` is a mini lip-reader checkpoint (its ``format`` entry), read with the safe unpickler."""
+    """Whether ``path`` is a mini lip-reader checkpoint (its ``format`` entry), read with the safe unpickler.
+
+    Its config and weights are checked when it is loaded (:func:`talkbench.mini.lipreader.load_lipreader`).
+
+    Raises:
+        UnsafeCheckpointError: the file is hostile (refused by the restricted unpickler).
+    """
     from talkbench.mini.lipreader import FORMAT
-    from talkbench.safe_unpickle import load_checkpoint
+    from talkbench.safe_unpickle import UnsafeCheckpointError, load_checkpoint
 
     try:
         obj = load_checkpoint(path, map_location="cpu", mmap=True)
+    except UnsafeCheckpointError:
+        raise   # a hostile file is reported as such, not retried as another kind
     except Exception:  # noqa: BLE001 - not ours: let the AV-HuBERT loader report it
         return False
     return isinstance(obj, dict) and obj.get("format") == FORMAT

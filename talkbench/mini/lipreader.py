@@ -24,6 +24,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -34,7 +35,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from talkbench.nets.avhubert import IMAGE_MEAN, IMAGE_STD, AVHubertConfig, TransformerEncoder
-from talkbench.nets.checkpoint_keys import require_matching_keys
+from talkbench.nets.checkpoint_keys import (CheckpointError, bounded_int, check_state_tensors, config_value,
+                                            require_matching_keys, require_shape)
 
 logger = logging.getLogger(__name__)
 
@@ -45,6 +47,14 @@ ALPHABET: str = " abcdefghijklmnopqrstuvwxyz"
 BLANK = 0
 N_VISEMES = 16                  # len(talkbench.mini.visemes.VISEMES)
 N_MOUTH_PARAMS = 6
+#: Upper bounds of a mini lip reader's config fields. The shipped readers are 96-128 wide with 2-3 layers
+#: (0.2-0.5 M parameters); these bounds (AV-HuBERT Base's encoder at most: 12 layers × 512, FFN 2048, a
+#: front-end of at most 256 channels, ~40 M parameters, ~150 MB) leave room for bigger experiments while a
+#: crafted or broken file is refused before a model is built.
+MINI_LIPREADER_BOUNDS: dict[str, int] = {"stem": 256, "mid": 256, "top": 256, "stem_frames": 15, "dim": 512,
+                                         "layers": 12, "ffn": 2048, "heads": 64, "conv_pos": 128,
+                                         "conv_pos_groups": 512}
+_FIX = "Retrain it with `talkbench train-observer lipreader` or pass --weights NAME=PATH."
 
 
 @dataclass(frozen=True)
@@ -188,6 +198,8 @@ def load_lipreader(path: str | Path, device: str | torch.device = "cpu") -> tupl
     Raises:
         FileNotFoundError: no file.
         ValueError: the file is not a mini lip-reader checkpoint, or its keys do not match.
+        CheckpointError: (a ValueError) a missing config entry, a size beyond :data:`MINI_LIPREADER_BOUNDS` or not
+            matching the stored tensors (checked before the model is built), or non-finite weights.
     """
     from talkbench.safe_unpickle import load_checkpoint
 
@@ -198,17 +210,60 @@ def load_lipreader(path: str | Path, device: str | torch.device = "cpu") -> tupl
     obj = load_checkpoint(path, map_location="cpu", mmap=False)
     if not isinstance(obj, Mapping) or obj.get("format") != FORMAT:
         raise ValueError(f"{path} is not a {FORMAT} checkpoint (written by talkbench.mini.lipreader.save_lipreader).")
-    cfg_dict = dict(obj["config"])
-    unknown = set(cfg_dict) - {f.name for f in dataclasses.fields(LipReaderConfig)}
-    if unknown:
-        raise ValueError(f"{path}: unknown config fields {sorted(unknown)}; upgrade talkbench.")
-    model = MiniLipReader(LipReaderConfig(**cfg_dict))
-    state = obj["state_dict"]
-    expected = model.state_dict()
-    require_matching_keys(expected, state, path, "a state dict that matches its config",
-                          "Retrain it with `talkbench train-observer lipreader` or pass --weights NAME=PATH.")
+    cfg, state = _checked_config(obj, path)
+    model = MiniLipReader(cfg)
+    require_matching_keys(model.state_dict(), state, path, "a state dict that matches its config", _FIX)
     model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in state.items()}, strict=True)
     return model.eval().to(device), dict(obj.get("meta") or {})
+
+
+def _checked_config(obj: Mapping[str, Any], path: Path) -> tuple[LipReaderConfig, Mapping[str, torch.Tensor]]:
+    """The config and state dict of a mini lip-reader file, checked BEFORE any model is built: every field
+    present and within :data:`MINI_LIPREADER_BOUNDS`, equal to what the stored tensor shapes say (layer count
+    included), tensors dense and finite.
+
+    Raises:
+        CheckpointError: naming the file, the field and the fix.
+    """
+    raw = config_value(obj, "config", path, _FIX)
+    state = config_value(obj, "state_dict", path, _FIX)
+    if not isinstance(raw, Mapping):
+        raise CheckpointError(f"{path}: `config` is a {type(raw).__name__}, not a mapping. {_FIX}")
+    if not isinstance(state, Mapping):
+        raise CheckpointError(f"{path}: `state_dict` is a {type(state).__name__}, not a mapping. {_FIX}")
+    names = {f.name for f in dataclasses.fields(LipReaderConfig)}
+    unknown = set(raw) - names
+    if unknown:
+        raise ValueError(f"{path}: unknown config fields {sorted(unknown)}; upgrade talkbench.")
+    values: dict[str, Any] = {}
+    for name, high in MINI_LIPREADER_BOUNDS.items():
+        values[name] = bounded_int(config_value(raw, name, path, _FIX, "config"), f"config.{name}", 1, high, path, _FIX)
+    dropout = config_value(raw, "dropout", path, _FIX, "config")
+    if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) or not 0.0 <= dropout < 1.0:
+        raise CheckpointError(f"{path}: `config.dropout` = {dropout!r} is not a number in [0, 1). {_FIX}")
+    v = values
+    for name, divisor in (("heads", v["heads"]), ("conv_pos_groups", v["conv_pos_groups"])):
+        if v["dim"] % divisor:
+            raise CheckpointError(f"{path}: `config.dim` = {v['dim']} is not divisible by `config.{name}` = {divisor}. "
+                                  f"{_FIX}")
+    implied = {"stem.0.weight": ((v["stem"], 1, v["stem_frames"], 5, 5), "stem, stem_frames"),
+               "trunk.0.weight": ((v["mid"], v["stem"], 3, 3), "mid"),
+               "trunk.3.weight": ((v["top"], v["mid"], 3, 3), "top"),
+               "proj.weight": ((v["dim"], v["top"]), "dim"),
+               "encoder.pos_conv.0.weight_v": ((v["dim"], v["dim"] // v["conv_pos_groups"], v["conv_pos"]),
+                                               "conv_pos, conv_pos_groups"),
+               "encoder.layers.0.fc1.weight": ((v["ffn"], v["dim"]), "ffn"),
+               "ctc.weight": ((len(ALPHABET) + 1, v["dim"]), "dim")}
+    for key, (shape, fields) in implied.items():
+        field = ", ".join(f"config.{f} = {v[f]}" for f in fields.split(", "))
+        require_shape(state, key, shape, field, path, _FIX)
+    stored_layers = {int(m.group(1)) for k in state if (m := re.match(r"encoder\.layers\.(\d+)\.", str(k)))}
+    if stored_layers != set(range(v["layers"])):
+        raise CheckpointError(f"{path}: `config.layers` = {v['layers']} but the file stores encoder layers "
+                              f"{sorted(stored_layers)[:8]}{' ...' if len(stored_layers) > 8 else ''}; its config "
+                              f"does not match its weights. {_FIX}")
+    check_state_tensors(state, path, _FIX)
+    return LipReaderConfig(**values, dropout=float(dropout)), state
 
 
 @torch.inference_mode()
@@ -229,5 +284,5 @@ def _plain(meta: Mapping[str, Any] | None) -> dict[str, Any]:
     return json.loads(json.dumps(dict(meta or {}), default=str))
 
 
-__all__ = ["ALPHABET", "FORMAT", "LipReaderConfig", "MiniLipReader", "encode_text", "greedy_decode", "load_lipreader",
+__all__ = ["ALPHABET", "FORMAT", "LipReaderConfig", "MINI_LIPREADER_BOUNDS", "MiniLipReader", "encode_text", "greedy_decode", "load_lipreader",
            "save_lipreader", "snap_to_lexicon", "transcribe"]

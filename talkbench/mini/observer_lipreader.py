@@ -56,16 +56,22 @@ class MiniLipReaderObserver:
                 raise ClipSkipped(f"WER1 (mini): no mouth crop ({err})") from None
         return crops
 
+    def transcribe(self, crops: Any) -> tuple[str, float, list[int]]:
+        """Greedy CTC reading of gray crops ``T×88×88``: ``(text, mean best-path log-probability, [])``."""
+        from talkbench.mini.lipreader import transcribe
+
+        text, score = transcribe(self.model, crops, self.device, self.lexicon)
+        return text, score, []
+
     def measure(self, clip: ClipData) -> Row:
         """Per-clip WER1 row (columns as the AV-HuBERT observer's). Raises ClipSkipped without text/frames."""
         from talkbench.metrics.text import normalize_text
-        from talkbench.mini.lipreader import transcribe
 
         if not clip.text or not clip.text.strip():
             raise ClipSkipped("no transcript for WER1")
         if int(clip.generated.frames.shape[0]) == 0:
             raise ClipSkipped("WER1: the generated clip has no frames")
-        hyp, score = transcribe(self.model, self.crops(clip), self.device, self.lexicon)
+        hyp, score, _ = self.transcribe(self.crops(clip))
         ref = normalize_text(clip.text, "talklip2023")
         return wer1_row(ref, hyp, score)
 

@@ -8,24 +8,22 @@ SyncNet of card ``mini-syncnet`` (:mod:`talkbench.mini.syncnet_mini`), bundled i
 
 from __future__ import annotations
 
-from talkbench.observers.base import ObserverContext
 from talkbench.devices import resolve_device
-from talkbench.observers.syncnet import METRICS, LSEOptions, SyncNetObserver, summarize
+from talkbench.observers.base import ObserverContext
+from talkbench.observers.syncnet import METRICS, LSEOptions, SyncNetObserver, observer_around, summarize
 
 CARD = "mini-syncnet"
 
 
 def build(ctx: ObserverContext) -> SyncNetObserver:
-    """Load the mini SyncNet on ``ctx.device`` and wrap it in the SyncNet observer (same options)."""
+    """Load the mini SyncNet on ``ctx.device`` and wrap it in the SyncNet observer (same options, S3FD included)."""
     from talkbench import weights
     from talkbench.mini.syncnet_mini import load_mini_syncnet
 
-    options = LSEOptions.from_mapping(ctx.options)
-    device = resolve_device(ctx.device)
+    LSEOptions.from_mapping(ctx.options)  # bad options fail before a checkpoint is looked for
     path = weights.resolve(CARD, ctx.weights)
-    model, _ = load_mini_syncnet(path, device)
-    return SyncNetObserver(model=model, device=device, options=options, name="mini-syncnet",
-                           weights_sha256={CARD: weights.sha256_prefix(path)})
+    model, _ = load_mini_syncnet(path, resolve_device(ctx.device))
+    return observer_around(model, CARD, path, ctx, name="mini-syncnet")
 
 
 __all__ = ["CARD", "METRICS", "build", "summarize"]

@@ -26,6 +26,7 @@ import argparse
 import dataclasses
 import logging
 import math
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Mapping
@@ -36,7 +37,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 
-from talkbench.nets.checkpoint_keys import CheckpointError, key_mismatch
+from talkbench.nets.checkpoint_keys import CheckpointError, check_state_tensors, key_mismatch, require_shape
 
 if TYPE_CHECKING:
     from talkbench.tokenizer import Tokenizer
@@ -1101,6 +1102,61 @@ IGNORED_SUFFIXES: tuple[str, ...] = ("embed_positions._float_tensor", ".version"
 SEQ2SEQ_ENCODER_PREFIX = "encoder.w2v_model."
 
 
+#: Largest ``max_target_positions`` a checkpoint's cfg may ask for. The sinusoidal table is built at that
+#: size on first use (rows × decoder width floats); released models use 1024-2048, 16384 rows of a 1024-d
+#: decoder are 64 MB. A bigger value is a crafted or broken cfg.
+MAX_TARGET_POSITIONS = 16384
+#: Most values (parameters + buffers) an AV-HuBERT checkpoint's model may hold: about twice the Large
+#: seq2seq lip reader (477 M). Broadcast stand-in tensors can make a tiny file describe a huge model, which
+#: loading would then allocate; beyond this bound the file is refused before a model is built.
+MAX_AVHUBERT_ELEMENTS = 1_000_000_000
+_FIX = "Pass the fine-tuned AV-HuBERT lip-reading file (e.g. the card avhubert-large-lrs2)."
+
+
+def _layer_count(state: Mapping[str, Tensor], prefix: str, field: str, expected: int, path: str | Path) -> None:
+    """Raise unless the keys ``<prefix><i>.`` number exactly the layers 0..expected-1 the cfg ``field`` declares."""
+    ids = {int(m.group(1)) for k in state if (m := re.match(re.escape(prefix) + r"(\d+)\.", k))}
+    if ids != set(range(expected)):
+        shown = sorted(ids)
+        raise CheckpointError(f"{path}: cfg `{field}` = {expected} but the file stores {len(ids)} such layers "
+                              f"(numbered {shown[:4]}{' ...' if len(shown) > 4 else ''}); its cfg does not match its "
+                              f"weights (checked before building the model). {_FIX}")
+
+
+def check_config_against_state(cfg: "AVHubertConfig", state: Mapping[str, Tensor], path: str | Path,
+                               encoder_prefix: str) -> None:
+    """Check a cfg read from a checkpoint against the checkpoint's own tensors, BEFORE any model is built.
+
+    Every size of the encoder (layers, width, FFN width, positional kernel and groups) and, when the cfg has
+    a decoder, of the decoder (layers, width, FFN width) must equal what the stored shapes say, and
+    ``max_target_positions`` must not exceed :data:`MAX_TARGET_POSITIONS`; the tensors must be finite and hold
+    at most :data:`MAX_AVHUBERT_ELEMENTS` values.
+
+    Raises:
+        CheckpointError: naming the file, the cfg field and the fix.
+    """
+    e = encoder_prefix
+    dim = cfg.encoder_embed_dim
+    _layer_count(state, e + "encoder.layers.", "encoder_layers", cfg.encoder_layers, path)
+    require_shape(state, e + "encoder.layer_norm.weight", (dim,), f"cfg encoder_embed_dim = {dim}", path, _FIX)
+    require_shape(state, e + "encoder.pos_conv.0.weight_v", (dim, dim // cfg.conv_pos_groups, cfg.conv_pos),
+                  f"cfg conv_pos = {cfg.conv_pos}, conv_pos_groups = {cfg.conv_pos_groups}", path, _FIX)
+    if cfg.encoder_layers:
+        require_shape(state, e + "encoder.layers.0.fc1.weight", (cfg.encoder_ffn_embed_dim, dim),
+                      f"cfg encoder_ffn_embed_dim = {cfg.encoder_ffn_embed_dim}", path, _FIX)
+    if cfg.decoder_layers:
+        ddim = cfg.decoder_embed_dim
+        _layer_count(state, "decoder.layers.", "decoder_layers", cfg.decoder_layers, path)
+        require_shape(state, "decoder.embed_tokens.weight", (cfg.vocab_size, ddim),
+                      f"cfg decoder_embed_dim = {ddim}", path, _FIX)
+        require_shape(state, "decoder.layers.0.fc1.weight", (cfg.decoder_ffn_embed_dim, ddim),
+                      f"cfg decoder_ffn_embed_dim = {cfg.decoder_ffn_embed_dim}", path, _FIX)
+        if not 1 <= cfg.max_target_positions <= MAX_TARGET_POSITIONS:
+            raise CheckpointError(f"{path}: cfg `max_target_positions` = {cfg.max_target_positions} is outside "
+                                  f"[1, {MAX_TARGET_POSITIONS}] (released models use 1024-2048). {_FIX}")
+    check_state_tensors(state, path, _FIX, max_elements=MAX_AVHUBERT_ELEMENTS)
+
+
 def _ignored(key: str) -> bool:
     return key == "version" or any(key.endswith(s) for s in IGNORED_SUFFIXES)
 
@@ -1240,6 +1296,7 @@ def load_avhubert_seq2seq(path: str | Path, device: str | torch.device = "cpu",
                               f"{cfg.vocab_size}; pass the dictionary the model was trained with.")
     cfg = cfg.replace(pad=tokenizer.dictionary.pad, eos=tokenizer.dictionary.eos, unk=tokenizer.dictionary.unk)
     state = {k: v for k, v in ckpt["model"].items() if not _ignored(k)}
+    check_config_against_state(cfg, state, path, SEQ2SEQ_ENCODER_PREFIX)
     with torch.device("meta"):
         model = AVHubertSeq2Seq(cfg)
     assign_state_dict(model, state, path, "AV-HuBERT seq2seq")
@@ -1275,6 +1332,7 @@ def load_avhubert_encoder(path: str | Path, device: str | torch.device = "cpu") 
         cfg = AVHubertConfig.from_fairseq_cfg({**enc_cfg, "_name": "av_hubert"}, **overrides)
     except (ValueError, KeyError, TypeError) as err:
         raise CheckpointError(f"{path}: not an AV-HuBERT checkpoint ({err}).") from err
+    check_config_against_state(cfg, state, path, "")
     with torch.device("meta"):
         model = AVHubertModel(cfg)
     assign_state_dict(model, state, path, "AV-HuBERT encoder")

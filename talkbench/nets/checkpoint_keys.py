@@ -1,10 +1,12 @@
-"""Strict state-dict checks shared by the official-checkpoint loaders."""
+"""Strict checks shared by the checkpoint loaders: state-dict keys and shapes, config entries and bounds,
+dense and finite tensors. Every error is a :class:`CheckpointError` naming the file and the fix."""
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Mapping
+from typing import Any, Mapping
 
+import torch
 from torch import Tensor
 
 
@@ -45,3 +47,85 @@ def require_matching_keys(expected: Mapping[str, Tensor], state: Mapping[str, Te
     problem = key_mismatch(expected, state, shown)
     if problem:
         raise CheckpointError(f"{path}: not {what}: {problem}. {fix}")
+
+
+def config_value(config: Mapping[str, Any], key: str, path: str | Path, fix: str, where: str = "") -> Any:
+    """``config[key]``, or :class:`CheckpointError` naming the file and the missing key (never a bare KeyError).
+
+    Args:
+        where: what ``config`` is in the file, e.g. ``"config"`` (shown as ``config.<key>``).
+    """
+    if not isinstance(config, Mapping):
+        raise CheckpointError(f"{path}: `{where or 'the checkpoint'}` is a {type(config).__name__}, not a mapping; "
+                              f"the file is corrupt or not of this kind. {fix}")
+    if key not in config:
+        name = f"{where}.{key}" if where else key
+        raise CheckpointError(f"{path}: the checkpoint has no `{name}` entry. {fix}")
+    return config[key]
+
+
+def bounded_int(value: Any, name: str, low: int, high: int, path: str | Path, fix: str) -> int:
+    """``value`` as an int in ``[low, high]``, else :class:`CheckpointError` naming the file and the field."""
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        raise CheckpointError(f"{path}: `{name}` = {value!r} is not an integer in [{low}, {high}] (the bound of this "
+                              f"network family); the file is corrupt or not of this kind. {fix}")
+    return int(value)
+
+
+def require_shape(state: Mapping[str, Any], key: str, shape: tuple[int, ...], field: str, path: str | Path,
+                  fix: str) -> None:
+    """Raise :class:`CheckpointError` unless ``state[key]`` is a tensor of ``shape`` (what the config ``field`` implies)."""
+    value = state.get(key)
+    if not isinstance(value, Tensor):
+        raise CheckpointError(f"{path}: not a state dict that matches its config: missing keys: {key} (a tensor "
+                              f"`{field}` requires). {fix}")
+    if tuple(value.shape) != tuple(shape):
+        raise CheckpointError(f"{path}: its config does not match its weights (checked before building the model): "
+                              f"shape mismatches: {key} {tuple(value.shape)} (`{field}` implies {tuple(shape)}). {fix}")
+
+
+def _distinct_elements(value: Tensor) -> Tensor:
+    """A tensor holding every element ``value`` refers to, at most as large as the data it is stored in.
+
+    Broadcast (zero-stride) dimensions are narrowed to one entry; if the rest still refers to more elements
+    than its storage span (overlapping strides), the storage span itself is returned (a superset).
+    """
+    view = value
+    for dim in range(value.dim()):
+        if value.stride(dim) == 0 and value.shape[dim] > 1:
+            view = view.narrow(dim, 0, 1)
+    span = 1 + sum((size - 1) * abs(stride) for size, stride in zip(view.shape, view.stride()) if size > 0)
+    if view.numel() <= span:
+        return view
+    lowest = view.storage_offset() + sum((size - 1) * stride for size, stride in zip(view.shape, view.stride())
+                                         if stride < 0)
+    return value.new_empty(0).set_(value.untyped_storage(), lowest, (span,), (1,))
+
+
+def check_state_tensors(state: Mapping[str, Any], path: str | Path, fix: str, max_elements: int | None = None
+                        ) -> None:
+    """Refuse a state dict with non-tensor entries, non-finite floating values, or more elements than its family.
+
+    Run on the tensors that go into a model, before the model is built or loaded. Broadcast tensors
+    (zero strides, as some stand-in files use) are checked on their distinct elements, so the check costs at
+    most one pass over the file's data.
+
+    Args:
+        max_elements: bound on the summed element count (what loading the model will allocate), stated by the
+            caller for its network family; None = no bound.
+    Raises:
+        CheckpointError: naming the file, the first bad key (in file order) or the bound, and ``fix``.
+    """
+    total = 0
+    for key, value in state.items():
+        if not isinstance(value, Tensor):
+            raise CheckpointError(f"{path}: entry `{key}` of the state dict is a {type(value).__name__}, not a tensor. "
+                                  f"{fix}")
+        total += value.numel()
+        if max_elements is not None and total > max_elements:
+            raise CheckpointError(f"{path}: the weights add up to more than {max_elements} values (at `{key}`), beyond "
+                                  f"any network of this family; the file is corrupt or crafted. {fix}")
+        if (value.is_floating_point() or value.is_complex()) and value.numel() and value.device.type != "meta":
+            if not bool(torch.isfinite(_distinct_elements(value)).all()):
+                raise CheckpointError(f"{path}: tensor `{key}` contains NaN or Inf values (the first such key in the "
+                                      f"file); the weights are corrupt or diverged in training. {fix}")

@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from talkbench.nets.checkpoint_keys import CheckpointError, require_matching_keys
+from talkbench.nets.checkpoint_keys import CheckpointError, check_state_tensors, require_matching_keys
 from talkbench.nets.espnet_layers import (
     ConformerEncoderLayer,
     DecoderLayer,
@@ -268,7 +268,7 @@ def load_conformer(path: str | Path, device: str | torch.device = "cpu") -> Conf
     Raises:
         FileNotFoundError: no such file.
         CheckpointError: (a ``ValueError``) the file is not a state dict of this model (lists missing,
-            unexpected and mis-shaped keys).
+            unexpected and mis-shaped keys), or has NaN/Inf weights.
     """
     path = Path(path)
     state = _unwrap(load_checkpoint(path, map_location="cpu"), path)
@@ -277,5 +277,7 @@ def load_conformer(path: str | Path, device: str | torch.device = "cpu") -> Conf
     require_matching_keys(model.state_dict(), state, path, "TalkLip's Conformer lip reader (conformer-lrs2)",
                           "Check that --weights conformer-lrs2=PATH points at TalkLip's conformer checkpoint.",
                           shown=8)
+    check_state_tensors(state, path, "Check that --weights conformer-lrs2=PATH points at TalkLip's conformer "
+                        "checkpoint, and download it again.")
     model.load_state_dict(state, strict=True, assign=True)
     return model.to(device).eval()

@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from talkbench.nets.checkpoint_keys import CheckpointError, require_matching_keys
+from talkbench.nets.checkpoint_keys import CheckpointError, check_state_tensors, require_matching_keys
 from talkbench.safe_unpickle import load_checkpoint
 
 logger = logging.getLogger(__name__)
@@ -290,7 +290,7 @@ def load_mvm(path: str | Path, device: str | torch.device = "cpu") -> MVMClassif
     Raises:
         FileNotFoundError: no such file.
         CheckpointError: (a ``ValueError``) an entry is missing, or its keys/shapes differ from the model
-            (the message lists them).
+            (the message lists them), or has NaN/Inf weights.
     """
     path = Path(path)
     checkpoint = load_checkpoint(path, map_location="cpu")
@@ -315,6 +315,7 @@ def load_mvm(path: str | Path, device: str | torch.device = "cpu") -> MVMClassif
         module = getattr(model, attribute)
         state = _plain(checkpoint[entry], path, entry)
         _check_entry(module, state, path, entry, f"MVM's {attribute} module")
+        check_state_tensors(state, path, f"Download MVM's Pretrained_Ckpt.ckpt again (entry `{entry}`).")
         module.load_state_dict(state, strict=True, assign=True)
     return model.to(device).eval()
 

@@ -33,7 +33,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from talkbench.nets.checkpoint_keys import require_matching_keys
+from talkbench.nets.checkpoint_keys import check_state_tensors, require_matching_keys
 
 logger = logging.getLogger(__name__)
 
@@ -261,7 +261,7 @@ def load_s3fd(path: str | Path, device: str | torch.device = "cpu", variant: str
     Args:
         variant: force the computation variant; default: the one that goes with the file's key layout.
     Raises:
-        ValueError: the file is not an S3FD state dict (missing/unexpected keys listed).
+        ValueError: the file is not an S3FD state dict (missing/unexpected keys listed), or has NaN/Inf weights.
     """
     from talkbench.safe_unpickle import load_checkpoint
 
@@ -279,6 +279,7 @@ def load_s3fd(path: str | Path, device: str | torch.device = "cpu", variant: str
     require_matching_keys(expected, mapped, path, f"an S3FD checkpoint ({layout} layout)",
                           "Pass sfd_face.pth (syncnet_python) or s3fd-619a316812.pth (face_alignment) with "
                           "--weights s3fd=PATH, or use the dlib detector.")
+    check_state_tensors(mapped, path, "Download the S3FD file again, or use the dlib detector.")
     model.load_state_dict(mapped, strict=True)
     return model.eval().to(device)
 

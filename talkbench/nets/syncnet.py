@@ -24,7 +24,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from talkbench.nets.checkpoint_keys import CheckpointError, require_matching_keys
+from talkbench.nets.checkpoint_keys import CheckpointError, check_state_tensors, require_matching_keys
 
 logger = logging.getLogger(__name__)
 
@@ -268,7 +268,12 @@ def remap_state_dict(state: Mapping[str, torch.Tensor], model: SyncNet, path: Pa
 
 
 def load_syncnet(path: str | Path, device: str | torch.device = "cpu") -> SyncNet:
-    """Build :class:`SyncNet` and load ``syncnet_v2.model`` (strict key check), in eval mode on ``device``."""
+    """Build :class:`SyncNet` and load ``syncnet_v2.model`` (strict key check), in eval mode on ``device``.
+
+    Raises:
+        FileNotFoundError: no such file.
+        CheckpointError: not a SyncNet v2 state dict (keys listed), or NaN/Inf weights.
+    """
     from talkbench.safe_unpickle import load_checkpoint
 
     path = Path(path)
@@ -276,7 +281,9 @@ def load_syncnet(path: str | Path, device: str | torch.device = "cpu") -> SyncNe
         raise FileNotFoundError(f"SyncNet checkpoint {path} does not exist; pass --weights syncnet-v2=PATH.")
     state = _unwrap(load_checkpoint(path, map_location="cpu", mmap=False), path)
     model = SyncNet()
-    model.load_state_dict(remap_state_dict(state, model, path), strict=True)
+    remapped = remap_state_dict(state, model, path)
+    check_state_tensors(remapped, path, "Download syncnet_v2.model again and pass it with --weights syncnet-v2=PATH.")
+    model.load_state_dict(remapped, strict=True)
     return model.eval().to(device)
 
 

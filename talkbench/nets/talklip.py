@@ -34,7 +34,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from talkbench.nets.checkpoint_keys import CheckpointError, key_mismatch
+from talkbench.nets.checkpoint_keys import CheckpointError, check_state_tensors, key_mismatch
 
 logger = logging.getLogger(__name__)
 
@@ -50,6 +50,14 @@ OUT_CHANNELS = 32
 #: AV-HuBERT attention heads by encoder width (Base, Large); shapes cannot tell the head count.
 KNOWN_HEADS = {768: 12, 1024: 16}
 GENERATOR_PREFIX = "audio_encoder.w2v_model."
+#: Most transformer layers a TalkLip generator's audio encoder may have: AV-HuBERT Large has 24; twice that
+#: bounds the family (the layer count is read from key names, so a crafted file could otherwise ask for millions).
+MAX_ENCODER_LAYERS = 48
+#: Most values a TalkLip generator file may hold: about twice a generator with an AV-HuBERT Large audio
+#: encoder (~350 M). Sizes are read from the tensors, and broadcast tensors could make a tiny file describe a
+#: huge model that loading would allocate; beyond this bound the file is refused before a model is built.
+MAX_GENERATOR_ELEMENTS = 1_000_000_000
+_FIX = "Pass a TalkLip generator file (talklip-g / talklip-gc, or one written by `talkbench train`)."
 
 
 class ConvBlock(nn.Module):
@@ -465,16 +473,16 @@ def encoder_heads(width: int, override: int | None = None) -> int:
     if width in KNOWN_HEADS:
         return KNOWN_HEADS[width]
     heads = max(1, width // 16)
-    logger.info("audio encoder width %d is not AV-HuBERT Base/Large: assuming %d attention heads of 16 "
+    logger.debug("audio encoder width %d is not AV-HuBERT Base/Large: assuming %d attention heads of 16 "
                 "dimensions (pass attention_heads= to override)", width, heads)
     return heads
 
 
-def _infer_channels(state_dict: Mapping[str, Tensor]) -> UNetChannels:
+def _infer_channels(state_dict: Mapping[str, Tensor], path: str | Path = "<state dict>") -> UNetChannels:
     """U-Net widths from the first convolution of each encoder/decoder block and of the output block."""
     def out_width(key: str, transposed: bool = False) -> int:
-        if key not in state_dict:
-            raise CheckpointError(f"not a TalkLip generator state dict: missing {key}")
+        if key not in state_dict or state_dict[key].dim() != 4:
+            raise CheckpointError(f"{path}: not a TalkLip generator state dict: missing 4-d {key}. {_FIX}")
         return int(state_dict[key].shape[1 if transposed else 0])
 
     enc = [6] + [out_width(f"face_encoder_blocks.{i}.0.conv_block.0.weight") for i in range(len(ENC_CHANNELS) - 1)]
@@ -484,18 +492,34 @@ def _infer_channels(state_dict: Mapping[str, Tensor]) -> UNetChannels:
     return UNetChannels(tuple(enc), tuple(dec), out_width("output_block.0.conv_block.0.weight"))
 
 
-def _infer_avhubert_encoder(state_dict: Mapping[str, Tensor], attention_heads: int | None) -> dict[str, Any]:
+def _infer_avhubert_encoder(state_dict: Mapping[str, Tensor], attention_heads: int | None,
+                            path: str | Path = "<state dict>") -> dict[str, Any]:
     p = GENERATOR_PREFIX
     need = [p + "feature_extractor_audio.proj.weight", p + "encoder.pos_conv.0.weight_v"]
     missing = [k for k in need if k not in state_dict]
     if missing:
-        raise CheckpointError(f"not a TalkLip generator state dict: missing {', '.join(missing)}")
+        raise CheckpointError(f"{path}: not a TalkLip generator state dict: missing {', '.join(missing)}. {_FIX}")
     proj = state_dict[p + "feature_extractor_audio.proj.weight"]
+    if proj.dim() != 2 or state_dict[p + "encoder.pos_conv.0.weight_v"].dim() != 3:
+        raise CheckpointError(f"{path}: {p}feature_extractor_audio.proj.weight / encoder.pos_conv.0.weight_v have "
+                              f"the wrong number of dimensions; not a TalkLip generator. {_FIX}")
     width, audio_feat_dim = int(proj.shape[0]), int(proj.shape[1])
     layer_ids = {int(m.group(1)) for k in state_dict if (m := re.match(re.escape(p) + r"encoder\.layers\.(\d+)\.", k))}
-    n_layers = max(layer_ids) + 1 if layer_ids else 0
-    ffn = int(state_dict[p + "encoder.layers.0.fc1.weight"].shape[0]) if n_layers else 4 * width
+    n_layers = len(layer_ids)
+    if layer_ids != set(range(n_layers)) or n_layers > MAX_ENCODER_LAYERS:
+        shown = sorted(layer_ids)
+        raise CheckpointError(f"{path}: the audio encoder's layers are numbered {shown[:5]}{' ...' if n_layers > 5 else ''}"
+                              f"{f' to {shown[-1]}' if n_layers > 5 else ''}; expected 0..N-1 with N at most "
+                              f"{MAX_ENCODER_LAYERS}. {_FIX}")
+    fc1 = state_dict.get(p + "encoder.layers.0.fc1.weight")
+    if n_layers and (fc1 is None or fc1.dim() != 2):
+        raise CheckpointError(f"{path}: not a TalkLip generator state dict: missing 2-d "
+                              f"{p}encoder.layers.0.fc1.weight. {_FIX}")
+    ffn = int(fc1.shape[0]) if n_layers else 4 * width
     weight_v = state_dict[p + "encoder.pos_conv.0.weight_v"]
+    if int(weight_v.shape[1]) < 1 or width % int(weight_v.shape[1]) or int(weight_v.shape[0]) != width:
+        raise CheckpointError(f"{path}: {p}encoder.pos_conv.0.weight_v has shape {tuple(weight_v.shape)}, which does "
+                              f"not fit an encoder of width {width}; not a TalkLip generator. {_FIX}")
     encoder: dict[str, Any] = dict(
         encoder_layers=n_layers, encoder_embed_dim=width, encoder_ffn_embed_dim=ffn,
         encoder_attention_heads=encoder_heads(width, attention_heads), conv_pos=int(weight_v.shape[2]),
@@ -506,7 +530,8 @@ def _infer_avhubert_encoder(state_dict: Mapping[str, Tensor], attention_heads: i
     return encoder
 
 
-def infer_generator_spec(state_dict: Mapping[str, Tensor], attention_heads: int | None = None) -> GeneratorSpec:
+def infer_generator_spec(state_dict: Mapping[str, Tensor], attention_heads: int | None = None,
+                         path: str | Path = "<state dict>") -> GeneratorSpec:
     """Read a TalkLip generator's sizes from its tensors (official files carry no config).
 
     Also reads talkbench's smaller generators (scaled U-Net widths, :class:`LocalAudioEncoder`).
@@ -515,13 +540,13 @@ def infer_generator_spec(state_dict: Mapping[str, Tensor], attention_heads: int 
         CheckpointError: a key the inference needs is missing (not a TalkLip generator).
     """
     for key in ("audio_map.weight", "sync_net.Linearaudio.weight"):
-        if key not in state_dict:
-            raise CheckpointError(f"not a TalkLip generator state dict: missing {key}")
+        if key not in state_dict or state_dict[key].dim() != 2:
+            raise CheckpointError(f"{path}: not a TalkLip generator state dict: missing 2-d {key}. {_FIX}")
     if "audio_encoder.local.0.weight" in state_dict:
         audio_kind, encoder = "local", {}
     else:
-        audio_kind, encoder = "avhubert", _infer_avhubert_encoder(state_dict, attention_heads)
-    channels = _infer_channels(state_dict)
+        audio_kind, encoder = "avhubert", _infer_avhubert_encoder(state_dict, attention_heads, path)
+    channels = _infer_channels(state_dict, path)
     # decoder block i+1 input width tells whether block i gets a skip connection
     res_layers = 0
     for i in range(len(DEC_CHANNELS)):
@@ -568,8 +593,22 @@ def _strict_load(model: nn.Module, state_dict: Mapping[str, Tensor], path: str |
 
 def generator_from_state_dict(state_dict: Mapping[str, Tensor], attention_heads: int | None = None,
                               path: str | Path = "<state dict>") -> TalkLipGenerator:
-    """Build a generator sized from ``state_dict`` and load it strictly."""
-    spec = infer_generator_spec(state_dict, attention_heads)
+    """Build a generator sized from ``state_dict`` and load it strictly.
+
+    The tensors are checked first (finite, at most :data:`MAX_GENERATOR_ELEMENTS` values), and every size is read from them, so nothing is built
+    that the file's own tensors do not describe; the model is built on the meta device and takes the
+    tensors by assignment.
+
+    Raises:
+        CheckpointError: not a TalkLip generator (missing/unexpected keys listed), or non-finite weights.
+    """
+    check_state_tensors(state_dict, path, _FIX, max_elements=MAX_GENERATOR_ELEMENTS)
+    spec = infer_generator_spec(state_dict, attention_heads, path)
+    try:
+        if spec.audio_kind == "avhubert":
+            avhubert_config(spec.encoder)
+    except ValueError as err:   # e.g. a width not divisible by the head count
+        raise CheckpointError(f"{path}: the audio encoder's sizes are inconsistent ({err}). {_FIX}") from err
     with torch.device("meta"):
         model = build_generator(spec)
     _strict_load(model, state_dict, path, "generator", assign=True)
@@ -598,6 +637,7 @@ def load_talklip_discriminator(path: str | Path, device: str | torch.device = "c
     from talkbench.safe_unpickle import load_checkpoint
 
     state_dict = unwrap_state_dict(load_checkpoint(path, map_location="cpu"), path)
+    check_state_tensors(state_dict, path, "Pass the TalkLip discriminator file (talklip-disc).")
     first = state_dict.get("face_encoder_blocks.0.0.conv_block.0.weight")
     divisor = DISC_CHANNELS[0] // int(first.shape[0]) if first is not None and int(first.shape[0]) else 1
     model = TalkLipDiscriminator(max(1, divisor))

@@ -42,14 +42,28 @@ PROTOCOL_SOURCES: dict[str, dict[str, str]] = {
 }
 
 
+#: The metrics each protocol has. ``mini`` has only what its small observers (and PSNR/SSIM) measure: the official
+#: WER2/ACC observers need checkpoints that do not fit synthetic-corpus faces, so they are refused up front.
+PROTOCOL_METRICS: dict[str, tuple[str, ...]] = {
+    "talklip2023": ALL_METRICS,
+    "avhubert-official": ALL_METRICS,
+    "mini": ("psnr", "psnr_talklip_compat", "ssim", "lse_c", "lse_d", "av_offset", "wer1", "cer1"),
+}
+
+
 def metric_source(metric: str, protocol: str = "talklip2023") -> str:
     """The module whose observer produces ``metric`` under ``protocol``.
 
     Raises:
-        ValueError: the metric is unknown.
+        ValueError: the metric is unknown, or the protocol does not have it.
     """
     if metric not in METRIC_SOURCES:
         raise ValueError(f"Unknown metric `{metric}`; choose from {', '.join(ALL_METRICS)}.")
+    available = PROTOCOL_METRICS.get(protocol)
+    if available is None:
+        raise ValueError(f"Unknown protocol `{protocol}`; choose from {', '.join(PROTOCOL_METRICS)}.")
+    if metric not in available:
+        raise ValueError(f"Protocol `{protocol}` has no metric `{metric}`; its metrics are {', '.join(available)}.")
     return PROTOCOL_SOURCES.get(protocol, {}).get(metric, METRIC_SOURCES[metric])
 
 
@@ -72,5 +86,5 @@ def observer_modules(metrics: Iterable[str], protocol: str = "talklip2023") -> l
     return modules
 
 
-__all__ = ["ALL_METRICS", "METRIC_SOURCES", "PROTOCOL_SOURCES", "metric_source", "observer_modules", "ClipData", "ClipSkipped", "Observer", "ObserverContext", "Row",
+__all__ = ["ALL_METRICS", "METRIC_SOURCES", "PROTOCOL_METRICS", "PROTOCOL_SOURCES", "metric_source", "observer_modules", "ClipData", "ClipSkipped", "Observer", "ObserverContext", "Row",
            "build_observers"]

@@ -35,6 +35,7 @@ import numpy as np
 import torch
 
 from talkbench.devices import resolve_device
+from talkbench.observers import build_observers
 from talkbench.observers.base import ClipData, ClipSkipped, ObserverContext, Row
 
 logger = logging.getLogger(__name__)
@@ -229,15 +230,16 @@ class LipReading:
 
 def lipread(video: str | Path, weights: Mapping[str, Path] | None = None, protocol: str = "talklip2023",
             device: str = "cpu", beam: int = 50, options: Mapping[str, Any] | None = None) -> LipReading:
-    """Lip-read one video file with the WER1 observer (card ``avhubert-large-lrs2``).
+    """Lip-read one video file with the WER1 observer of ``protocol``.
 
     Args:
         video: any video file (decoded to 25 fps BGR).
         weights: card name -> local checkpoint (``{"avhubert-large-lrs2": PATH}``); else the cache/download.
-        protocol: ``talklip2023`` (centre crop of the full frame) or ``avhubert-official`` (aligned mouth ROI).
+        protocol: ``talklip2023`` (centre crop of the full frame), ``avhubert-official`` (aligned mouth ROI), or
+            ``mini`` (the bundled mini lip reader, synthetic-corpus faces only).
         device: ``cpu`` or ``cuda``.
-        beam: beam width (50 as the reference).
-        options: extra observer options (``avhubert_spm_model``, ``avhubert_dict``).
+        beam: beam width (50 as the reference; AV-HuBERT only, the mini reader decodes greedily).
+        options: extra observer options (``avhubert_spm_model``, ``avhubert_dict``, ``mini_lexicon``).
     Raises:
         ValueError / MediaError: bad arguments or unreadable video; ClipSkipped: no mouth crop.
     """
@@ -245,7 +247,7 @@ def lipread(video: str | Path, weights: Mapping[str, Path] | None = None, protoc
 
     ctx = ObserverContext(device=device, protocol=protocol, weights=dict(weights or {}),
                           options={**dict(options or {}), "avhubert_beam": beam, "max_frames": 10 ** 9})
-    observer = build(ctx)
+    observer = build_observers(["wer1"], ctx)[0]
     clip = decode_clip(video, need_audio=False)
     crops = observer.crops(ClipData(str(video), clip))
     text, score, tokens = observer.transcribe(crops)

@@ -5,6 +5,11 @@ compared pairwise over their common prefix (``min`` of the two lengths; the scri
 mismatch, this observer records both lengths), each cropped with the clip's face box of that frame
 (or taken whole when the suite has no boxes) and resized to 96×96.
 
+Generated and reference frames of different sizes without face boxes are both resized whole to 96×96,
+as the script would do; the observer logs a warning naming the clip and both sizes, since such a pair
+is rarely what a user meant (a generator that writes another resolution than its input). With face boxes
+they are refused (one box cannot crop both).
+
 Aggregation: the script appends one value per frame for every clip and prints the mean of that list,
 so the summary is a **mean over all frames of all clips** (longer clips weigh more), not a mean of
 clip means. Per-clip rows hold each clip's frame mean and ``n_frames``; :meth:`summarize` weights
@@ -13,6 +18,7 @@ them by ``n_frames``, which gives the frame mean back.
 
 from __future__ import annotations
 
+import logging
 import math
 from typing import Mapping, Sequence
 
@@ -20,6 +26,8 @@ import numpy as np
 
 from talkbench.metrics.image import face_crops_96, psnr_frames, psnr_talklip_compat_frames, ssim_frames
 from talkbench.observers.base import ClipData, ClipSkipped, ObserverContext, Row
+
+logger = logging.getLogger(__name__)
 
 METRICS: tuple[str, ...] = ("psnr", "psnr_talklip_compat", "ssim")
 CACHE_GENERATED = "face96_generated"
@@ -51,6 +59,10 @@ class ImageQualityObserver:
             raise ClipSkipped(f"generated frames are {generated.shape[2]}×{generated.shape[1]} but reference "
                               f"frames are {reference.shape[2]}×{reference.shape[1]}: one face box cannot "
                               "crop both; write the generated clip at the reference size")
+        if generated.shape[1:] != reference.shape[1:]:
+            logger.warning("%s: generated frames are %d×%d, reference frames %d×%d; both are resized whole to 96×96 "
+                           "for PSNR/SSIM", clip.clip_id, generated.shape[2], generated.shape[1], reference.shape[2],
+                           reference.shape[1])
         try:
             crops_gen = face_crops_96(generated[:n], clip.boxes)
             crops_ref = face_crops_96(reference[:n], clip.boxes)
