@@ -179,7 +179,7 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
     reset_peak_rss()
 
     frames = media.decode_clip(FIXTURE / f"{args.clip}.mp4", need_audio=False).frames
-    video = video_input(mouth_roi.talklip2023_crops(frames))
+    video = video_input(mouth_roi.centre88_crops(frames))
     seconds = video.shape[2] / FPS
 
     with torch.no_grad():

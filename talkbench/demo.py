@@ -27,14 +27,12 @@ from typing import Callable, Mapping, Sequence
 
 import numpy as np
 
-from talkbench import media
+from talkbench import media, protocols
 from talkbench.evaluate import EvaluateConfig, RunResult, evaluate
 from talkbench.leaderboard import build_leaderboard
 
 logger = logging.getLogger(__name__)
 
-DEMO_METRICS: tuple[str, ...] = ("psnr", "psnr_talklip_compat", "ssim")
-MINI_METRICS: tuple[str, ...] = ("wer1", "cer1", "lse_c", "lse_d", "av_offset", "psnr", "psnr_talklip_compat", "ssim")
 MINI_CARDS: tuple[str, ...] = ("mini-lipreader-b", "mini-syncnet")
 MINI_GENERATOR_CARD = "talklip-mini"
 N_SYNTHETIC_CLIPS = 12
@@ -161,21 +159,22 @@ def run_demo(out: Path, work: Path, metrics: Sequence[str] | None = None,
     image quality only.
     """
     if mini_observers_available():
-        reference, protocol, metrics = build_synthetic_suite(work, n_clips), "mini", tuple(metrics or MINI_METRICS)
+        reference, protocol, generator = build_synthetic_suite(work, n_clips), protocols.MINI, mini_generator()
     else:
-        reference, protocol, metrics = build_suite(work), "talklip2023", tuple(metrics or DEMO_METRICS)
-    generated: dict[str, Path] = {b.name: make_generated(reference, work / protocol, b) for b in BASELINES}
-    checkpoint = mini_generator() if protocol == "mini" else None
-    if checkpoint is not None:
+        reference, protocol, generator = build_suite(work), protocols.TALKLIP2023, None
+    metrics = tuple(metrics or protocol.default_metrics)
+    scratch = work / protocol.name
+    generated: dict[str, Path] = {b.name: make_generated(reference, scratch, b) for b in BASELINES}
+    if generator is not None:
         from talkbench.generate import generate_reference_folder
 
         generated[MINI_GENERATOR_CARD] = generate_reference_folder(
-            checkpoint, reference, work / protocol / "generated" / MINI_GENERATOR_CARD)
+            generator, reference, scratch / "generated" / MINI_GENERATOR_CARD)
     results: list[RunResult] = []
     for name, folder in generated.items():
         config = EvaluateConfig(generated=folder, reference=reference, out=out / "runs" / name,
                                 metrics=metrics, suite="lrs2", model=name, split="demo",
-                                protocol=protocol, device=device, weights=dict(weights or {}))
+                                protocol=protocol.name, device=device, weights=dict(weights or {}))
         results.append(evaluate(config))
         logger.info("%s: %s", name, {m: results[-1].summary.get(m) for m in metrics})
     build_leaderboard([r.run_dir for r in results], out / "leaderboard.csv")

@@ -25,16 +25,14 @@ from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
-from talkbench import media, suites
+from talkbench import media, protocols, suites
 from talkbench.devices import resolve_device
-from talkbench.observers import (ALL_METRICS, PROTOCOL_METRICS, ClipData, ClipSkipped, Observer, ObserverContext,
-                                 build_observers)
+from talkbench.observers import ClipData, ClipSkipped, Observer, ObserverSpec, build, check_compatible
 from talkbench.store import ClipRecord, ResultStore
 from talkbench.summary import SUMMARY_COLUMNS, clip_columns, clip_rows, summary_row, write_csv
 
 logger = logging.getLogger(__name__)
 
-PROTOCOLS: tuple[str, ...] = tuple(PROTOCOL_METRICS)
 _REPORT_NAMES = 5  # how many clip ids a log line names
 
 
@@ -50,7 +48,8 @@ class EvaluateConfig:
         generated: folder of generated clips.
         reference: folder of ground-truth clips (+ transcripts), or None for reference-free metrics.
         out: run directory.
-        metrics: metric columns to compute (see :data:`talkbench.observers.ALL_METRICS`).
+        metrics: metric columns to compute (see :data:`talkbench.observers.METRIC_COLUMNS`); empty = the
+            protocol's default metrics.
         suite: suite layout (``auto``, ``lrs2``, ``lrw``, ``talklip-filelist``, ``folder``).
         filelist: TalkLip-style filelist for ``talklip-filelist``.
         protocol: preprocessing/aggregation protocol (``talklip2023`` = the paper's Table 1).
@@ -58,7 +57,8 @@ class EvaluateConfig:
         split: split name recorded in the summary.
         device: torch device.
         weights: card name -> local checkpoint file.
-        options: observer options (e.g. ``lse_mode``).
+        options: observer options the user set (e.g. ``lse_mode``); the others take the protocol's and
+            their own defaults (:meth:`talkbench.protocols.Protocol.options`).
         strict: stop at the first clip failure.
         shard: (k, n) to evaluate the k-th of n deterministic shards (1-based k).
         retry_failed: recompute clips stored with an error.
@@ -112,19 +112,21 @@ def in_shard(clip_id: str, shard: tuple[int, int] | None) -> bool:
     return zlib.crc32(clip_id.encode("utf-8")) % n == k - 1
 
 
-def run_meta(config: EvaluateConfig, suite: suites.Suite) -> dict[str, Any]:
+def run_meta(config: EvaluateConfig, suite: suites.Suite, protocol: protocols.Protocol, metrics: Sequence[str]
+             ) -> dict[str, Any]:
     """Settings that must not change between a run and its resumption: everything that changes a number for
-    the whole run (per-clip inputs are checked by :func:`input_signature`)."""
+    the whole run (per-clip inputs are checked by :func:`input_signature`). Options are stored typed and
+    complete (the user's, the protocol's and the defaults)."""
     return {
-        "metrics": list(config.metrics),
+        "metrics": list(metrics),
         "model": config.model,
         "suite": suite.kind,
         "split": config.split,
-        "protocol": config.protocol,
+        "protocol": protocol.name,
         "shard": list(config.shard) if config.shard else None,
         "generated": str(config.generated.resolve()),
         "suite_settings": suites.suite_settings(suite),
-        "options": {k: v for k, v in sorted(config.options.items())},
+        "options": protocol.options(metrics, config.options),
     }
 
 
@@ -149,18 +151,15 @@ def input_signature(pair: suites.ClipPair) -> dict[str, Any]:
     }
 
 
-def _check_config(config: EvaluateConfig) -> None:
-    resolve_device(config.device)  # a bad --device fails before anything is read or written
-    if config.protocol not in PROTOCOLS:
-        raise EvaluationError(f"--protocol must be one of {', '.join(PROTOCOLS)}, got {config.protocol!r}.")
-    available = PROTOCOL_METRICS[config.protocol]
-    unknown = [m for m in config.metrics if m not in ALL_METRICS]
-    if unknown or not config.metrics:
-        raise EvaluationError(f"--metrics must name some of {', '.join(available)}; got {list(config.metrics)}.")
-    missing = [m for m in config.metrics if m not in available]
-    if missing:
-        raise EvaluationError(f"--protocol {config.protocol} has no {', '.join(missing)}; its metrics are "
-                              f"{', '.join(available)}.")
+def _check_config(config: EvaluateConfig) -> tuple[protocols.Protocol, tuple[str, ...]]:
+    """The run's protocol and metrics, once every argument that can be checked without reading a clip is valid."""
+    try:
+        resolve_device(config.device)  # a bad --device fails before anything is read or written
+        protocol = protocols.get(config.protocol)
+        metrics = protocol.check_metrics(config.metrics or protocol.default_metrics)
+        protocol.options(metrics, config.options)
+    except ValueError as err:
+        raise EvaluationError(str(err)) from None
     if config.generated.is_file():
         raise EvaluationError(f"{config.generated}: `evaluate` takes a folder of generated clips, not one file. To "
                               "score a single clip, put it in a folder of its own (with its reference clip at the "
@@ -169,20 +168,38 @@ def _check_config(config: EvaluateConfig) -> None:
         raise EvaluationError(f"{config.generated}: generated-clips folder not found.")
     if config.reference is not None and not config.reference.is_dir():
         raise EvaluationError(f"{config.reference}: reference folder not found (--reference).")
+    return protocol, metrics
 
 
-def _clip_data(pair: suites.ClipPair, observers: Sequence[Observer]) -> ClipData:
+@dataclass(frozen=True)
+class BuiltObserver:
+    """An observer of the run with its spec (what it may write)."""
+
+    spec: ObserverSpec
+    observer: Observer
+
+
+@dataclass
+class Measurement:
+    """What one clip gave: per-clip columns, per-clip feature arrays (set-level metrics), the error text."""
+
+    values: dict[str, Any]
+    features: dict[str, np.ndarray]
+    error: str | None
+
+
+def _clip_data(pair: suites.ClipPair, observers: Sequence[BuiltObserver]) -> ClipData:
     if pair.error:
         raise ClipSkipped(pair.error)
     if pair.generated is None:
         raise ClipSkipped("no generated clip for this reference clip (expected at the same relative path)")
     generated = media.decode_clip(pair.generated, need_audio=False)
     reference = None
-    if any(o.needs_reference for o in observers):
+    if any(o.observer.needs_reference for o in observers):
         if pair.reference is None:
             raise ClipSkipped("no reference clip for this generated clip (needed by PSNR/SSIM)")
         reference = media.decode_clip(pair.reference, need_audio=False)
-    if any(o.needs_text for o in observers) and not pair.text:
+    if any(o.observer.needs_text for o in observers) and not pair.text:
         raise ClipSkipped("no transcript/label for this clip (needed by the lip-reading metrics)")
     boxes = suites.load_boxes(pair.boxes, generated.num_frames) if pair.boxes is not None else None
     return ClipData(clip_id=pair.clip_id, generated=generated, reference=reference, text=pair.text, boxes=boxes)
@@ -193,40 +210,53 @@ def non_finite(row: Mapping[str, Any]) -> list[str]:
     return [k for k, v in row.items() if isinstance(v, (float, np.floating)) and not math.isfinite(float(v))]
 
 
-def measure_clip(pair: suites.ClipPair, observers: Sequence[Observer]) -> tuple[dict[str, Any], str | None]:
+def _split_row(spec: ObserverSpec, row: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+    """An observer's row -> (per-clip columns, feature arrays); a column its spec does not declare is an error."""
+    undeclared = sorted(set(row) - set(spec.clip_columns) - set(spec.features))
+    if undeclared:
+        raise RuntimeError(f"wrote undeclared column(s) {', '.join(undeclared)} (a bug: declare them in its spec)")
+    features = {k: np.asarray(row[k]) for k in spec.features if k in row}
+    values = {k: v for k, v in row.items() if k not in spec.features}
+    bad = non_finite(values) + [k for k, a in features.items() if not np.all(np.isfinite(a))]
+    if bad:
+        shown = ", ".join(f"{k}={values[k]}" if k in values else k for k in bad)
+        raise ClipSkipped(f"non-finite {shown}; the checkpoint or the clip gives no usable number")
+    return values, features
+
+
+def measure_clip(pair: suites.ClipPair, observers: Sequence[BuiltObserver]) -> Measurement:
     """Decode one clip once and run every observer on it.
 
     Returns:
-        (values, error): the measured columns, and None or the error text. Each observer's failure is
-        recorded (``observer: message``); the values of observers that succeeded are kept for inspection.
+        the :class:`Measurement`. Each observer's failure is recorded (``observer: message``) and costs only
+        that observer's columns: the values of observers that succeeded are kept and count in their metrics.
     """
     try:
         data = _clip_data(pair, observers)
     except (media.MediaError, ClipSkipped, OSError, ValueError) as err:
-        return {}, f"input: {err}"
+        return Measurement({}, {}, f"input: {err}")
     values: dict[str, Any] = {}
+    features: dict[str, np.ndarray] = {}
     errors: list[str] = []
-    for observer in observers:
+    for built in observers:
+        name = built.spec.name
         try:
-            row = observer.measure(data)
-            bad = non_finite(row)
-            if bad:
-                raise ClipSkipped(f"non-finite {', '.join(f'{k}={row[k]}' for k in bad)}; the checkpoint or the "
-                                  "clip gives no usable number")
-            values.update(row)
+            row_values, row_features = _split_row(built.spec, built.observer.measure(data))
+            values.update(row_values)
+            features.update(row_features)
         except (ClipSkipped, media.MediaError, ValueError) as err:
-            errors.append(f"{observer.name}: {err}")
+            errors.append(f"{name}: {err}")
         except Exception as err:  # noqa: BLE001 - an observer bug on one clip must not lose the run
-            logger.debug("observer %s failed on %s", observer.name, pair.clip_id, exc_info=True)
-            errors.append(f"{observer.name}: {type(err).__name__}: {err}")
-    return values, "; ".join(errors) or None
+            logger.debug("observer %s failed on %s", name, pair.clip_id, exc_info=True)
+            errors.append(f"{name}: {type(err).__name__}: {err}")
+    return Measurement(values, features, "; ".join(errors) or None)
 
 
 def export(run_dir: Path, store: ResultStore) -> dict[str, Any]:
     """Re-export ``clips.csv`` and ``summary.csv`` from the store; returns the summary row."""
     records: list[ClipRecord] = list(store.records())
     write_csv(run_dir / "clips.csv", clip_rows(records), clip_columns(records))
-    summary = summary_row(store.meta(), records)
+    summary = summary_row(store.meta(), records, store.features)
     write_csv(run_dir / "summary.csv", [summary], SUMMARY_COLUMNS)
     return summary
 
@@ -240,7 +270,7 @@ def evaluate(config: EvaluateConfig, progress: Callable[[int, int], Any] | None 
     Raises:
         EvaluationError: the run cannot proceed (bad arguments, no clips, a failure under ``strict``).
     """
-    _check_config(config)
+    protocol, metrics = _check_config(config)
     try:
         suite = suites.load_suite(config.suite, config.generated, config.reference, config.filelist)
     except (ValueError, OSError) as err:
@@ -251,7 +281,7 @@ def evaluate(config: EvaluateConfig, progress: Callable[[int, int], Any] | None 
     pairs = [p for p in suite.pairs if in_shard(p.clip_id, config.shard)]
     unmatched = [c for c in suite.unmatched_generated if in_shard(c, config.shard)]
 
-    meta = run_meta(config, suite)
+    meta = run_meta(config, suite, protocol, metrics)
     with ResultStore(config.out, meta) as store:
         signatures = {p.clip_id: input_signature(p) for p in pairs}
         done = store.finished_ids(include_failed=not config.retry_failed)
@@ -267,24 +297,26 @@ def evaluate(config: EvaluateConfig, progress: Callable[[int, int], Any] | None 
         total = len(pairs) + len(unmatched)
         logger.info("%d clip(s) in this run, %d already stored, %d to compute", total,
                     total - len(todo) - len(new_unmatched), len(todo) + len(new_unmatched))
-        observers: list[Observer] = []
+        observers: list[BuiltObserver] = []
         if todo:
-            ctx = ObserverContext(device=config.device, protocol=config.protocol,
-                                  weights=dict(config.weights), options=dict(config.options))
-            observers = build_observers(config.metrics, ctx)
-            provenance = {k: v for o in observers for k, v in o.weights_sha256.items()}
+            specs = protocol.observer_specs(metrics)
+            check_compatible(specs)
+            ctx = protocol.context(metrics, config.device, config.weights, config.options)
+            observers = [BuiltObserver(spec, build(spec, ctx)) for spec in specs]
+            provenance = {k: v for o in observers for k, v in o.observer.weights_sha256.items()}
             _record_observers(store, provenance)
         # error rows are written only once the observers exist: a run that cannot build them stores nothing
         for clip_id in new_unmatched:
             store.put(clip_id, {}, "input: generated clip matches no reference clip or transcript")
         n_done = total - len(todo)
         for pair in todo:
-            values, error = measure_clip(pair, observers)
-            if error and config.strict:
-                raise EvaluationError(f"{pair.clip_id}: {error} (--strict stops at the first failure)")
-            store.put(pair.clip_id, values, error, inputs=signatures[pair.clip_id])
-            if error and pair.generated is not None:  # missing generated clips: the suite's report names them
-                logger.warning("%s: %s", pair.clip_id, error)
+            result = measure_clip(pair, observers)
+            if result.error and config.strict:
+                raise EvaluationError(f"{pair.clip_id}: {result.error} (--strict stops at the first failure)")
+            store.put(pair.clip_id, result.values, result.error, inputs=signatures[pair.clip_id],
+                      features=result.features)
+            if result.error and pair.generated is not None:  # missing generated clips: the suite's report names them
+                logger.warning("%s: %s", pair.clip_id, result.error)
             n_done += 1
             if progress is not None:
                 progress(n_done, total)

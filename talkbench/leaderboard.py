@@ -1,6 +1,6 @@
 """``talkbench leaderboard``: merge summary rows into the published CSV, a Markdown table and charts.
 
-Rows of different (suite, protocol) are never ranked together: the Markdown has one table per group
+Rows of different (suite, protocol, options) are never ranked together: the Markdown has one table per group
 and each chart one panel per group. Rows copied from papers keep ``source = reported``; measured rows
 are ``measured``. Within a group, a newer row of the same (model, source) replaces an older one.
 
@@ -27,17 +27,22 @@ from pathlib import Path
 from typing import Any, Iterable, Sequence
 
 from talkbench.suites import read_text_file
-from talkbench.summary import HIGHER_IS_BETTER, METRIC_COLUMNS, SUMMARY_COLUMNS, ZERO_IS_BEST, write_csv
+from talkbench.observers import METRIC_COLUMNS, metric_spec
+from talkbench.summary import SUMMARY_COLUMNS, write_csv
 
 logger = logging.getLogger(__name__)
 
-GroupKey = tuple[str, str]  # (suite, protocol)
+GroupKey = tuple[str, str, str]  # (suite, protocol, options)
 
 #: First characters that make a spreadsheet evaluate a cell (OWASP CSV injection).
 FORMULA_TRIGGERS = ("=", "+", "-", "@", "\t", "\r")
 #: Text that gets (or, read back, had) a protective quote: optional quotes, then a trigger.
 _NEUTRALISED = re.compile("^'*[" + "".join(re.escape(c) for c in FORMULA_TRIGGERS) + "]")
 _DECIMAL = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$")
+
+
+_ARROWS = {"higher": "↑", "lower": "↓", "zero": "→0"}
+_BETTER = {"higher": "higher", "lower": "lower", "zero": "closer to 0"}
 
 
 def is_numeric_cell(value: Any) -> bool:
@@ -126,10 +131,12 @@ def deduplicate(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def group_rows(rows: Sequence[dict[str, Any]]) -> dict[GroupKey, list[dict[str, Any]]]:
-    """Rows by (suite, protocol), in order of first appearance."""
+    """Rows by (suite, protocol, options), in order of first appearance: rows measured with other options that
+    change numbers (e.g. LSE in pipeline mode, without the JPEG step) are never ranked together."""
     groups: dict[GroupKey, list[dict[str, Any]]] = {}
     for row in rows:
-        groups.setdefault((str(row.get("suite", "")), str(row.get("protocol", ""))), []).append(row)
+        key = (str(row.get("suite", "")), str(row.get("protocol", "")), str(row.get("options", "") or ""))
+        groups.setdefault(key, []).append(row)
     return groups
 
 
@@ -139,11 +146,19 @@ def present_metrics(rows: Sequence[dict[str, Any]]) -> list[str]:
 
 
 def markdown(rows: Sequence[dict[str, Any]]) -> str:
-    """One table per (suite, protocol); the best value of each metric in bold; reported rows marked."""
+    """One table per (suite, protocol, options); the best value of each metric in bold; reported rows marked.
+
+    A group's heading names its options when they differ from another group of the same suite and protocol.
+    """
     lines: list[str] = []
-    for (suite, protocol), group in group_rows(rows).items():
+    groups = group_rows(rows)
+    for (suite, protocol, options), group in groups.items():
         metrics = present_metrics(group)
-        lines += [f"### {markdown_cell(suite or '?')} — protocol {markdown_cell(protocol or '?')}", ""]
+        siblings = [k for k in groups if k[:2] == (suite, protocol)]
+        heading = f"### {markdown_cell(suite or '?')} — protocol {markdown_cell(protocol or '?')}"
+        if len(siblings) > 1:
+            heading += f" — options: {markdown_cell(options or 'the protocol defaults')}"
+        lines += [heading, ""]
         lines.append("| model | source | n_clips | " + " | ".join(metrics) + " |")
         lines.append("|---|---|---|" + "---|" * len(metrics))
         best = {m: _best(group, m) for m in metrics}
@@ -158,8 +173,7 @@ def markdown(rows: Sequence[dict[str, Any]]) -> str:
             lines.append(f"| {markdown_cell(row.get('model', ''))} | {markdown_cell(marker)} | "
                          f"{markdown_cell(row.get('n_clips', ''))} | " + " | ".join(cells) + " |")
         lines.append("")
-    arrows = ", ".join(f"{m} {'→0' if m in ZERO_IS_BEST else '↑' if HIGHER_IS_BETTER[m] else '↓'}"
-                       for m in METRIC_COLUMNS)
+    arrows = ", ".join(f"{m} {_ARROWS[metric_spec(m).direction]}" for m in METRIC_COLUMNS)
     lines.append(f"Higher or lower is better: {arrows}.")
     return "\n".join(lines) + "\n"
 
@@ -168,9 +182,10 @@ def _best(rows: Sequence[dict[str, Any]], metric: str) -> float | None:
     values = [v for v in (_number(r.get(metric)) for r in rows) if v is not None]
     if not values:
         return None
-    if metric in ZERO_IS_BEST:
+    direction = metric_spec(metric).direction
+    if direction == "zero":
         return min(values, key=abs)
-    return max(values) if HIGHER_IS_BETTER[metric] else min(values)
+    return max(values) if direction == "higher" else min(values)
 
 
 def plot_metric(rows: Sequence[dict[str, Any]], metric: str, path: Path) -> None:
@@ -184,7 +199,7 @@ def plot_metric(rows: Sequence[dict[str, Any]], metric: str, path: Path) -> None
     groups = {k: g for k, g in groups.items() if g}
     fig, axes = plt.subplots(1, len(groups), figsize=(max(4.0, 2.2 + 0.9 * max(len(g) for g in groups.values()))
                                                        * len(groups), 3.6), squeeze=False)
-    for ax, ((suite, protocol), group) in zip(axes[0], groups.items()):
+    for ax, ((suite, protocol, options), group) in zip(axes[0], groups.items()):
         values = [_number(r[metric]) for r in group]
         bars = ax.bar(range(len(group)), values, color=["#bbbbbb" if r.get("source") == "reported" else "#3b6ea8"
                                                         for r in group])
@@ -193,8 +208,8 @@ def plot_metric(rows: Sequence[dict[str, Any]], metric: str, path: Path) -> None
                 bar.set_hatch("//")
         ax.set_xticks(range(len(group)), [_plain_label(r.get("model", "")) for r in group], rotation=30,
                       ha="right", fontsize=8)
-        ax.set_title(_plain_label(f"{suite} / {protocol}"), fontsize=9)
-        better = "closer to 0" if metric in ZERO_IS_BEST else "higher" if HIGHER_IS_BETTER[metric] else "lower"
+        ax.set_title(_plain_label(f"{suite} / {protocol}" + (f"\n{options}" if options else "")), fontsize=8)
+        better = _BETTER[metric_spec(metric).direction]
         ax.set_ylabel(f"{metric} ({better} is better)")
     fig.tight_layout()
     fig.savefig(path, dpi=110)

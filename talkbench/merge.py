@@ -11,7 +11,7 @@ whole run "merges" as itself; two whole runs are the same shard twice.
 The merged run directory is derived from the shards alone: merging into an ``out`` whose store already
 holds clips is accepted only when that store was written by the same merge (identical settings, identical
 missing shards, no clip that the shards lack); anything else is refused rather than mixed. Each row keeps
-the input signature its shard stored with it.
+the input signature and the feature arrays (set-level metrics) its shard stored with it.
 """
 
 from __future__ import annotations
@@ -130,12 +130,14 @@ def merge_runs(run_dirs: Sequence[Path], out: Path, allow_partial: bool = False)
     with ResultStore(out, merged_meta) as target:
         for run_dir in run_dirs:
             with ResultStore(run_dir) as source:
+                features = source.features()
                 for record in source.records():
                     key = (record.values, record.error)
                     if record.clip_id in seen and seen[record.clip_id] != key:
                         raise ValueError(f"{run_dir}: clip {record.clip_id} differs from another shard's row.")
                     seen[record.clip_id] = key
-                    target.put(record.clip_id, record.values, record.error, inputs=record.inputs)
+                    target.put(record.clip_id, record.values, record.error, inputs=record.inputs,
+                               features=features.get(record.clip_id))
         return export(out, target)
 
 

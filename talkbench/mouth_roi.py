@@ -1,8 +1,9 @@
-"""Video inputs of the AV-HuBERT lip reader under each protocol: gray 88×88 mouth crops, uint8.
+"""Video inputs of the lip readers: gray 88×88 mouth crops, uint8, by recipe (a protocol names its recipe).
 
-* ``talklip2023`` (the TalkLip paper's WER1): the generated 160×160 frames go to av_hubert's data loader
-  as they are — ``cv2.cvtColor(BGR2GRAY)``, then the eval transform's centre crop 88 of the **full frame**.
-* ``avhubert-official`` (av_hubert's LRS3 preparation, ``preparation/align_mouth.py``): dlib 68-point
+* ``centre88`` (protocol ``talklip2023``, the TalkLip paper's WER1; also ``mini``): the generated 160×160
+  frames go to av_hubert's data loader as they are — ``cv2.cvtColor(BGR2GRAY)``, then the eval transform's
+  centre crop 88 of the **full frame**.
+* ``landmark-aligned`` (protocol ``avhubert-official``: av_hubert's LRS3 preparation, ``align_mouth.py``): dlib 68-point
   landmarks, linear interpolation over frames without a face (ends copied), landmarks averaged over a
   12-frame forward window, a similarity transform (Umeyama) from the smoothed points 33/36/39/42/45 onto
   the mean face, the frame warped to 256×256 (scikit-image 0.17 ``warp`` semantics: bilinear, zero
@@ -26,7 +27,7 @@ import numpy as np
 
 logger = logging.getLogger(__name__)
 
-PROTOCOLS: tuple[str, ...] = ("talklip2023", "avhubert-official")
+RECIPES: tuple[str, ...] = ("centre88", "landmark-aligned")
 
 CROP = 88
 MEAN_FACE_PATH = Path(__file__).resolve().parent / "data" / "20words_mean_face.npy"
@@ -76,8 +77,8 @@ def center_crop(frames: np.ndarray, size: int = CROP) -> np.ndarray:
     return frames[:, top: top + size, left: left + size]
 
 
-def talklip2023_crops(frames_bgr: np.ndarray) -> np.ndarray:
-    """Protocol ``talklip2023``: gray, centre 88×88 of the full frame. ``T×H×W×3`` → uint8 ``T×88×88``."""
+def centre88_crops(frames_bgr: np.ndarray) -> np.ndarray:
+    """Recipe ``centre88``: gray, centre 88×88 of the full frame. ``T×H×W×3`` → uint8 ``T×88×88``."""
     return np.ascontiguousarray(center_crop(bgr_to_gray(frames_bgr), CROP))
 
 
@@ -303,7 +304,7 @@ def h264_roundtrip(rois_bgr: np.ndarray, crf: int = 20) -> np.ndarray:
 
 def official_crops(frames_bgr: np.ndarray, landmarks: Sequence[np.ndarray | None] | None = None,
                    roundtrip: bool = False) -> np.ndarray:
-    """Protocol ``avhubert-official``: aligned 96×96 mouth patches → gray → centre 88. uint8 ``T×88×88``.
+    """Recipe ``landmark-aligned``: aligned 96×96 mouth patches → gray → centre 88. uint8 ``T×88×88``.
 
     Args:
         frames_bgr: uint8 ``T×H×W×3``.
@@ -321,16 +322,16 @@ def official_crops(frames_bgr: np.ndarray, landmarks: Sequence[np.ndarray | None
     return np.ascontiguousarray(center_crop(bgr_to_gray(rois), CROP))
 
 
-def mouth_crops(frames_bgr: np.ndarray, protocol: str, landmarks: Sequence[np.ndarray | None] | None = None
+def mouth_crops(frames_bgr: np.ndarray, recipe: str, landmarks: Sequence[np.ndarray | None] | None = None
                 ) -> np.ndarray:
-    """Gray 88×88 lip-reader input of a protocol (``talklip2023`` or ``avhubert-official``): uint8 ``T×88×88``.
+    """Gray 88×88 lip-reader input of a recipe (``centre88`` or ``landmark-aligned``): uint8 ``T×88×88``.
 
     Raises:
-        ValueError: unknown protocol.
+        ValueError: unknown recipe.
         MouthRoiError: no usable mouth crop.
     """
-    if protocol == "talklip2023":
-        return talklip2023_crops(frames_bgr)
-    if protocol == "avhubert-official":
+    if recipe == "centre88":
+        return centre88_crops(frames_bgr)
+    if recipe == "landmark-aligned":
         return official_crops(frames_bgr, landmarks)
-    raise ValueError(f"Unknown protocol `{protocol}` for the AV-HuBERT lip reader; choose from {', '.join(PROTOCOLS)}.")
+    raise ValueError(f"Unknown mouth crop recipe `{recipe}`; choose from {', '.join(RECIPES)}.")

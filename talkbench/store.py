@@ -7,6 +7,11 @@ the rest; the run's settings are kept in a ``meta`` table and a re-run with diff
 refused rather than silently mixing results. A store that holds no clip yet (a run that stopped before
 its first clip, e.g. on a missing checkpoint) takes the new settings instead.
 
+A clip's per-clip feature arrays (the statistics of set-level metrics such as a Fréchet distance) are
+stored in the same transaction as its row (table ``features``: one float/int array per clip and name, as
+raw bytes with dtype and shape), so a killed run never holds a row without its features or the reverse,
+and a merge copies them with the rows.
+
 Each row also keeps the signature of the inputs it was computed from (file sizes and modification
 times, a hash of the transcript): the runner recomputes a clip whose inputs changed since.
 
@@ -26,8 +31,9 @@ import socket
 import sqlite3
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Mapping
+from typing import Any, Iterable, Iterator, Mapping
 
+import numpy as np
 from filelock import FileLock, Timeout
 
 logger = logging.getLogger(__name__)
@@ -120,6 +126,10 @@ class ResultStore:
                     "CREATE TABLE IF NOT EXISTS clips (clip_id TEXT PRIMARY KEY, seq INTEGER NOT NULL, "
                     "values_json TEXT NOT NULL, error TEXT, inputs_json TEXT)"
                 )
+                self._db.execute(
+                    "CREATE TABLE IF NOT EXISTS features (clip_id TEXT NOT NULL, name TEXT NOT NULL, dtype TEXT NOT "
+                    "NULL, shape TEXT NOT NULL, data BLOB NOT NULL, PRIMARY KEY (clip_id, name))"
+                )
                 columns = {row[1] for row in self._db.execute("PRAGMA table_info(clips)")}
                 if "inputs_json" not in columns:  # a store written before input signatures were kept
                     self._db.execute("ALTER TABLE clips ADD COLUMN inputs_json TEXT")
@@ -166,14 +176,15 @@ class ResultStore:
 
     # -- rows -------------------------------------------------------------------------------
     def put(self, clip_id: str, values: Mapping[str, Any], error: str | None = None,
-            inputs: Mapping[str, Any] | None = None) -> None:
-        """Store one finished clip durably (replaces an earlier row of the same clip).
+            inputs: Mapping[str, Any] | None = None, features: Mapping[str, np.ndarray] | None = None) -> None:
+        """Store one finished clip durably, in one transaction (replaces an earlier row of the same clip).
 
         Args:
             clip_id: the clip's id.
             values: its measurements.
             error: its error text, or None.
             inputs: the signature of its inputs (see the module docstring).
+            features: its per-clip feature arrays (numeric, any shape), by name.
         """
         with self._transaction():
             seq = self._db.execute("SELECT COALESCE(MAX(seq), 0) + 1 FROM clips").fetchone()[0]
@@ -181,6 +192,32 @@ class ResultStore:
                 "INSERT OR REPLACE INTO clips (clip_id, seq, values_json, error, inputs_json) VALUES (?, ?, ?, ?, ?)",
                 (clip_id, seq, _encode(values), error, json.dumps(dict(inputs or {}), sort_keys=True)),
             )
+            self._db.execute("DELETE FROM features WHERE clip_id = ?", (clip_id,))
+            for name, array in sorted((features or {}).items()):
+                array = np.ascontiguousarray(array)
+                if array.dtype.kind not in "biuf":
+                    raise ValueError(f"feature {name!r} of clip {clip_id}: numeric arrays only, got {array.dtype}")
+                self._db.execute("INSERT INTO features VALUES (?, ?, ?, ?, ?)",
+                                 (clip_id, name, array.dtype.str, json.dumps(list(array.shape)), array.tobytes()))
+
+    def features(self, names: Iterable[str] | None = None) -> dict[str, dict[str, np.ndarray]]:
+        """Stored feature arrays by clip id and name (only ``names`` when given), in clip-id order."""
+        query = "SELECT clip_id, name, dtype, shape, data FROM features"
+        params: tuple[str, ...] = ()
+        if names is not None:
+            names = tuple(names)
+            query += " WHERE name IN (" + ",".join("?" * len(names)) + ")"
+            params = names
+        out: dict[str, dict[str, np.ndarray]] = {}
+        with self._guard():
+            rows = self._db.execute(query + " ORDER BY clip_id, name", params).fetchall()
+        for clip_id, name, dtype, shape, data in rows:
+            kind = np.dtype(dtype)
+            if kind.kind not in "biuf":
+                raise RunDirError(f"{self.path}: feature {name!r} of clip {clip_id} has dtype {dtype}; the store is "
+                                  "damaged. Delete the run directory and run again.")
+            out.setdefault(clip_id, {})[name] = np.frombuffer(data, dtype=kind).reshape(json.loads(shape))
+        return out
 
     def finished_ids(self, include_failed: bool = True) -> set[str]:
         """Ids of stored clips (optionally without the failed ones, so that they are retried)."""

@@ -13,77 +13,95 @@ from __future__ import annotations
 
 import csv
 import datetime as _dt
-import importlib
 import io
+import math
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, Callable, Iterable, Mapping, Sequence
 
-from talkbench import __version__
-from talkbench.observers import observer_modules
+import numpy as np
+
+from talkbench import __version__, protocols
+from talkbench.observers import METRIC_COLUMNS, METRICS, module
 from talkbench.store import ClipRecord
 
-#: Columns of ``summary.csv`` and of the leaderboard, in this order.
-METRIC_COLUMNS: tuple[str, ...] = (
-    "psnr", "psnr_talklip_compat", "ssim", "lse_c", "lse_d", "av_offset",
-    "wer1", "cer1", "wer2", "wer2_corpus", "acc", "acc_top5",
-)
+#: Columns of ``summary.csv`` and of the leaderboard, in this order: the metric columns come from the specs.
 SUMMARY_COLUMNS: tuple[str, ...] = (
-    ("model", "suite", "split", "protocol", "n_clips", "n_failed") + METRIC_COLUMNS
+    ("model", "suite", "split", "protocol", "options", "n_clips", "n_failed") + METRIC_COLUMNS
     + ("n_failed_by_metric", "partial", "observers", "talkbench_version", "date", "source", "citation")
 )
-#: The per-clip column whose presence says a clip was scored for a metric that has no per-clip value of its own.
-PER_CLIP_COLUMN: dict[str, str] = {"wer2_corpus": "wer2"}
-#: Whether a higher value is better, per metric column (for ranking and charts).
-HIGHER_IS_BETTER: dict[str, bool] = {
-    "psnr": True, "psnr_talklip_compat": True, "ssim": True, "lse_c": True, "lse_d": False,
-    "av_offset": False, "wer1": False, "cer1": False, "wer2": False, "wer2_corpus": False,
-    "acc": True, "acc_top5": True,
-}
-#: Metrics whose best value is 0 (an audio-visual offset in frames): ranked by absolute value.
-ZERO_IS_BEST: frozenset[str] = frozenset({"av_offset"})
+
+#: Loads stored feature arrays (clip id -> name -> array) for the given names; ``ResultStore.features``.
+FeatureLoader = Callable[[Iterable[str]], Mapping[str, Mapping[str, np.ndarray]]]
 
 
-def aggregate(metrics: Sequence[str], records: Iterable[ClipRecord], protocol: str = "talklip2023") -> dict[str, float]:
+def aggregate(metrics: Sequence[str], records: Iterable[ClipRecord], protocol: str = "talklip2023",
+              features: FeatureLoader | None = None) -> dict[str, float]:
     """Dataset-level metrics from stored clips; each metric uses the clips that have its per-clip columns.
 
     Args:
         metrics: the metric columns asked for.
         records: the stored clips.
-        protocol: the run's protocol (it selects the observer modules).
+        protocol: the run's protocol (it selects the observers).
+        features: loads the stored per-clip feature arrays, for set-level metrics.
     Returns:
-        metric column -> value, for every column the involved observer modules produce.
+        metric column -> value, for every asked-for column (NaN where no clip could be scored).
     """
     rows = [r.values for r in records if r.values]
     result: dict[str, float] = {}
-    for module_name in observer_modules(metrics, protocol):
-        module = importlib.import_module(module_name)
-        if rows:
-            result.update(module.summarize(rows))
-    return result
+    for spec in protocols.get(protocol).observer_specs(metrics):
+        observer_module = module(spec)
+        if spec.features:
+            stored = features(spec.features) if features is not None else {}
+            result.update(observer_module.summarize_features(stored))
+        else:
+            result.update(observer_module.summarize(rows))
+    values = {m: float(v) for m, v in result.items() if m in METRICS}
+    return {**{m: math.nan for m in metrics}, **values}
 
 
-def failures_by_metric(metrics: Sequence[str], records: Sequence[ClipRecord]) -> dict[str, int]:
-    """Per requested metric, the number of stored clips without a value for it (any failure, input or observer)."""
+def failures_by_metric(metrics: Sequence[str], records: Sequence[ClipRecord], protocol: str = "talklip2023",
+                       features: FeatureLoader | None = None) -> dict[str, int]:
+    """Per requested metric, the number of stored clips it could not score (any failure, input or observer).
+
+    A per-clip metric counts a clip as scored when the clip's row has the metric's per-clip column; a set-level
+    metric when the clip's feature arrays were stored.
+    """
     counts: dict[str, int] = {}
-    for metric in metrics:
-        column = PER_CLIP_COLUMN.get(metric, metric)
-        counts[metric] = sum(1 for r in records if r.values.get(column) is None)
-    return counts
+    for spec in protocols.get(protocol).observer_specs(metrics):
+        scored_by_features = set(features(spec.features)) if spec.features and features is not None else set()
+        for metric in spec.metrics:
+            if metric.column not in metrics:
+                continue
+            if metric.per_clip is not None:
+                counts[metric.column] = sum(1 for r in records if r.values.get(metric.per_clip) is None)
+            else:
+                counts[metric.column] = sum(1 for r in records if r.clip_id not in scored_by_features)
+    return {m: counts[m] for m in metrics if m in counts}
 
 
-def summary_row(meta: Mapping[str, Any], records: Sequence[ClipRecord]) -> dict[str, Any]:
-    """The one-row summary of a run, in :data:`SUMMARY_COLUMNS` order (metrics not run are empty)."""
+def summary_row(meta: Mapping[str, Any], records: Sequence[ClipRecord], features: FeatureLoader | None = None
+                ) -> dict[str, Any]:
+    """The one-row summary of a run, in :data:`SUMMARY_COLUMNS` order (metrics not run are empty).
+
+    Args:
+        meta: the run's stored settings (metrics, protocol, options, ...).
+        records: its stored clips.
+        features: loads its stored feature arrays (``ResultStore.features``), for set-level metrics.
+    """
     metrics = list(meta["metrics"])
-    values = aggregate(metrics, records, meta.get("protocol", "talklip2023"))
+    protocol = protocols.get(meta.get("protocol", "talklip2023"))
+    values = aggregate(metrics, records, protocol.name, features)
+    failures = failures_by_metric(metrics, records, protocol.name, features)
     row: dict[str, Any] = {column: "" for column in SUMMARY_COLUMNS}
     row.update(
         model=meta.get("model", ""),
         suite=meta.get("suite", ""),
         split=meta.get("split", "test"),
-        protocol=meta.get("protocol", ""),
+        protocol=protocol.name,
+        options=protocols.options_label(protocol, meta.get("options", {})),
         n_clips=len(records),
         n_failed=sum(1 for r in records if r.error is not None),
-        n_failed_by_metric=";".join(f"{m}={n}" for m, n in failures_by_metric(metrics, records).items() if n),
+        n_failed_by_metric=";".join(f"{m}={n}" for m, n in failures.items() if n),
         partial=",".join(f"shard {k} missing" for k in meta.get("partial_missing_shards") or ()),
         observers=";".join(f"{k}={v}" for k, v in sorted(meta.get("observers", {}).items())),
         talkbench_version=__version__,
@@ -91,9 +109,8 @@ def summary_row(meta: Mapping[str, Any], records: Sequence[ClipRecord]) -> dict[
         source="measured",
         citation="",
     )
-    for column in METRIC_COLUMNS:
-        if column in values:
-            row[column] = float(values[column])
+    for column, value in values.items():
+        row[column] = value
     return row
 
 

@@ -1,9 +1,7 @@
-"""Checkpoint cards, the local cache, downloads with resume, and sha256 checks.
+"""The checkpoint cache, downloads with resume, sha256 checks, and resolution of a card to a local file.
 
-Each released checkpoint the protocol needs is declared once, as data, by a card: a TOML file in the
-repository's ``observers/`` folder (shipped inside the wheel as ``talkbench/_cards``). A card says what
-the file is (name, URLs, sha256, size, licence, source repository pinned to a commit), how the
-network expects its input, what it measures, and what its authors report on ground truth.
+The cards themselves (what each checkpoint is, read from ``cards/*.toml``) are :mod:`talkbench.cards`; this
+module finds, fetches and checks the files they describe.
 
 Where files live:
     ``$TALKBENCH_HOME`` (default ``~/.cache/talkbench``)
@@ -14,12 +12,15 @@ Where files live:
 
 Environment:
     ``TALKBENCH_HOME``            the cache root.
-    ``TALKBENCH_CARDS``           extra card folders (``os.pathsep``-separated) read before the built-in ones;
-                                  a card there replaces the built-in card of the same name.
     ``TALKBENCH_WEIGHTS_MIRROR``  base URL tried before a card's own URLs: ``<mirror>/<name>/<file_name>``.
 
-The resolution order of :func:`resolve` is: ``--weights NAME=PATH`` override, else the cached file when
-its sha256 matches, else a download (verified), else an error that says how to get the file.
+The resolution order of :func:`resolve` is: ``--weights NAME=PATH`` override, else the file shipped in the
+package, else the cached file when its sha256 matches, else a download (verified), else an error that says how
+to get the file. :func:`resolve_with_sha` adds the sha256 prefix an observer records as provenance.
+
+Progress: this module draws nothing. A download reports ``(bytes done, total or None, label)`` to the callback
+its caller passes, else to the reporter installed with :func:`set_download_progress` (the CLI installs a rich bar
+there once at startup), else it logs at INFO every ~10 %.
 
 Downloads (why not pooch or gdown): a download is written to ``<file>.part`` next to a ``<file>.part.json``
 sidecar that records the URL, the server's validator (strong ETag, else Last-Modified) and the total size; a
@@ -41,8 +42,6 @@ answers with its ``download-form`` page, the form is followed once (same host, G
 
 from __future__ import annotations
 
-import dataclasses
-import difflib
 import hashlib
 import html.parser
 import http.client
@@ -51,7 +50,6 @@ import logging
 import os
 import pickletools
 import re
-import sys
 import tarfile
 import tempfile
 import threading
@@ -60,40 +58,16 @@ import urllib.error
 import urllib.parse
 import urllib.request
 import zipfile
-from dataclasses import dataclass, field
-from importlib import resources
-from pathlib import Path, PureWindowsPath
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping
 
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover - Python 3.10
-    import tomli as tomllib
+from talkbench import cards
+from talkbench.cards import WeightsError
 
 logger = logging.getLogger(__name__)
 
-UNKNOWN = "unknown"
-_HEX64 = re.compile(r"^[0-9a-f]{64}$")
-_CARD_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]*$")
-_URL_SCHEMES = ("http", "https")
 _CHUNK = 1 << 20  # 1 MiB: read/write/hash granularity
-_ROLES = ("observer", "generator", "expert", "discriminator", "detector")
-
-
-class WeightsError(Exception):
-    """Base class of the errors of this module."""
-
-
-class CardError(WeightsError, ValueError):
-    """A card is missing or malformed; the message names the card file.
-
-    Attributes:
-        card_path: the malformed card file, or None (e.g. for an unknown card name).
-    """
-
-    def __init__(self, message: str, card_path: Path | None = None) -> None:
-        super().__init__(message)
-        self.card_path = card_path
 
 
 class WeightsNotFoundError(WeightsError, FileNotFoundError):
@@ -106,291 +80,6 @@ class ChecksumError(WeightsError):
 
 class DownloadError(WeightsError):
     """Every URL of a card failed; the message lists why, URL by URL."""
-
-
-@dataclass(frozen=True)
-class Card:
-    """One released checkpoint, as declared by ``observers/<name>.toml``.
-
-    Attributes:
-        name: card name, e.g. ``"syncnet-v2"`` (also the TOML file's stem).
-        title: one-line description.
-        role: observer | generator | expert | discriminator | detector.
-        file_name: file name in the cache (the official name where the source gives one).
-        urls: download URLs exactly as the sources give them (may be empty: not released).
-        sha256: full lowercase hex digest, or None when no source publishes it.
-        sha256_prefix: a published prefix of the sha256 (e.g. in a torch.hub file name), or None.
-        size_bytes: file size in bytes, or None when unknown.
-        released: False for variants the authors never published (``urls`` is then empty).
-        license: licence of the weights, in words.
-        source: repository, commit, files read, paper (free-form table).
-        layout: how the file nests the state dict.
-        params: number of tensor elements in the state dict (from the reference code), or None.
-        input: the input spec (fps, crop, size, colour, normalisation, ...), free-form table.
-        measures: what the checkpoint measures (empty for non-observers).
-        metrics: summary columns it produces in talkbench (e.g. ``("lse_c", "lse_d")``).
-        higher_is_better: metric -> True when a higher value is better.
-        reported: what the authors report on ground truth (free-form table, ``status`` says if known).
-        notes: anything a user must know (caveats, alternative links, history).
-        card_path: the TOML file this card was read from.
-        bundled: path of a weights file shipped inside the ``talkbench`` package, relative to the package
-            folder (e.g. ``data/mini/lipreader-b.pt``), or None. :func:`resolve` uses it when no override is given.
-        protocol: the protocol whose observers use this card (``talklip2023`` unless the card says otherwise,
-            e.g. ``mini`` for the observers talkbench trains itself).
-    """
-
-    name: str
-    title: str
-    role: str
-    file_name: str
-    urls: tuple[str, ...]
-    sha256: str | None
-    sha256_prefix: str | None
-    size_bytes: int | None
-    released: bool
-    license: str
-    source: Mapping[str, Any]
-    layout: str
-    params: int | None
-    input: Mapping[str, Any]
-    measures: str
-    metrics: tuple[str, ...]
-    higher_is_better: Mapping[str, bool]
-    reported: Mapping[str, Any]
-    notes: str = ""
-    card_path: Path | None = field(default=None, compare=False)
-    bundled: str | None = None
-    protocol: str = "talklip2023"
-
-    def bundled_path(self) -> Path | None:
-        """Absolute path of the file shipped inside the package (whether or not it exists), or None."""
-        if not self.bundled:
-            return None
-        return Path(__file__).resolve().parent / self.bundled
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-friendly view (paths as strings, tuples as lists)."""
-        out = dataclasses.asdict(self)
-        out["card_path"] = str(self.card_path) if self.card_path else None
-        out["urls"] = list(self.urls)
-        out["metrics"] = list(self.metrics)
-        return out
-
-
-# --------------------------------------------------------------------------------------------------
-# Cards
-# --------------------------------------------------------------------------------------------------
-
-def card_dirs() -> list[Path]:
-    """Folders searched for cards, first wins: ``$TALKBENCH_CARDS``, then the shipped cards.
-
-    The shipped cards are ``talkbench/_cards`` inside an installed wheel, else the repository's
-    ``observers/`` folder next to the package (source checkout, editable install).
-    """
-    dirs = [Path(p).expanduser() for p in os.environ.get("TALKBENCH_CARDS", "").split(os.pathsep) if p]
-    packaged = resources.files("talkbench") / "_cards"
-    if packaged.is_dir():
-        dirs.append(Path(str(packaged)))
-    else:
-        dirs.append(Path(__file__).resolve().parent.parent / "observers")
-    return dirs
-
-
-def _card_files() -> dict[str, Path]:
-    found: dict[str, Path] = {}
-    for folder in card_dirs():
-        if not folder.is_dir():
-            continue
-        for path in sorted(folder.glob("*.toml")):
-            found.setdefault(path.stem, path)
-    return found
-
-
-def _opt_str(value: Any, what: str, path: Path) -> str | None:
-    if value is None or value == UNKNOWN or value == "":
-        return None
-    if not isinstance(value, str):
-        raise CardError(f"{path}: `{what}` must be a string or \"unknown\", got {value!r}.", path)
-    return value
-
-
-def _typed(data: Mapping[str, Any], key: str, kind: type, what: str, path: Path,
-           default: Any = None) -> Any:
-    """``data[key]`` (or ``default`` when absent), which must be of ``kind``; else CardError naming the file."""
-    value = data.get(key, default)
-    if not isinstance(value, kind):
-        raise CardError(f"{path}: `{key}` must be {what}, got {value!r}. Fix the card file.", path)
-    return value
-
-
-def _check_file_name(value: Any, where: str) -> str:
-    """The card's ``file_name`` when it is a plain file name; else CardError (``where`` names the card file)."""
-    if not isinstance(value, str) or not value.strip():
-        raise CardError(f"{where}: `file_name` must be a non-empty file name, got {value!r}.")
-    bad = None
-    if "/" in value or "\\" in value:
-        bad = "contains a path separator"
-    elif ".." in value:
-        bad = "contains `..`"
-    elif Path(value).is_absolute() or PureWindowsPath(value).anchor:
-        bad = "is an absolute path"
-    elif "\0" in value or value in (".", ".."):
-        bad = "is not a file name"
-    if bad:
-        raise CardError(f"{where}: `file_name` {value!r} {bad}; it must be a plain file name such as "
-                        "\"model.pth\" (the file is stored in the card's cache folder).")
-    return value
-
-
-def _check_url(url: str, where: str) -> str:
-    """``url`` when it is an http(s) URL with a host; else CardError (``where`` names the card file)."""
-    parts = urllib.parse.urlsplit(url)
-    if parts.scheme.lower() not in _URL_SCHEMES or not parts.netloc:
-        raise CardError(f"{where}: URL {url!r} is refused: card URLs must be http:// or https:// URLs with a host.")
-    return url
-
-
-def parse_card(path: Path) -> Card:
-    """Read and validate one card file.
-
-    Raises:
-        CardError: the TOML is invalid or a field is missing / of the wrong form (the message names the file).
-    """
-    try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as err:
-        raise CardError(f"{path}: cannot read card ({err}).", path) from err
-    required = ("name", "title", "role", "file_name", "urls", "sha256", "license", "source", "layout", "input")
-    missing = [k for k in required if k not in data]
-    if missing:
-        raise CardError(f"{path}: card lacks field(s) {', '.join(missing)}.", path)
-    name = data["name"]
-    if name != path.stem:
-        raise CardError(f"{path}: card name {name!r} must equal the file name stem {path.stem!r}.", path)
-    if not _CARD_NAME.match(name):
-        raise CardError(f"{path}: card name {name!r} must be letters, digits and . _ + - (not starting with a dot).",
-                        path)
-    if data["role"] not in _ROLES:
-        raise CardError(f"{path}: `role` must be one of {', '.join(_ROLES)}, got {data['role']!r}.", path)
-    for key in ("title", "license", "layout"):
-        _typed(data, key, str, "a string", path)
-    for key in ("source", "input"):
-        _typed(data, key, dict, "a table", path)
-    try:
-        file_name = _check_file_name(data["file_name"], str(path))
-        safe_cache_path(name, file_name)
-    except CardError as err:
-        raise CardError(str(err), path) from None
-    sha = _opt_str(data["sha256"], "sha256", path)
-    if sha is not None:
-        sha = sha.lower()
-        if not _HEX64.match(sha):
-            raise CardError(f"{path}: `sha256` must be 64 hex digits or \"unknown\", got {data['sha256']!r}.", path)
-    prefix = _opt_str(data.get("sha256_prefix"), "sha256_prefix", path)
-    if prefix is not None and not re.fullmatch(r"[0-9a-f]{4,63}", prefix.lower()):
-        raise CardError(f"{path}: `sha256_prefix` must be hex digits, got {prefix!r}.", path)
-    size = data.get("size_bytes", UNKNOWN)
-    if size == UNKNOWN:
-        size = None
-    elif not isinstance(size, int) or isinstance(size, bool) or size <= 0:
-        raise CardError(f"{path}: `size_bytes` must be a positive integer or \"unknown\", got {size!r}.", path)
-    urls = data["urls"]
-    if not isinstance(urls, list) or not all(isinstance(u, str) for u in urls):
-        raise CardError(f"{path}: `urls` must be a list of strings.", path)
-    for url in urls:
-        try:
-            _check_url(url, str(path))
-        except CardError as err:
-            raise CardError(str(err), path) from None
-    released = _typed(data, "released", bool, "true or false", path, default=True)
-    if released and not urls:
-        raise CardError(f"{path}: a released card needs at least one URL (or set released = false).", path)
-    params = data.get("params", UNKNOWN)
-    if params == UNKNOWN:
-        params = None
-    elif not isinstance(params, int) or isinstance(params, bool) or params < 0:
-        raise CardError(f"{path}: `params` must be a non-negative integer or \"unknown\", got {params!r}.", path)
-    measures_tbl = _typed(data, "measures", dict, "a table ([measures] with description, metrics, "
-                          "higher_is_better)", path, default={})
-    description = _typed(measures_tbl, "description", str, "a string (measures.description)", path, default="")
-    metrics_list = _typed(measures_tbl, "metrics", list, "a list of metric names (measures.metrics)", path,
-                          default=[])
-    if not all(isinstance(m, str) for m in metrics_list):
-        raise CardError(f"{path}: `measures.metrics` must be a list of strings, got {metrics_list!r}.", path)
-    hib = measures_tbl.get("higher_is_better", {})
-    if not isinstance(hib, dict) or not all(isinstance(v, bool) for v in hib.values()):
-        raise CardError(f"{path}: `measures.higher_is_better` must map metric names to true/false.", path)
-    metrics = tuple(metrics_list)
-    if set(hib) != set(metrics):
-        raise CardError(f"{path}: `measures.higher_is_better` must name exactly the metrics {list(metrics)}.", path)
-    reported = _typed(data, "reported_ground_truth", dict, "a table", path, default={"status": UNKNOWN})
-    notes = _typed(data, "notes", str, "a string", path, default="")
-    protocol = _typed(data, "protocol", str, "a string", path, default="talklip2023")
-    return Card(
-        name=name, title=data["title"], role=data["role"], file_name=file_name, urls=tuple(urls),
-        sha256=sha, sha256_prefix=prefix.lower() if prefix else None, size_bytes=size, released=released,
-        license=data["license"], source=data["source"], layout=data["layout"], params=params,
-        input=data["input"], measures=description, metrics=metrics,
-        higher_is_better=hib, reported=reported,
-        notes=notes, card_path=path, bundled=_bundled(data.get("bundled"), path),
-        protocol=protocol,
-    )
-
-
-def _bundled(value: Any, path: Path) -> str | None:
-    if value is None or value == "":
-        return None
-    if not isinstance(value, str) or Path(value).is_absolute() or ".." in Path(value).parts:
-        raise CardError(f"{path}: `bundled` must be a relative path inside the talkbench package, got {value!r}.",
-                        path)
-    return value
-
-
-def list_cards() -> list[Card]:
-    """Every card, sorted by name.
-
-    Raises:
-        CardError: a card file is malformed (use :func:`scan_cards` to list the others anyway).
-    """
-    return [parse_card(p) for _, p in sorted(_card_files().items())]
-
-
-def scan_cards() -> tuple[list[Card], dict[str, CardError]]:
-    """Every card that parses, sorted by name, and the malformed ones: (cards, {card name: error}).
-
-    One broken card file (e.g. in a ``$TALKBENCH_CARDS`` folder) must not hide all the others from
-    ``talkbench models list``.
-    """
-    cards: list[Card] = []
-    broken: dict[str, CardError] = {}
-    for name, path in sorted(_card_files().items()):
-        try:
-            cards.append(parse_card(path))
-        except CardError as err:
-            broken[name] = err
-    return cards, broken
-
-
-def _did_you_mean(name: str, known: Iterable[str]) -> str:
-    """`` Did you mean `a`?`` (or `` `a` or `b`?``) for close card names, '' when none is close."""
-    close = difflib.get_close_matches(name, list(known), n=3)
-    if not close:
-        return ""
-    return " Did you mean " + " or ".join(f"`{c}`" for c in close) + "?"
-
-
-def load_card(name: str) -> Card:
-    """The card called ``name``.
-
-    Raises:
-        CardError: no such card (the message lists the closest matches and the known names), or the card
-            file is malformed (the message names the file).
-    """
-    files = _card_files()
-    if name not in files:
-        raise CardError(f"No weights card named `{name}`.{_did_you_mean(name, files)} "
-                        f"Known cards: {', '.join(sorted(files))}.")
-    return parse_card(files[name])
 
 
 # --------------------------------------------------------------------------------------------------
@@ -406,35 +95,35 @@ def safe_cache_path(name: str, file_name: str) -> Path:
     """``$TALKBENCH_HOME/weights/<name>/<file_name>``, refusing anything that would land outside that folder.
 
     Raises:
-        CardError: ``name`` or ``file_name`` is not a plain name, or the path lies (through ``..`` or an
+        cards.CardError: ``name`` or ``file_name`` is not a plain name, or the path lies (through ``..`` or an
             absolute path) outside the card's cache folder.
     """
     where = f"weights card `{name}`"
-    if not isinstance(name, str) or not _CARD_NAME.match(name):
-        raise CardError(f"{where}: the card name must be letters, digits and . _ + - (not starting with a dot).")
-    _check_file_name(file_name, where)
+    cards.check_card_name(name, where)
+    cards.check_file_name(file_name, where)
     folder = home() / "weights" / name
     path = folder / file_name
     # Lexical check (a symlink the user put at the cache path on purpose is fine: downloads replace the link).
     if Path(os.path.normpath(path)).parent != Path(os.path.normpath(folder)):
-        raise CardError(f"{where}: its file {path} lies outside the card's cache folder {folder}; "
+        raise cards.CardError(f"{where}: its file {path} lies outside the card's cache folder {folder}; "
                         "fix `file_name` in the card.")
     return path
 
 
-def cache_path(card: Card | str) -> Path:
+def cache_path(card: cards.Card | str) -> Path:
     """Where the verified file of ``card`` lives (whether or not it is there).
 
     Raises:
-        CardError: the card's ``file_name`` would put the file outside ``$TALKBENCH_HOME/weights/<name>/``
-            (checked here again although :func:`parse_card` rejects it, for cards built in code).
+        cards.CardError: the card's ``file_name`` would put the file outside ``$TALKBENCH_HOME/weights/<name>/``
+            (checked here again although :func:`talkbench.cards.parse_card` rejects it, for cards built in
+            code).
     """
-    card = load_card(card) if isinstance(card, str) else card
+    card = cards.load_card(card) if isinstance(card, str) else card
     try:
         return safe_cache_path(card.name, card.file_name)
-    except CardError as err:
+    except cards.CardError as err:
         where = card.card_path or f"weights card `{card.name}`"
-        raise CardError(f"{where}: {err}", card.card_path) from None
+        raise cards.CardError(f"{where}: {err}", card.card_path) from None
 
 
 def _read_json(path: Path) -> dict[str, Any]:
@@ -488,7 +177,7 @@ def file_sha256(path: str | Path, trust_memo: bool = True) -> str:
                 return _memo[key]
         stored = _read_json(home() / "hashes.json").get(str(path))
         if (isinstance(stored, dict) and stored.get("size") == st.st_size and stored.get("mtime_ns") == st.st_mtime_ns
-                and _HEX64.match(str(stored.get("sha256", "")))):
+                and cards.is_sha256(stored.get("sha256"))):
             with _lock:
                 _memo[key] = stored["sha256"]
             return stored["sha256"]
@@ -521,23 +210,23 @@ def pins() -> dict[str, dict[str, Any]]:
     return _read_json(home() / "pins.json")
 
 
-def pin(card: Card | str, digest: str, size: int) -> None:
+def pin(card: cards.Card | str, digest: str, size: int) -> None:
     """Record ``digest`` as the expected sha256 of ``card`` on this machine."""
-    card = load_card(card) if isinstance(card, str) else card
+    card = cards.load_card(card) if isinstance(card, str) else card
     data = pins()
     data[card.name] = {"sha256": digest, "size_bytes": size, "file_name": card.file_name,
                        "pinned": time.strftime("%Y-%m-%dT%H:%M:%S")}
     _write_json(home() / "pins.json", data)
 
 
-def expected_sha256(card: Card) -> tuple[str | None, str]:
+def expected_sha256(card: cards.Card) -> tuple[str | None, str]:
     """(expected digest or None, where it comes from: ``card`` | ``pin`` | ``unknown``)."""
     if card.sha256:
         return card.sha256, "card"
     pinned = pins().get(card.name)
-    if pinned and _HEX64.match(str(pinned.get("sha256", ""))):
+    if pinned and cards.is_sha256(pinned.get("sha256")):
         return pinned["sha256"], "pin"
-    return None, UNKNOWN
+    return None, cards.UNKNOWN
 
 
 @dataclass(frozen=True)
@@ -560,7 +249,7 @@ class Verification:
     message: str
 
 
-def verify_file(card: Card, path: Path, trust_memo: bool = True) -> Verification:
+def verify_file(card: cards.Card, path: Path, trust_memo: bool = True) -> Verification:
     """Hash ``path`` and compare it with the card's sha256 (or the local pin, or the published prefix).
 
     Args:
@@ -569,7 +258,7 @@ def verify_file(card: Card, path: Path, trust_memo: bool = True) -> Verification
         trust_memo: passed to :func:`file_sha256`; False re-reads the whole file (``models verify``).
     """
     if not path.is_file():
-        return Verification("missing", "", None, UNKNOWN, f"{path} does not exist")
+        return Verification("missing", "", None, cards.UNKNOWN, f"{path} does not exist")
     digest = file_sha256(path, trust_memo=trust_memo)
     expected, source = expected_sha256(card)
     if expected is not None:
@@ -581,7 +270,7 @@ def verify_file(card: Card, path: Path, trust_memo: bool = True) -> Verification
         return Verification("mismatch", digest, None, "prefix",
                             f"sha256 {digest} does not start with the published prefix {card.sha256_prefix}")
     extra = f" (published prefix {card.sha256_prefix} matches)" if card.sha256_prefix else ""
-    return Verification("unverified", digest, None, UNKNOWN, f"no published sha256{extra}")
+    return Verification("unverified", digest, None, cards.UNKNOWN, f"no published sha256{extra}")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -590,8 +279,65 @@ def verify_file(card: Card, path: Path, trust_memo: bool = True) -> Verification
 
 _GDRIVE = re.compile(r"^https?://drive\.google\.com/(?:file/d/|open\?id=|uc\?(?:export=download&)?id=)([\w-]+)")
 
-#: Progress callback: (bytes done, total bytes or None, description).
+#: Progress callback: (bytes done, total bytes or None, label). The label is the card name.
 ProgressFn = Callable[[int, "int | None", str], None]
+#: Opens a progress display for one download: returns its callback and the function that closes the display
+#: (called when the download ends, whether it succeeded or failed).
+ProgressFactory = Callable[[], tuple[ProgressFn, Callable[[], None]]]
+
+_progress_factory: ProgressFactory | None = None
+_LOG_STEP_UNKNOWN_TOTAL = 100 << 20  # without a known total, log every 100 MiB
+
+
+def set_download_progress(factory: ProgressFactory | None) -> ProgressFactory | None:
+    """Install how downloads report progress when their caller passes no callback; returns the previous one.
+
+    The CLI installs a rich bar here once at startup, so the automatic downloads of :func:`resolve` (during
+    ``evaluate``, ``generate``, ...) draw it; None goes back to logging (:func:`logging_progress`).
+
+    Args:
+        factory: called once per download; returns ``(callback, close)``. ``close`` is called when that download
+            ends, also when it fails, so a display never outlives its download.
+    """
+    global _progress_factory
+    previous, _progress_factory = _progress_factory, factory
+    return previous
+
+
+def logging_progress() -> ProgressFn:
+    """A progress callback that logs at INFO: a download's first bytes, every ~10 % after, and its end.
+
+    Without a known total it logs every 100 MiB. Each label (card) is followed separately.
+    """
+    logged: dict[str, int] = {}
+
+    def report(done: int, total: int | None, label: str) -> None:
+        last = logged.get(label)
+        step = max(total // 10, 1) if total else _LOG_STEP_UNKNOWN_TOTAL
+        finished = total is not None and done >= total > (last or 0)
+        if last is not None and done - last < step and not finished:
+            return
+        logged[label] = done
+        if total:
+            logger.info("%s: downloaded %.1f of %.1f MiB (%d %%)", label, done / 2**20, total / 2**20,
+                        100 * done // total)
+        else:
+            logger.info("%s: downloaded %.1f MiB", label, done / 2**20)
+
+    return report
+
+
+def _reporter(progress: ProgressFn | None) -> tuple[ProgressFn, Callable[[], None]]:
+    """(callback, close) for one download: the caller's callback, else the installed factory's, else logging."""
+    if progress is not None:
+        return progress, _nothing
+    if _progress_factory is not None:
+        return _progress_factory()
+    return logging_progress(), _nothing
+
+
+def _nothing() -> None:
+    """The close function of a callback that has no display to close."""
 
 
 def direct_url(url: str) -> str:
@@ -607,7 +353,7 @@ def direct_url(url: str) -> str:
     return url
 
 
-def candidate_urls(card: Card) -> list[str]:
+def candidate_urls(card: cards.Card) -> list[str]:
     """Mirror URL (if ``$TALKBENCH_WEIGHTS_MIRROR`` is set) then the card's URLs, made direct."""
     urls = []
     mirror = os.environ.get("TALKBENCH_WEIGHTS_MIRROR", "").rstrip("/")
@@ -617,31 +363,12 @@ def candidate_urls(card: Card) -> list[str]:
     return urls
 
 
-def _rich_progress() -> tuple[ProgressFn, Callable[[], None]]:
-    """A rich download bar on stderr; returns (update, close)."""
-    from rich.console import Console
-    from rich.progress import (BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn,
-                               TransferSpeedColumn)
-
-    bar = Progress(TextColumn("[bold]{task.description}"), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
-                   TimeRemainingColumn(), console=Console(file=sys.stderr), transient=False)
-    bar.start()
-    tasks: dict[str, Any] = {}
-
-    def update(done: int, total: int | None, description: str) -> None:
-        if description not in tasks:
-            tasks[description] = bar.add_task(description, total=total)
-        bar.update(tasks[description], completed=done, total=total)
-
-    return update, bar.stop
-
-
 class _HttpOnlyRedirect(urllib.request.HTTPRedirectHandler):
     """Follows redirects to http(s) URLs only: a redirect to ``file:``, ``ftp:``, ``data:`` ... is refused."""
 
     def redirect_request(self, req: urllib.request.Request, fp: Any, code: int, msg: str, headers: Any,
                          newurl: str) -> urllib.request.Request | None:
-        if urllib.parse.urlsplit(newurl).scheme.lower() not in _URL_SCHEMES:
+        if not cards.is_http_url(newurl):
             raise urllib.error.HTTPError(newurl, code, f"redirect to {newurl!r} refused (only http:// and "
                                          "https:// are followed)", headers, fp)
         return super().redirect_request(req, fp, code, msg, headers, newurl)
@@ -655,11 +382,6 @@ def _opener() -> urllib.request.OpenerDirector:
                     urllib.request.HTTPErrorProcessor()):
         opener.add_handler(handler)
     return opener
-
-
-def _is_http_url(url: str) -> bool:
-    parts = urllib.parse.urlsplit(url)
-    return parts.scheme.lower() in _URL_SCHEMES and bool(parts.netloc)
 
 
 class _DownloadFormParser(html.parser.HTMLParser):
@@ -694,7 +416,7 @@ def _download_form_url(page: bytes, page_url: str) -> str | None:
     if parser.action is None or parser.method != "get":
         return None
     action = urllib.parse.urlsplit(urllib.parse.urljoin(page_url, parser.action))
-    if action.scheme.lower() not in _URL_SCHEMES or action.netloc != urllib.parse.urlsplit(page_url).netloc:
+    if not cards.is_http_url(action.geturl()) or action.netloc != urllib.parse.urlsplit(page_url).netloc:
         return None
     query = dict(urllib.parse.parse_qsl(action.query))
     query.update(parser.fields)
@@ -762,7 +484,7 @@ def _content_length(headers: Any, url: str) -> int | None:
     return int(value)
 
 
-def _fetch(url: str, part: Path, progress: ProgressFn | None, label: str, timeout: float) -> str:
+def _fetch(url: str, part: Path, progress: ProgressFn, label: str, timeout: float) -> str:
     """Download ``url`` into ``part``, resuming it when its sidecar says it came from ``url``; return its sha256.
 
     A ``.part`` without a sidecar, or whose sidecar names another URL, is deleted first (bytes from one URL
@@ -790,7 +512,7 @@ def _fetch(url: str, part: Path, progress: ProgressFn | None, label: str, timeou
                         f"{part} is kept (run again to resume)")
 
 
-def _fetch_once(url: str, part: Path, progress: ProgressFn | None, label: str, timeout: float,
+def _fetch_once(url: str, part: Path, progress: ProgressFn, label: str, timeout: float,
                 probing: bool) -> str:
     """One request: the sha256 of the complete ``part``, or ``_RESTART`` / ``_UNCONFIRMED`` (try again)."""
     meta = _read_json(_sidecar(part)) if part.exists() else {}
@@ -869,8 +591,7 @@ def _fetch_once(url: str, part: Path, progress: ProgressFn | None, label: str, t
                 out.write(chunk)
                 hasher.update(chunk)
                 done += len(chunk)
-                if progress:
-                    progress(done, total, label)
+                progress(done, total, label)
         chunked = bool(getattr(response, "chunked", False))
     if total is not None:
         if done > total:
@@ -940,7 +661,7 @@ def checkpoint_problem(path: str | Path) -> str | None:
         return f"not a readable torch checkpoint ({err})"
 
 
-def download(card: Card | str, progress: bool | ProgressFn = True, force: bool = False,
+def download(card: cards.Card | str, progress: ProgressFn | None = None, force: bool = False,
              timeout: float = 60.0) -> Path:
     """Download a card's file into the cache (resuming a partial file) and verify it.
 
@@ -950,21 +671,22 @@ def download(card: Card | str, progress: bool | ProgressFn = True, force: bool =
 
     Args:
         card: the card or its name.
-        progress: True for a rich bar on stderr, False for none, or a callback ``(done, total, label)``.
+        progress: a callback ``(done, total, label)``; None reports to the display installed with
+            :func:`set_download_progress`, else logs every ~10 % (:func:`logging_progress`).
         force: download again even when a verified file is cached.
         timeout: seconds to wait for the server on each request.
     Returns:
         The path of the verified file in the cache.
     Raises:
-        CardError: the card is malformed (e.g. its ``file_name`` would leave the cache folder).
+        cards.CardError: the card is malformed (e.g. its ``file_name`` would leave the cache folder).
         WeightsNotFoundError: the card was never released (no URL).
         ChecksumError: the downloaded bytes do not match the expected sha256 (the bad file is deleted).
         DownloadError: every URL failed (the message names each URL and what was wrong).
     """
-    return _download(load_card(card) if isinstance(card, str) else card, progress, force, timeout)
+    return _download(cards.load_card(card) if isinstance(card, str) else card, progress, force, timeout)
 
 
-def _download(card: Card, progress: bool | ProgressFn = True, force: bool = False, timeout: float = 60.0) -> Path:
+def _download(card: cards.Card, progress: ProgressFn | None = None, force: bool = False, timeout: float = 60.0) -> Path:
     dest = cache_path(card)
     if dest.is_file() and not force:
         check = verify_file(card, dest)
@@ -979,17 +701,12 @@ def _download(card: Card, progress: bool | ProgressFn = True, force: bool = Fals
     if force:
         _discard_part(part)
     expected, source = expected_sha256(card)
-    if callable(progress):
-        report, close = progress, (lambda: None)
-    elif progress:
-        report, close = _rich_progress()
-    else:
-        report, close = None, (lambda: None)
+    report, close = _reporter(progress)
     errors: list[str] = []
     checksum_errors: list[str] = []
     try:
         for url in urls:
-            if not _is_http_url(url):
+            if not cards.is_http_url(url):
                 errors.append(f"{url}: refused: only http:// and https:// URLs are downloaded (check the card and "
                               "$TALKBENCH_WEIGHTS_MIRROR)")
                 logger.info("%s: refused to fetch %s (not http/https)", card.name, url)
@@ -1043,7 +760,7 @@ def _download(card: Card, progress: bool | ProgressFn = True, force: bool = Fals
                                     + "\n  ".join(errors), downloading=True))
 
 
-def _how_to_get(card: Card, dest: Path, reason: str, downloading: bool = False) -> str:
+def _how_to_get(card: cards.Card, dest: Path, reason: str, downloading: bool = False) -> str:
     """The one text that says how to get a card's file by hand.
 
     Args:
@@ -1073,7 +790,8 @@ def _how_to_get(card: Card, dest: Path, reason: str, downloading: bool = False) 
 # Resolve
 # --------------------------------------------------------------------------------------------------
 
-def resolve(name: str, overrides: Mapping[str, Path] | None = None, download: bool = True) -> Path:
+def resolve(name: str, overrides: Mapping[str, Path] | None = None, download: bool = True,
+            progress: ProgressFn | None = None) -> Path:
     """A local checkpoint path for card ``name``.
 
     Order: the ``--weights NAME=PATH`` override (must exist; not hashed against the card, since users pass
@@ -1082,15 +800,21 @@ def resolve(name: str, overrides: Mapping[str, Path] | None = None, download: bo
     the card's sha256 is unknown: used with a one-time warning); else a download (when ``download``),
     verified; else an error saying how to get the file.
 
+    Args:
+        name: the card name.
+        overrides: ``--weights`` items as :func:`parse_overrides` returns them.
+        download: allow a download when no verified file is at hand.
+        progress: the download's progress callback; None uses the display installed with
+            :func:`set_download_progress`, else logs every ~10 %.
     Raises:
-        CardError: no card called ``name``, or its card file is malformed (e.g. a ``file_name`` that would
+        cards.CardError: no card called ``name``, or its card file is malformed (e.g. a ``file_name`` that would
             leave the cache folder, a URL that is not http(s)).
         FileNotFoundError: the override path does not exist.
         WeightsNotFoundError: nothing cached and downloading not allowed / not possible.
         ChecksumError: the cached file is corrupt and downloading is not allowed (or a download is corrupt).
         DownloadError: every URL failed.
     """
-    card = load_card(name)
+    card = cards.load_card(name)
     if overrides and name in overrides:
         path = Path(overrides[name]).expanduser()
         if not path.is_file():
@@ -1120,9 +844,21 @@ def resolve(name: str, overrides: Mapping[str, Path] | None = None, download: bo
                                 f"`talkbench models download {card.name}`, or pass --weights {card.name}=PATH.")
         logger.warning("%s: cached file %s: %s; downloading it again", card.name, dest, check.message)
     if download and card.released:
-        return _download(card)
+        return _download(card, progress)
     reason = "its authors never released it" if not card.released else "it is not in the cache and downloading is off"
     raise WeightsNotFoundError(_how_to_get(card, dest, reason=reason))
+
+
+def resolve_with_sha(name: str, overrides: Mapping[str, Path] | None = None, download: bool = True,
+                     progress: ProgressFn | None = None) -> tuple[Path, str]:
+    """(:func:`resolve`'s path, the first 12 hex digits of its sha256): what an observer loads and records.
+
+    The prefix is the provenance an observer stores as ``card=prefix`` with every run; the hash is remembered
+    (:func:`file_sha256`), so a cached file is read once, not at every run. Arguments and errors are those
+    of :func:`resolve`.
+    """
+    path = resolve(name, overrides, download=download, progress=progress)
+    return path, sha256_prefix(path)
 
 
 def _override_problem(path: Path) -> str | None:
@@ -1149,7 +885,7 @@ def parse_overrides(items: Iterable[str]) -> dict[str, Path]:
 
     Raises:
         ValueError: an item is not ``NAME=PATH``.
-        CardError: NAME is not a card, or its card file is malformed.
+        cards.CardError: NAME is not a card, or its card file is malformed.
         WeightsNotFoundError: PATH does not exist, is a directory or another non-regular file, or is unreadable.
     """
     out: dict[str, Path] = {}
@@ -1158,12 +894,11 @@ def parse_overrides(items: Iterable[str]) -> dict[str, Path]:
         name, raw = name.strip(), raw.strip()
         if not sep or not name or not raw:
             raise ValueError(f"--weights takes NAME=PATH (e.g. syncnet-v2=/data/syncnet_v2.model), got {item!r}.")
-        files = _card_files()
-        if name not in files:
-            raise CardError(f"--weights {item}: no weights card named `{name}`.{_did_you_mean(name, files)} "
-                            f"Known cards: {', '.join(sorted(files))}. Fix the name before `=` "
-                            "(`talkbench models list` shows every card).")
-        card = parse_card(files[name])
+        try:
+            card = cards.load_card(name)
+        except cards.CardError as err:
+            fix = "" if err.card_path else " Fix the name before `=` (`talkbench models list` shows every card)."
+            raise cards.CardError(f"--weights {item}: {err}{fix}", err.card_path) from None
         path = Path(raw).expanduser()
         problem = _override_problem(path)
         if problem is not None:
@@ -1174,8 +909,9 @@ def parse_overrides(items: Iterable[str]) -> dict[str, Path]:
     return out
 
 
-__all__ = ["Card", "CardError", "ChecksumError", "DownloadError", "Verification", "WeightsError",
-           "WeightsNotFoundError", "cache_path", "candidate_urls", "card_dirs", "checkpoint_problem", "direct_url",
-           "download", "expected_sha256", "file_sha256", "home", "list_cards", "load_card", "parse_card",
-           "parse_overrides", "pin", "pins", "resolve", "safe_cache_path", "scan_cards", "sha256_prefix",
+__all__ = ["ChecksumError", "DownloadError", "ProgressFactory", "ProgressFn", "Verification",
+           "WeightsError",  # the base class, defined in talkbench.cards (CardError derives from it too)
+           "WeightsNotFoundError", "cache_path", "candidate_urls", "checkpoint_problem", "direct_url", "download",
+           "expected_sha256", "file_sha256", "home", "logging_progress", "parse_overrides", "pin", "pins",
+           "resolve", "resolve_with_sha", "safe_cache_path", "set_download_progress", "sha256_prefix",
            "verify_file"]

@@ -33,7 +33,7 @@ def test_talklip2023_crops_equal_reference_inputs(clip: str) -> None:
     from talkbench.media import decode_clip
 
     frames = decode_clip(FIXTURE / f"{clip}.mp4", need_audio=False).frames
-    crops = mr.mouth_crops(frames, "talklip2023")
+    crops = mr.mouth_crops(frames, "centre88")
     np.testing.assert_array_equal(crops, arrays("inputs.npz")[f"{clip}.input_gray_uint8_crop88"])
 
 
@@ -121,8 +121,8 @@ def test_no_face_anywhere_falls_back_to_resized_frames() -> None:
     assert rois.shape == (3, 96, 96, 3)
 
 
-def test_unknown_protocol() -> None:
-    with pytest.raises(ValueError, match="Unknown protocol `lrs3`"):
+def test_unknown_recipe() -> None:
+    with pytest.raises(ValueError, match="Unknown mouth crop recipe `lrs3`"):
         mr.mouth_crops(np.zeros((1, 96, 96, 3), dtype=np.uint8), "lrs3")
 
 

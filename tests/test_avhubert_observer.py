@@ -8,8 +8,10 @@ from pathlib import Path
 import pytest
 
 from talkbench.media import decode_clip
-from talkbench.observers import ClipData, ClipSkipped, ObserverContext, build_observers
+from talkbench.lipread import lipread
+from talkbench.observers import ClipData, ClipSkipped, ObserverContext
 from talkbench.observers import avhubert as obs_module
+from talkbench.protocols import build_observers
 from test_avhubert_common import FIXTURE, expected_json, filled_checkpoint
 
 CARD = "avhubert-large-lrs2"
@@ -72,13 +74,15 @@ def test_official_protocol_uses_cached_landmarks(checkpoint: Path) -> None:
     face = mouth_roi.mean_face()
     data.cache[obs_module.LANDMARKS_CACHE_KEY] = [(face - 128) * 0.5 + 80] * 12  # no dlib needed
     row = observer.measure(data)
-    assert data.cache["avhubert_crops.avhubert-official"].shape == (12, 88, 88)
+    assert data.cache["mouth_roi.landmark-aligned"].shape == (12, 88, 88)
     assert isinstance(row["hyp1"], str) and row["ref_words1"] == 8 and row["edits1"] >= 0
 
 
 def test_bad_context_is_refused(checkpoint: Path) -> None:
-    with pytest.raises(ValueError, match="Unknown protocol"):
-        obs_module.build(ObserverContext(protocol="lrs3", weights={CARD: checkpoint}))
+    with pytest.raises(ValueError, match="Unknown mouth crop recipe"):
+        obs_module.build(ObserverContext(mouth_roi="lrs3", weights={CARD: checkpoint}))
+    with pytest.raises(ValueError, match="--protocol must be one of"):
+        build_observers(["wer1"], ObserverContext(protocol="lrs3", weights={CARD: checkpoint}))
     with pytest.raises(ValueError, match="both options"):
         obs_module.build(ObserverContext(weights={CARD: checkpoint}, options={"avhubert_dict": "x"}))
 
@@ -106,7 +110,7 @@ def test_lipread_function_and_cli(checkpoint: Path) -> None:
     from talkbench.cli import avhubert as cli
 
     info = expected_json()
-    result = obs_module.lipread(FIXTURE / "another.mp4", {CARD: checkpoint}, beam=50)
+    result = lipread(FIXTURE / "another.mp4", {CARD: checkpoint}, beam=50)
     assert result.text == info["another.beam.top5"][0]["text"] and result.frames == 82
     app = typer.Typer()
     cli.register(app)

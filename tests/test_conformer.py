@@ -181,7 +181,8 @@ def test_observer_rows_and_summary(model: ConformerLipReader) -> None:
 
 
 def test_build_from_weights_override(checkpoint: Path) -> None:
-    from talkbench.observers import ObserverContext, build_observers
+    from talkbench.observers import ObserverContext
+    from talkbench.protocols import build_observers
 
     (observer,) = build_observers(["wer2"], ObserverContext(device="cpu", weights={"conformer-lrs2": checkpoint}))
     assert isinstance(observer, obs.ConformerObserver) and observer.metrics == ("wer2",)

@@ -18,7 +18,8 @@ from typer.testing import CliRunner
 from talkbench import weights
 from talkbench.cli import app
 from talkbench.evaluate import EvaluateConfig, EvaluationError, evaluate
-from talkbench.observers import ObserverContext, build_observers
+from talkbench.observers import ObserverContext
+from talkbench.protocols import build_observers
 from talkbench.observers.image_quality import ImageQualityObserver
 from talkbench.store import ResultStore
 

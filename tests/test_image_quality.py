@@ -11,7 +11,8 @@ import pytest
 from skimage.metrics import structural_similarity
 
 from talkbench.media import decode_clip, write_clip
-from talkbench.observers import ClipData, ClipSkipped, ObserverContext, build_observers
+from talkbench.observers import ClipData, ClipSkipped, ObserverContext
+from talkbench.protocols import build_observers
 from talkbench.observers import image_quality
 
 MEDIA = Path(__file__).resolve().parent / "fixtures" / "media"

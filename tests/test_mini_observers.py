@@ -8,11 +8,12 @@ import math
 import numpy as np
 import pytest
 
-from talkbench import media, weights
+from talkbench import cards, media
 from talkbench.mini import observer_lipreader, observer_syncnet
 from talkbench.mini.corpus import synthesize_corpus
 from talkbench.mini.train_observers import SHIFT_FRAMES, shift_audio
-from talkbench.observers import ObserverContext, build_observers, observer_modules
+from talkbench.observers import ObserverContext
+from talkbench.protocols import MINI, build_observers
 from talkbench.observers.base import ClipData, ClipSkipped
 from talkbench.suites import read_lrs2_text
 
@@ -45,12 +46,12 @@ def sync():
 
 
 def test_registry_routes_protocol_mini_to_the_mini_observers(lip, sync):
-    assert observer_modules(["wer1", "lse_c"], "mini") == ["talkbench.mini.observer_lipreader",
-                                                            "talkbench.mini.observer_syncnet"]
+    assert [s.module for s in MINI.observer_specs(["wer1", "lse_c"])] == ["talkbench.mini.observer_lipreader",
+                                                                         "talkbench.mini.observer_syncnet"]
     assert [o.name for o in build_observers(["cer1", "av_offset"], CTX)] == ["mini-lipreader", "mini-syncnet"]
     assert set(lip.weights_sha256) == {"mini-lipreader-b"} and set(sync.weights_sha256) == {"mini-syncnet"}
     for card, sha in {**lip.weights_sha256, **sync.weights_sha256}.items():
-        assert weights.load_card(card).sha256.startswith(sha)
+        assert cards.load_card(card).sha256.startswith(sha)
     assert observer_lipreader.summarize is not None and observer_syncnet.summarize is not None
 
 

@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+import io
 import json
 import os
 
 import pytest
+from rich.console import Console
+from rich.progress import Progress
 from typer.testing import CliRunner
 
 from talkbench import weights
-from talkbench.cli.models import app
-from test_weights import PAYLOAD, PAYLOAD_SHA, REQUIRED_CARDS, FileServer, write_card
+from talkbench.cards import load_card
+from talkbench.cli.models import app, install_download_progress, rich_download_progress
+from test_cards import REQUIRED_CARDS, use_card_folder, write_card
+from test_weights import PAYLOAD, PAYLOAD_SHA, FileServer
 
 runner = CliRunner()
 
@@ -26,11 +31,9 @@ def error_paragraph(result) -> str:
 
 @pytest.fixture
 def env(tmp_path, monkeypatch):
-    home, cards = tmp_path / "home", tmp_path / "cards"
-    cards.mkdir()
-    monkeypatch.setenv("TALKBENCH_HOME", str(home))
-    monkeypatch.setenv("TALKBENCH_CARDS", str(cards))
+    home, cards = use_card_folder(tmp_path, monkeypatch)
     monkeypatch.delenv("TALKBENCH_WEIGHTS_MIRROR", raising=False)
+    monkeypatch.setattr(weights, "_progress_factory", None)
     srv = FileServer()
     srv.files["/files/model.bin"] = PAYLOAD
     yield home, cards, srv
@@ -76,6 +79,33 @@ def test_download_then_path_and_list(env):
     assert runner.invoke(app, ["path", "tiny"]).stdout.strip() == str(dest)
     rows = {r["name"]: r for r in json.loads(runner.invoke(app, ["list", "--json"]).stdout)}
     assert rows["tiny"]["cached"] is True and rows["tiny"]["sha256_source"] == "card"
+
+
+def test_download_bar_starts_at_the_first_bytes_and_nests_under_another_bar(env):
+    console = Console(file=io.StringIO(), force_terminal=True, width=120)
+    _, close = rich_download_progress(console)
+    close()  # a download that never got bytes (cached, or failed at once) draws nothing
+    assert console.file.getvalue() == ""
+    update, close = rich_download_progress(console)
+    with Progress(console=console) as outer:  # e.g. evaluate's clip bar, live while observers are built
+        outer.add_task("evaluate", total=3)
+        update(5 << 20, 10 << 20, "tiny")
+        update(10 << 20, 10 << 20, "tiny")
+        close()
+    assert "tiny" in console.file.getvalue() and "10.5 MB" in console.file.getvalue()
+
+
+def test_installed_bar_shows_the_automatic_download_of_resolve_and_is_removed_after(env):
+    _, cards, srv = env
+    write_card(cards, "tiny", [srv.base + "/files/model.bin"], sha256=PAYLOAD_SHA)
+    console = Console(file=io.StringIO(), force_terminal=True, width=120)
+    restore = install_download_progress(console)
+    try:
+        assert weights.resolve("tiny").read_bytes() == PAYLOAD
+    finally:
+        restore()
+    assert "tiny" in console.file.getvalue()
+    assert weights.set_download_progress(None) is None  # restore() put the previous (no) display back
 
 
 def test_download_needs_names_and_reports_failures(env):
@@ -135,7 +165,7 @@ def test_list_shows_bundled_weights_as_available(env):
     mini = [r for r in rows.values() if r["bundled"]]
     assert {"mini-syncnet", "mini-lipreader-b", "talklip-mini"} <= {r["name"] for r in mini}
     for r in mini:
-        card = weights.load_card(r["name"])
+        card = load_card(r["name"])
         assert r["cached"] is True and r["path"] == str(card.bundled_path())
     assert rows["syncnet-v2"]["bundled"] is False and rows["syncnet-v2"]["cached"] is False
     table = runner.invoke(app, ["list"]).stdout
@@ -217,7 +247,7 @@ def test_verify_a_named_bundled_card_checks_the_shipped_file(env):
     result = runner.invoke(app, ["verify", "mini-syncnet", "--json"])
     assert result.exit_code == 0, result.output
     row = json.loads(result.stdout)[0]
-    assert row["status"] == "ok" and row["path"] == str(weights.load_card("mini-syncnet").bundled_path())
+    assert row["status"] == "ok" and row["path"] == str(load_card("mini-syncnet").bundled_path())
 
 
 def test_path_rejects_bad_weights_items_as_usage_errors(env, tmp_path):

@@ -157,7 +157,8 @@ def test_observer_row(model: MVMClassifier, frames: np.ndarray) -> None:
 
 
 def test_build_from_weights_override(checkpoint: Path) -> None:
-    from talkbench.observers import ObserverContext, build_observers
+    from talkbench.observers import ObserverContext
+    from talkbench.protocols import build_observers
 
     ctx = ObserverContext(device="cpu", weights={"mvm-lrw": checkpoint},
                           options={"mvm_long_clips": "center", "mvm_test_aug": "false"})

@@ -11,7 +11,8 @@ import pytest
 
 from talkbench import jpeg_compat
 from talkbench.media import Clip, decode_clip
-from talkbench.observers import ClipData, ClipSkipped, ObserverContext, build_observers
+from talkbench.observers import ClipData, ClipSkipped, ObserverContext
+from talkbench.protocols import build_observers
 from talkbench.observers import syncnet as obs
 
 FIX = Path(__file__).resolve().parent / "fixtures" / "syncnet"
@@ -19,7 +20,8 @@ FIX = Path(__file__).resolve().parent / "fixtures" / "syncnet"
 
 @pytest.fixture(scope="module")
 def observer(syncnet_checkpoint: Path) -> obs.SyncNetObserver:
-    ctx = ObserverContext(device="cpu", weights={"syncnet-v2": syncnet_checkpoint})
+    # frames scored in memory (talklip2023's default JPEG round trip is tested below)
+    ctx = ObserverContext(device="cpu", weights={"syncnet-v2": syncnet_checkpoint}, options={"lse_jpeg_compat": False})
     (built,) = build_observers(["lse_c", "lse_d", "av_offset"], ctx)
     return built
 
@@ -43,6 +45,14 @@ def test_build_and_contract(observer: obs.SyncNetObserver) -> None:
     assert not observer.needs_reference and not observer.needs_text
     assert len(observer.weights_sha256["syncnet-v2"]) == 12
     assert observer.options == obs.LSEOptions()
+
+
+def test_the_protocol_sets_the_jpeg_step() -> None:
+    from talkbench.protocols import MINI, TALKLIP2023
+
+    assert TALKLIP2023.options(["lse_c"], {})["lse_jpeg_compat"] is True
+    assert MINI.options(["lse_c"], {})["lse_jpeg_compat"] is False
+    assert TALKLIP2023.options(["lse_c"], {"lse_jpeg_compat": "false"})["lse_jpeg_compat"] is False
 
 
 def test_options_are_validated() -> None:

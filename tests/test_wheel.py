@@ -64,13 +64,13 @@ def installed(tmp_path_factory):
 
 def test_wheel_contains_every_card_and_finds_them_installed(installed):
     python, env, purelib, root = installed
-    code = ("import json, talkbench; from talkbench.weights import list_cards, card_dirs; "
+    code = ("import json, talkbench; from talkbench.cards import list_cards, card_dirs; "
             "print(json.dumps({'file': talkbench.__file__, 'dirs': [str(d) for d in card_dirs()], "
             "'cards': [c.name for c in list_cards()]}))")
     info = json.loads(_run([str(python), "-c", code], cwd=root, env=env).stdout)
     assert Path(info["file"]).resolve().is_relative_to(purelib.resolve()), info["file"]
     assert Path(info["dirs"][-1]).resolve() == (purelib / "talkbench" / "_cards").resolve()
-    shipped = sorted(p.stem for p in (REPO / "observers").glob("*.toml"))
+    shipped = sorted(p.stem for p in (REPO / "cards").glob("*.toml"))
     assert sorted(info["cards"]) == shipped
     assert {"syncnet-v2", "avhubert-large-lrs2", "talklip-gc", "s3fd"} <= set(shipped)
 
@@ -85,4 +85,4 @@ def test_console_script_lists_every_card(installed):
         pytest.skip("talkbench.cli does not register the models sub-app yet (lead: models.register(app))")
     assert result.returncode == 0, result.stdout + result.stderr
     names = {row["name"] for row in json.loads(result.stdout)}
-    assert names == {p.stem for p in (REPO / "observers").glob("*.toml")}
+    assert names == {p.stem for p in (REPO / "cards").glob("*.toml")}

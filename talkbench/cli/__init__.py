@@ -5,10 +5,13 @@ Results go to stdout (a table, or JSON with ``--json``); logs and progress bars 
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 import logging
 import pickle
 import sqlite3
+import sys
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator, List
@@ -82,10 +85,33 @@ def user_errors(offline_hint: str = "") -> Iterator[None]:
         fail(message)
 
 
-def print_summary(summary: dict[str, Any], as_json: bool) -> None:
-    """The summary row on stdout: JSON (a metric that was not computed is ``null``), or a table of the filled columns."""
+SUMMARY_FORMATS: tuple[str, ...] = ("table", "csv", "json")
+
+
+def summary_format(requested: str | None, as_json: bool = False) -> str:
+    """The format of the summary on stdout: ``--format``, else json with ``--json``, else a table on a terminal
+    and CSV when stdout is a pipe or a file (a table there would be squeezed to 80 columns)."""
+    if requested is not None:
+        if requested not in SUMMARY_FORMATS:
+            fail(f"--format must be one of {', '.join(SUMMARY_FORMATS)}, got {requested!r}.")
+        return requested
     if as_json:
+        return "json"
+    return "table" if stdout.is_terminal else "csv"
+
+
+def print_summary(summary: dict[str, Any], fmt: str = "table") -> None:
+    """The summary row on stdout: a table of the filled columns, every column as CSV, or JSON (a metric that
+    was not computed is ``null``)."""
+    if fmt == "json":
         stdout.print_json(json.dumps({k: None if v == "" else v for k, v in summary.items()}))
+        return
+    if fmt == "csv":
+        buffer = io.StringIO()
+        writer = csv.DictWriter(buffer, fieldnames=list(summary), lineterminator="\n")
+        writer.writeheader()
+        writer.writerow({k: repr(v) if isinstance(v, float) else v for k, v in summary.items()})
+        sys.stdout.write(buffer.getvalue())
         return
     table = Table(title="talkbench summary")
     for column, value in summary.items():
@@ -108,8 +134,11 @@ def _setup_logging(verbose: bool) -> None:
 
 
 @app.callback()
-def _root(verbose: bool = typer.Option(False, "--verbose", "-v", help="Debug logging on stderr.")) -> None:
+def _root(ctx: typer.Context,
+          verbose: bool = typer.Option(False, "--verbose", "-v", help="Debug logging on stderr.")) -> None:
     _setup_logging(verbose)
+    # downloads started by any command draw their bar on stderr (under the clip bar of evaluate)
+    ctx.call_on_close(_models.install_download_progress(stderr))
 
 
 def main() -> None:

@@ -1,6 +1,6 @@
 """``talkbench lipread``: read the lips of one video with the WER1 observer (AV-HuBERT seq2seq, beam search).
 
-Thin layer over :func:`talkbench.observers.avhubert.lipread`; the lead wires it with ``register(app)``.
+Thin layer over :func:`talkbench.lipread.lipread`; the lead wires it with ``register(app)``.
 """
 
 from __future__ import annotations
@@ -12,7 +12,8 @@ from typing import List, Optional
 import typer
 
 from talkbench.cli import parse_weights, user_errors
-from talkbench.observers import PROTOCOL_METRICS
+from talkbench.lipread import lipread
+from talkbench.protocols import PROTOCOLS
 
 #: Added to the error of a checkpoint that is neither given, cached nor downloadable.
 OFFLINE_HINT = ("Without a download: `talkbench lipread --protocol mini` reads with the bundled mini lip reader "
@@ -32,12 +33,10 @@ def lipread_command(
     as_json: bool = typer.Option(False, "--json", help="Print a JSON object instead of the text."),
 ) -> None:
     """Print what the lip reader of --protocol (AV-HuBERT, or the mini reader) reads from VIDEO."""
-    from talkbench.observers.avhubert import lipread
-
     overrides = parse_weights(weights)
     with user_errors(offline_hint=OFFLINE_HINT):
-        if protocol not in PROTOCOL_METRICS:
-            raise ValueError(f"--protocol must be one of {', '.join(PROTOCOL_METRICS)}, got {protocol!r}.")
+        if protocol not in PROTOCOLS:
+            raise ValueError(f"--protocol must be one of {', '.join(PROTOCOLS)}, got {protocol!r}.")
         if beam <= 0:
             raise ValueError(f"--beam must be a positive number of hypotheses, got {beam}.")
         result = lipread(video, overrides, protocol=protocol, device=device, beam=beam)

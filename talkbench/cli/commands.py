@@ -9,16 +9,29 @@ from typing import List, Optional
 
 import typer
 
-from talkbench.cli import app, parse_weights, print_summary, progress_bar, stderr, user_errors
-from talkbench.evaluate import PROTOCOLS, EvaluateConfig, evaluate, parse_shard
+from talkbench.cli import (app, fail, parse_weights, print_summary, progress_bar, stderr, summary_format,
+                           user_errors)
+from talkbench.evaluate import EvaluateConfig, evaluate, parse_shard
+from talkbench.observers import METRIC_COLUMNS, OPTIONS
+from talkbench.protocols import PROTOCOLS
 
 logger = logging.getLogger("talkbench")
 
-DEFAULT_METRICS = "psnr,psnr_talklip_compat,ssim"
 #: Added to the error of a checkpoint that is neither given, cached nor downloadable.
 OFFLINE_HINT = ("Without a download: `--protocol mini` scores WER1/CER1, LSE and PSNR/SSIM with the observers "
                 "bundled in talkbench (synthetic-corpus faces only); official checkpoints must be downloaded by "
                 "hand and passed with --weights NAME=PATH.")
+
+
+def parse_options(items: List[str] | None) -> dict[str, str]:
+    """``--option KEY=VALUE`` items -> {key: value} (typed and checked later by the observers' specs)."""
+    options: dict[str, str] = {}
+    for item in items or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            fail(f"--option takes KEY=VALUE (e.g. --option mini_lexicon=false), got {item!r}.")
+        options[key.strip()] = value.strip()
+    return options
 
 
 @app.command("evaluate")
@@ -27,46 +40,51 @@ def evaluate_command(
     reference: Optional[Path] = typer.Option(None, "--reference", "-r", help="Ground-truth folder (clips + transcripts)."),
     suite: str = typer.Option("auto", help="Suite layout: auto, lrs2, lrw, talklip-filelist, folder."),
     filelist: Optional[Path] = typer.Option(None, help="TalkLip filelist (test.wrd style) for --suite talklip-filelist."),
-    metrics: str = typer.Option(DEFAULT_METRICS, help="Comma-separated metric columns, e.g. wer1,lse_c,lse_d,psnr,ssim."),
-    protocol: str = typer.Option("talklip2023", help="talklip2023 (the paper's Table 1), avhubert-official "
-                                 "(landmark-aligned mouth ROIs) or mini (bundled mini observers, synthetic corpus)."),
+    metrics: Optional[str] = typer.Option(None, help="Comma-separated metric columns (default: the protocol's): "
+                                          + ", ".join(METRIC_COLUMNS) + "."),
+    protocol: str = typer.Option("talklip2023", help="; ".join(f"{p.name}: {p.title}" for p in PROTOCOLS.values())
+                                 + "."),
     name: str = typer.Option("", "--name", help="Model name for the leaderboard row (default: the folder name)."),
     split: str = typer.Option("test", help="Split name recorded in the summary."),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Run directory (default runs/<name>)."),
     device: str = typer.Option("cpu", help="cpu, cuda or cuda:N."),
     weights: Optional[List[str]] = typer.Option(None, "--weights", help="NAME=PATH: use a local checkpoint file."),
+    option: Optional[List[str]] = typer.Option(None, "--option", help="KEY=VALUE: an observer option ("
+                                               + ", ".join(sorted(OPTIONS)) + "; see docs/observers)."),
     strict: bool = typer.Option(False, help="Stop at the first clip that fails."),
     shard: Optional[str] = typer.Option(None, help="K/N: evaluate the K-th of N deterministic shards."),
     retry_failed: bool = typer.Option(False, help="Recompute clips stored with an error."),
-    lse_mode: str = typer.Option("wav2lip", help="LSE frames: wav2lip (whole frame) or pipeline (face tracks)."),
+    lse_mode: Optional[str] = typer.Option(None, help="= --option lse_mode: wav2lip (whole frame, default) or "
+                                           "pipeline (face tracks)."),
     lse_jpeg_compat: Optional[bool] = typer.Option(
         None, "--lse-jpeg-compat/--no-lse-jpeg-compat",
-        help="Reproduce the reference's JPEG round trip of frames (default: on for talklip2023, off otherwise)."),
-    lse_min_track: int = typer.Option(100, help="Pipeline mode: shortest face track scored (frames)."),
-    lse_min_face_size: float = typer.Option(100.0, help="Pipeline mode: smallest mean face size (pixels)."),
-    lse_track_agg: str = typer.Option("first", help="Pipeline mode: per-clip value from tracks: first, best, mean."),
-    lse_detector: str = typer.Option("dlib", help="Pipeline mode face detector: dlib (offline) or s3fd (--weights s3fd=PATH)."),
-    max_frames: Optional[int] = typer.Option(
-        None, help="Lip-reading clips longer than this become error rows (default: the checkpoint's limit, 500 for AV-HuBERT)."),
-    as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON on stdout."),
+        help="= --option lse_jpeg_compat: the reference's JPEG round trip of frames (default: on for talklip2023)."),
+    lse_min_track: Optional[int] = typer.Option(None, help="= --option lse_min_track (pipeline mode, default 100)."),
+    lse_min_face_size: Optional[float] = typer.Option(None, help="= --option lse_min_face_size (pipeline, 100 px)."),
+    lse_track_agg: Optional[str] = typer.Option(None, help="= --option lse_track_agg: first, best, mean."),
+    lse_detector: Optional[str] = typer.Option(None, help="= --option lse_detector: dlib (offline) or s3fd "
+                                               "(--weights s3fd=PATH)."),
+    max_frames: Optional[int] = typer.Option(None, help="= --option max_frames: longer lip-reading clips are error "
+                                             "rows (default: the checkpoint's limit, 500 for AV-HuBERT)."),
+    output_format: Optional[str] = typer.Option(None, "--format", help="Summary on stdout: table, csv or json "
+                                                "(default: table on a terminal, csv otherwise)."),
+    as_json: bool = typer.Option(False, "--json", help="= --format json."),
 ) -> None:
     """Score a folder of generated clips; per-clip rows are stored as they finish (re-run to resume)."""
     model = name or generated.resolve().name
     run_dir = out or Path("runs") / model
     overrides = parse_weights(weights)
+    flags = {"lse_mode": lse_mode, "lse_jpeg_compat": lse_jpeg_compat, "lse_min_track": lse_min_track,
+             "lse_min_face_size": lse_min_face_size, "lse_track_agg": lse_track_agg, "lse_detector": lse_detector,
+             "max_frames": max_frames}
+    options = {**{k: v for k, v in flags.items() if v is not None}, **parse_options(option)}
+    fmt = summary_format(output_format, as_json)
     with user_errors(offline_hint=OFFLINE_HINT):
-        if protocol not in PROTOCOLS:
-            raise ValueError(f"--protocol must be one of {', '.join(PROTOCOLS)}, got {protocol!r}.")
         config = EvaluateConfig(
             generated=generated, reference=reference, out=run_dir, suite=suite, filelist=filelist,
-            metrics=tuple(m.strip() for m in metrics.split(",") if m.strip()), protocol=protocol, model=model,
-            split=split, device=device, weights=overrides, strict=strict,
-            shard=parse_shard(shard) if shard else None, retry_failed=retry_failed,
-            options={"lse_mode": lse_mode,
-                     "lse_jpeg_compat": protocol == "talklip2023" if lse_jpeg_compat is None else lse_jpeg_compat,
-                     "lse_min_track": lse_min_track, "lse_min_face_size": lse_min_face_size,
-                     "lse_track_agg": lse_track_agg, "lse_detector": lse_detector,
-                     **({"max_frames": max_frames} if max_frames is not None else {})},
+            metrics=tuple(m.strip() for m in (metrics or "").split(",") if m.strip()), protocol=protocol,
+            model=model, split=split, device=device, weights=overrides, strict=strict,
+            shard=parse_shard(shard) if shard else None, retry_failed=retry_failed, options=options,
         )
         started = time.perf_counter()
         with progress_bar() as bar:
@@ -77,7 +95,7 @@ def evaluate_command(
                 bar.update(task, completed=done, total=total, rate=f"{done / elapsed:.2f}")
 
             result = evaluate(config, progress=advance)
-    print_summary(result.summary, as_json)
+    print_summary(result.summary, fmt)
     if result.n_failed:
         stderr.print(f"[yellow]{result.n_failed} of {result.n_clips} clip(s) failed[/yellow]; "
                      f"see the error column of {result.run_dir / 'clips.csv'}")
@@ -90,14 +108,16 @@ def merge_command(
     out: Path = typer.Option(..., "--out", "-o", help="Run directory to write the merged run to."),
     allow_partial: bool = typer.Option(False, "--allow-partial", help="Merge although shards are missing; the "
                                        "summary's `partial` column names them."),
-    as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON on stdout."),
+    output_format: Optional[str] = typer.Option(None, "--format", help="Summary on stdout: table, csv or json."),
+    as_json: bool = typer.Option(False, "--json", help="= --format json."),
 ) -> None:
     """Combine shard run directories into the summary a single run would give."""
     from talkbench.merge import merge_runs
 
+    fmt = summary_format(output_format, as_json)
     with user_errors():
         summary = merge_runs(run_dirs, out, allow_partial=allow_partial)
-    print_summary(summary, as_json)
+    print_summary(summary, fmt)
 
 
 @app.command("leaderboard")

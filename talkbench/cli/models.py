@@ -1,8 +1,10 @@
 """``talkbench models list | path | download | verify``: the weights cards and the local cache.
 
-A thin Typer layer over :mod:`talkbench.weights`. Results go to stdout (table, paths, or JSON with
-``--json``); progress bars, warnings and errors go to stderr. An error is one ``error: <message>``
-paragraph (no traceback); the message names the file or card and the fix.
+A thin Typer layer over :mod:`talkbench.cards` and :mod:`talkbench.weights`. Results go to stdout (table, paths,
+or JSON with ``--json``); progress bars, warnings and errors go to stderr. An error is one ``error: <message>``
+paragraph (no traceback); the message names the file or card and the fix. The download bar lives here
+(:func:`rich_download_progress`); :func:`install_download_progress` makes the automatic downloads of other
+commands draw it too.
 
 Exit codes:
     0  ok (``list`` also exits 0 when some card files are malformed: they are shown as rows with their error);
@@ -15,14 +17,18 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import List, NoReturn, Optional
+from typing import Callable, List, NoReturn, Optional
 
 import typer
 from rich.console import Console
+from rich.errors import LiveError
 from rich.markup import escape
+from rich.progress import (BarColumn, DownloadColumn, Progress, TaskID, TextColumn, TimeRemainingColumn,
+                           TransferSpeedColumn)
 from rich.table import Table
 
 from talkbench import weights
+from talkbench.cards import Card, CardError, load_card, scan_cards
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="Checkpoint cards: list them, find, download and verify their files.")
@@ -35,10 +41,85 @@ EXIT_OK, EXIT_FILE, EXIT_USAGE = 0, 1, 2
 
 
 def exit_code(err: BaseException) -> int:
-    """The documented exit code for an error of :mod:`talkbench.weights` (see the module docstring)."""
-    if isinstance(err, weights.CardError) or isinstance(err, ValueError) and not isinstance(err, weights.WeightsError):
+    """The documented exit code for an error of :mod:`talkbench.cards` or :mod:`talkbench.weights` (see the
+    module docstring)."""
+    if isinstance(err, CardError) or isinstance(err, ValueError) and not isinstance(err, weights.WeightsError):
         return EXIT_USAGE
     return EXIT_FILE
+
+
+class _DownloadBar:
+    """One rich download bar (bytes, speed, time left), a row per card; started by the first bytes it is given.
+
+    Inside another live display of the same console (e.g. ``evaluate``'s clip bar) rich >= 14 draws it below
+    that one; rich 13 cannot nest live displays, and the progress is then logged instead (every ~10 %).
+    """
+
+    def __init__(self, console: Console) -> None:
+        self._bar = Progress(TextColumn("[bold]{task.description}"), BarColumn(), DownloadColumn(),
+                             TransferSpeedColumn(), TimeRemainingColumn(), console=console, transient=False)
+        self._tasks: dict[str, TaskID] = {}
+        self._started = False
+        self._logged: weights.ProgressFn | None = None
+
+    def __call__(self, done: int, total: int | None, label: str) -> None:
+        if self._logged is not None:
+            self._logged(done, total, label)
+            return
+        if not self._started:
+            try:
+                self._bar.start()
+            except LiveError:  # rich 13 under another live display
+                self._logged = weights.logging_progress()
+                self._logged(done, total, label)
+                return
+            self._started = True
+        if label not in self._tasks:
+            self._tasks[label] = self._bar.add_task(label, total=total)
+        self._bar.update(self._tasks[label], completed=done, total=total)
+
+    def close(self) -> None:
+        """Stop the bar (it stays on screen, complete or where the download stopped); nothing if never started."""
+        if self._started:
+            self._bar.stop()
+            self._started = False
+
+
+def rich_download_progress(console: Console | None = None) -> tuple[weights.ProgressFn, Callable[[], None]]:
+    """A download bar on ``console`` (default: this module's stderr console): ``(callback, close)``.
+
+    Pass the callback to :func:`talkbench.weights.download` or :func:`talkbench.weights.resolve` as
+    ``progress`` and call ``close`` when the download ends (also on failure). Nothing is drawn before the first
+    bytes arrive, so a cached file draws no bar.
+    """
+    bar = _DownloadBar(console or _err)
+    return bar, bar.close
+
+
+def install_download_progress(console: Console | None = None) -> Callable[[], None]:
+    """Make every download that is given no callback (``resolve``'s during evaluate, generate, train ...) draw
+    :func:`rich_download_progress` on ``console``; returns the function that puts the previous reporter back.
+
+    The root command calls it once at startup (``ctx.call_on_close(install_download_progress(stderr))``), with
+    the console its own progress bars use, so that a download bar nests under them.
+    """
+    previous = weights.set_download_progress(lambda: rich_download_progress(console))
+
+    def restore() -> None:
+        weights.set_download_progress(previous)
+
+    return restore
+
+
+def _fetch(card: Card, bar: bool, force: bool) -> Path:
+    """:func:`talkbench.weights.download` with a rich bar on stderr (``bar``), else its progress logged."""
+    if not bar:
+        return weights.download(card, progress=weights.logging_progress(), force=force)
+    report, close = rich_download_progress()
+    try:
+        return weights.download(card, progress=report, force=force)
+    finally:
+        close()
 
 
 def _error(err: BaseException | str) -> None:
@@ -52,23 +133,23 @@ def _fail(err: BaseException | str, code: int) -> NoReturn:
     raise typer.Exit(code)
 
 
-def _cards(names: List[str] | None) -> list[weights.Card]:
+def _cards(names: List[str] | None) -> list[Card]:
     """The named cards (exit 2 on an unknown or malformed card), or every card when no name is given.
 
     With no names, malformed cards are reported as errors on stderr and left out (the others are returned).
     """
     if not names:
-        cards, broken = weights.scan_cards()
+        cards, broken = scan_cards()
         for err in broken.values():
             _error(err)
         return cards
     try:
-        return [weights.load_card(n) for n in names]
-    except weights.CardError as err:
+        return [load_card(n) for n in names]
+    except CardError as err:
         _fail(err, EXIT_USAGE)
 
 
-def _local_file(card: weights.Card) -> tuple[Path, bool]:
+def _local_file(card: Card) -> tuple[Path, bool]:
     """(the file ``resolve`` would use without an override or download, whether it is the bundled one)."""
     bundled = card.bundled_path()
     if bundled is not None and bundled.is_file():
@@ -76,7 +157,7 @@ def _local_file(card: weights.Card) -> tuple[Path, bool]:
     return weights.cache_path(card), False
 
 
-def card_status(card: weights.Card) -> dict[str, object]:
+def card_status(card: Card) -> dict[str, object]:
     """One row of ``models list``: the card plus the state of its local file (does not hash the file).
 
     ``cached`` is True when the file is available without a download: in the cache, or shipped inside the
@@ -93,7 +174,7 @@ def card_status(card: weights.Card) -> dict[str, object]:
     }
 
 
-def broken_card_status(name: str, err: weights.CardError) -> dict[str, object]:
+def broken_card_status(name: str, err: CardError) -> dict[str, object]:
     """The ``models list`` row of a card file that cannot be read: the same keys, ``error`` set."""
     return {
         "name": name, "role": None, "file_name": None, "released": None, "metrics": [], "size_bytes": None,
@@ -108,7 +189,7 @@ def list_command(as_json: bool = typer.Option(False, "--json", help="Print JSON 
 
     A malformed card file is listed as a row with its error (and a warning on stderr); the others are listed.
     """
-    cards, broken = weights.scan_cards()
+    cards, broken = scan_cards()
     rows = [card_status(c) for c in cards] + [broken_card_status(n, e) for n, e in broken.items()]
     rows.sort(key=lambda r: str(r["name"]))
     for name, err in broken.items():
@@ -156,7 +237,8 @@ def download_command(
     names: Optional[List[str]] = typer.Argument(None, help="Card names (default: with --all, every released card)."),
     all_cards: bool = typer.Option(False, "--all", help="Download every released card."),
     force: bool = typer.Option(False, help="Download again even if a verified file is cached."),
-    progress: bool = typer.Option(True, "--progress/--no-progress", help="Progress bar on stderr."),
+    progress: bool = typer.Option(True, "--progress/--no-progress",
+                                  help="Progress bar on stderr (without it, progress is logged every ~10 %)."),
 ) -> None:
     """Download card files into the cache (resuming partial files); the sha256 is always checked."""
     if not names and not all_cards:
@@ -164,14 +246,14 @@ def download_command(
     if names:
         cards, broken = _cards(names), 0
     else:
-        every, bad = weights.scan_cards()
+        every, bad = scan_cards()
         for err in bad.values():
             _error(err)
         cards, broken = [c for c in every if c.released], len(bad)
     code = EXIT_USAGE if broken else EXIT_OK
     for card in cards:
         try:
-            path = weights.download(card, progress=progress, force=force)
+            path = _fetch(card, progress, force)
         except (weights.WeightsError, OSError) as err:
             _error(err)
             code = max(code, exit_code(err))
@@ -236,7 +318,8 @@ def register(parent: typer.Typer) -> None:
     parent.add_typer(app, name="models")
 
 
-__all__ = ["app", "broken_card_status", "card_status", "exit_code", "register"]
+__all__ = ["app", "broken_card_status", "card_status", "exit_code", "install_download_progress", "register",
+           "rich_download_progress"]
 
 
 if __name__ == "__main__":  # python -m talkbench.cli.models ...

@@ -1,4 +1,4 @@
-"""Word and character error rates, and the text normalisation of each protocol.
+"""Word and character error rates, and the text normalisations the protocols use.
 
 Two ways to average, both used by the references and both named here:
 
@@ -12,20 +12,19 @@ Two ways to average, both used by the references and both named here:
 Edits are Levenshtein distances over words (or characters, for CER) computed with ``editdistance``,
 as both references do. All rates are in percent.
 
-Normalisation (:func:`normalize_text`), per protocol — what the references do to the transcript, and
-nothing more:
+Normalisation (:func:`normalize_text`) — what the references do to the transcript, and nothing more; a
+protocol names the one it uses (:attr:`talkbench.protocols.Protocol.text_normalisation`):
 
-========================  =========  ===========  ======  ===========  ================================
-protocol                  case       punctuation  digits  apostrophes  used for
-========================  =========  ===========  ======  ===========  ================================
-``talklip2023``           lower      kept         kept    kept         WER1 (AV-HuBERT observer)
-``avhubert-official``     lower      kept         kept    kept         AV-HuBERT's own LRS3 protocol
-``talklip2023-wer2``      upper      kept         kept    kept         WER2 (Conformer observer)
-``none``                  as is      kept         kept    kept         raw comparison
-``letters``               lower      removed      kept    in words     free-form transcripts (csv)
-========================  =========  ===========  ======  ===========  ================================
+============  =========  ===========  ======  ===========  ==========================================
+name          case       punctuation  digits  apostrophes  used for
+============  =========  ===========  ======  ===========  ==========================================
+``lower``     lower      kept         kept    kept         WER1 (AV-HuBERT's LRS2/LRS3 labels; mini)
+``upper``     upper      kept         kept    kept         WER2 (the Conformer reads the Text: line)
+``none``      as is      kept         kept    kept         raw comparison
+``letters``   lower      removed      kept    in words     free-form transcripts (csv)
+============  =========  ===========  ======  ===========  ==========================================
 
-Every protocol also collapses runs of whitespace into one space and strips the ends (the references
+Every normalisation also collapses runs of whitespace into one space and strips the ends (the references
 split on whitespace). AV-HuBERT's manifests lowercase the LRS2/LRS3 ``Text:`` line (``lrs3_manifest.py``:
 ``label.strip().lower()``) and compare words as written, so "it's" ≠ "its" and "2" ≠ "two"; TalkLip's
 Conformer reads the ``Text:`` line as is (upper case; its alphabet is A–Z, 0–9, apostrophe and space).
@@ -45,7 +44,7 @@ import editdistance
 
 @dataclass(frozen=True)
 class TextNormalization:
-    """How a protocol treats a transcript before words are compared.
+    """How a transcript is normalised before words are compared.
 
     Attributes:
         case: ``"lower"``, ``"upper"`` or ``"keep"``.
@@ -58,10 +57,9 @@ class TextNormalization:
     description: str
 
 
-TEXT_PROTOCOLS: dict[str, TextNormalization] = {
-    "talklip2023": TextNormalization("lower", False, "WER1: AV-HuBERT labels are the lowercased Text: line"),
-    "avhubert-official": TextNormalization("lower", False, "AV-HuBERT LRS3 labels: lowercased, as written"),
-    "talklip2023-wer2": TextNormalization("upper", False, "WER2: the Conformer reads the LRS2 Text: line as is"),
+NORMALISATIONS: dict[str, TextNormalization] = {
+    "lower": TextNormalization("lower", False, "WER1: AV-HuBERT labels are the lowercased Text: line, as written"),
+    "upper": TextNormalization("upper", False, "WER2: the Conformer reads the LRS2 Text: line as is"),
     "none": TextNormalization("keep", False, "whitespace only"),
     "letters": TextNormalization("lower", True, "free-form transcripts: no punctuation, in-word apostrophes kept"),
 }
@@ -77,15 +75,15 @@ def _strip_punctuation(text: str) -> str:
     return kept.replace(_PLACEHOLDER, "'")
 
 
-def normalize_text(text: str, protocol: str) -> str:
-    """Normalise a transcript or hypothesis as ``protocol`` does (see the module table).
+def normalize_text(text: str, normalisation: str) -> str:
+    """Normalise a transcript or hypothesis with the named rule (see the module table).
 
     Raises:
-        ValueError: unknown protocol.
+        ValueError: unknown normalisation.
     """
-    if protocol not in TEXT_PROTOCOLS:
-        raise ValueError(f"Unknown text protocol {protocol!r}; choose from {', '.join(TEXT_PROTOCOLS)}.")
-    rule = TEXT_PROTOCOLS[protocol]
+    if normalisation not in NORMALISATIONS:
+        raise ValueError(f"Unknown text normalisation {normalisation!r}; choose from {', '.join(NORMALISATIONS)}.")
+    rule = NORMALISATIONS[normalisation]
     if rule.strip_punctuation:
         text = _strip_punctuation(text)
     if rule.case == "lower":

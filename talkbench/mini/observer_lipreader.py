@@ -1,8 +1,8 @@
 """WER1/CER1 under protocol ``mini``: the mini lip reader B (card ``mini-lipreader-b``) instead of AV-HuBERT.
 
-Same input and per-clip columns as :mod:`talkbench.observers.avhubert` under ``talklip2023``: gray centre
-88×88 crop of the whole frame (:func:`talkbench.mouth_roi.talklip2023_crops`, shared through the clip cache),
-references lowercased; per-clip ``wer1``, ``hyp1``, ``ref1``, ``score1`` (mean best-path CTC log-probability),
+Same input and per-clip columns as :mod:`talkbench.observers.avhubert`: the protocol's mouth crops (``mini``:
+gray centre 88×88 of the whole frame, :func:`talkbench.observers.avhubert.lipreader_crops`, shared through the
+clip cache), references normalised as the protocol says (``mini``: lowercased); per-clip ``wer1``, ``hyp1``, ``ref1``, ``score1`` (mean best-path CTC log-probability),
 ``edits1``, ``ref_words1``, ``cer1``, ``char_edits1``, ``ref_chars1``. Summary: corpus WER1/CER1 in percent
 (:func:`talkbench.observers.avhubert.summarize`).
 
@@ -19,7 +19,8 @@ from typing import Any, Mapping, Sequence
 import torch
 
 from talkbench.devices import resolve_device
-from talkbench.observers.avhubert import summarize, wer1_row
+from talkbench.metrics.text import normalize_text
+from talkbench.observers.avhubert import lipreader_crops, summarize, wer1_row
 from talkbench.observers.base import ClipData, ClipSkipped, ObserverContext, Row
 
 logger = logging.getLogger(__name__)
@@ -27,8 +28,6 @@ logger = logging.getLogger(__name__)
 CARDS: dict[str, str] = {"a": "mini-lipreader-a", "b": "mini-lipreader-b"}
 CARD = CARDS["b"]
 METRICS: tuple[str, ...] = ("wer1", "cer1")
-#: clip.cache key shared with the AV-HuBERT observer's talklip2023 crops (same function, same input)
-CROPS_CACHE_KEY = "avhubert_crops.talklip2023"
 
 
 @dataclass
@@ -38,6 +37,8 @@ class MiniLipReaderObserver:
     model: Any
     device: torch.device
     lexicon: tuple[str, ...] | None = None
+    crop_recipe: str = "centre88"
+    text_normalisation: str = "lower"
     weights_sha256: Mapping[str, str] = field(default_factory=dict)
     name: str = "mini-lipreader"
     metrics: tuple[str, ...] = METRICS
@@ -46,15 +47,7 @@ class MiniLipReaderObserver:
 
     def crops(self, clip: ClipData) -> Any:
         """Gray 88×88 uint8 crops ``T×88×88`` (cached per clip)."""
-        from talkbench.mouth_roi import talklip2023_crops
-
-        crops = clip.cache.get(CROPS_CACHE_KEY)
-        if crops is None:
-            try:
-                crops = clip.cache[CROPS_CACHE_KEY] = talklip2023_crops(clip.generated.frames)
-            except ValueError as err:
-                raise ClipSkipped(f"WER1 (mini): no mouth crop ({err})") from None
-        return crops
+        return lipreader_crops(clip, self.crop_recipe)
 
     def transcribe(self, crops: Any) -> tuple[str, float, list[int]]:
         """Greedy CTC reading of gray crops ``T×88×88``: ``(text, mean best-path log-probability, [])``."""
@@ -65,24 +58,16 @@ class MiniLipReaderObserver:
 
     def measure(self, clip: ClipData) -> Row:
         """Per-clip WER1 row (columns as the AV-HuBERT observer's). Raises ClipSkipped without text/frames."""
-        from talkbench.metrics.text import normalize_text
-
         if not clip.text or not clip.text.strip():
             raise ClipSkipped("no transcript for WER1")
         if int(clip.generated.frames.shape[0]) == 0:
             raise ClipSkipped("WER1: the generated clip has no frames")
         hyp, score, _ = self.transcribe(self.crops(clip))
-        ref = normalize_text(clip.text, "talklip2023")
+        ref = normalize_text(clip.text, self.text_normalisation)
         return wer1_row(ref, hyp, score)
 
     def summarize(self, rows: Sequence[Row]) -> dict[str, float]:
         return summarize(rows)
-
-
-def _as_bool(value: Any) -> bool:
-    if isinstance(value, str):
-        return value.strip().lower() not in ("", "0", "false", "no", "off")
-    return bool(value)
 
 
 def build(ctx: ObserverContext) -> MiniLipReaderObserver:
@@ -100,11 +85,12 @@ def build(ctx: ObserverContext) -> MiniLipReaderObserver:
         raise ValueError(f"Option `mini_lipreader` must be one of {sorted(CARDS)}, got {which!r}.")
     device = resolve_device(ctx.device)
     card = CARDS[which]
-    path = weights.resolve(card, ctx.weights)
+    path, sha = weights.resolve_with_sha(card, ctx.weights)
     model, _ = load_lipreader(path, device)
-    lexicon = tuple(grammar.VOCABULARY) if _as_bool(ctx.options.get("mini_lexicon", True)) else None
-    return MiniLipReaderObserver(model=model, device=device, lexicon=lexicon,
-                                 weights_sha256={card: weights.sha256_prefix(path)})
+    lexicon = tuple(grammar.VOCABULARY) if ctx.options.get("mini_lexicon", True) else None
+    return MiniLipReaderObserver(model=model, device=device, lexicon=lexicon, crop_recipe=ctx.mouth_roi,
+                                 text_normalisation=ctx.text_normalisation,
+                                 weights_sha256={card: sha})
 
 
 __all__ = ["CARD", "CARDS", "METRICS", "MiniLipReaderObserver", "build", "summarize"]

@@ -21,9 +21,9 @@ def build(ctx: ObserverContext) -> SyncNetObserver:
     from talkbench.mini.syncnet_mini import load_mini_syncnet
 
     LSEOptions.from_mapping(ctx.options)  # bad options fail before a checkpoint is looked for
-    path = weights.resolve(CARD, ctx.weights)
+    path, sha = weights.resolve_with_sha(CARD, ctx.weights)
     model, _ = load_mini_syncnet(path, resolve_device(ctx.device))
-    return observer_around(model, CARD, path, ctx, name="mini-syncnet")
+    return observer_around(model, CARD, sha, ctx, name="mini-syncnet")
 
 
 __all__ = ["CARD", "METRICS", "build", "summarize"]

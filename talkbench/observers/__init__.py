@@ -1,90 +1,126 @@
-"""Registry of observers: which observer produces which metric column.
+"""The registry of observers: their specs (:mod:`talkbench.observers.specs`) and how to build them.
 
-Each entry names a module with a ``build(ctx: ObserverContext) -> Observer`` function; modules are
-imported only when one of their metrics is asked for, so that e.g. PSNR needs no torch model.
+Everything that describes a metric is read from the specs: summary columns (:data:`METRIC_COLUMNS`), which
+way is better (:func:`metric_spec`), the options and their types (:func:`option_spec`). Modules are imported
+only when an observer is built or a run is summarised, so that e.g. PSNR needs no torch model. Which
+observer measures a metric is the protocol's choice (:mod:`talkbench.protocols`).
 """
 
 from __future__ import annotations
 
 import importlib
-from typing import Iterable
+from types import ModuleType
+from typing import Any, Iterable, Mapping
 
-from talkbench.observers.base import ClipData, ClipSkipped, Observer, ObserverContext, Row
-
-#: metric column -> module that builds its observer
-METRIC_SOURCES: dict[str, str] = {
-    "psnr": "talkbench.observers.image_quality",
-    "psnr_talklip_compat": "talkbench.observers.image_quality",
-    "ssim": "talkbench.observers.image_quality",
-    "lse_c": "talkbench.observers.syncnet",
-    "lse_d": "talkbench.observers.syncnet",
-    "av_offset": "talkbench.observers.syncnet",
-    "wer1": "talkbench.observers.avhubert",
-    "cer1": "talkbench.observers.avhubert",
-    "wer2": "talkbench.observers.conformer",
-    "wer2_corpus": "talkbench.observers.conformer",
-    "acc": "talkbench.observers.mvm",
-    "acc_top5": "talkbench.observers.mvm",
-}
-
-ALL_METRICS: tuple[str, ...] = tuple(METRIC_SOURCES)
-
-#: Protocols whose observers differ from the official ones, metric -> module. ``mini`` scores with the
-#: small observers talkbench trains itself on its synthetic corpus (weights shipped in the package).
-PROTOCOL_SOURCES: dict[str, dict[str, str]] = {
-    "mini": {
-        "wer1": "talkbench.mini.observer_lipreader",
-        "cer1": "talkbench.mini.observer_lipreader",
-        "lse_c": "talkbench.mini.observer_syncnet",
-        "lse_d": "talkbench.mini.observer_syncnet",
-        "av_offset": "talkbench.mini.observer_syncnet",
-    },
-}
+from talkbench.observers.base import (ClipData, ClipSkipped, MetricSpec, Observer, ObserverContext, ObserverSpec,
+                                      OptionSpec, Row)
+from talkbench.observers.specs import ALL_SPECS
 
 
-#: The metrics each protocol has. ``mini`` has only what its small observers (and PSNR/SSIM) measure: the official
-#: WER2/ACC observers need checkpoints that do not fit synthetic-corpus faces, so they are refused up front.
-PROTOCOL_METRICS: dict[str, tuple[str, ...]] = {
-    "talklip2023": ALL_METRICS,
-    "avhubert-official": ALL_METRICS,
-    "mini": ("psnr", "psnr_talklip_compat", "ssim", "lse_c", "lse_d", "av_offset", "wer1", "cer1"),
-}
+class RegistryError(ValueError):
+    """Two specs contradict each other (a column or option declared twice, differently)."""
 
 
-def metric_source(metric: str, protocol: str = "talklip2023") -> str:
-    """The module whose observer produces ``metric`` under ``protocol``.
+def _register(specs: Iterable[ObserverSpec]) -> tuple[dict[str, ObserverSpec], dict[str, MetricSpec],
+                                                     dict[str, OptionSpec]]:
+    """Index the specs; a spec that redeclares a name differently is an error at import, not a silent overwrite.
+
+    Several observers may produce the same metric column (protocol alternatives, e.g. AV-HuBERT and the mini
+    lip reader both give ``wer1``) only with the identical :class:`MetricSpec`; an option may be shared only as
+    the identical :class:`OptionSpec`. Per-clip columns must be unique among observers that produce different
+    metrics (:func:`check_compatible` checks the observers of one run).
+    """
+    observers: dict[str, ObserverSpec] = {}
+    metrics: dict[str, MetricSpec] = {}
+    options: dict[str, OptionSpec] = {}
+    for spec in specs:
+        if spec.name in observers:
+            raise RegistryError(f"observer `{spec.name}` is declared twice")
+        observers[spec.name] = spec
+        if len(set(spec.clip_columns)) != len(spec.clip_columns):
+            raise RegistryError(f"observer `{spec.name}` declares a per-clip column twice")
+        for metric in spec.metrics:
+            if metrics.setdefault(metric.column, metric) != metric:
+                raise RegistryError(f"metric `{metric.column}` of `{spec.name}` differs from its earlier declaration")
+            if metric.per_clip is not None and metric.per_clip not in spec.clip_columns:
+                raise RegistryError(f"metric `{metric.column}` of `{spec.name}`: per-clip column `{metric.per_clip}` "
+                                    "is not among the observer's clip_columns")
+        for option in spec.options:
+            if options.setdefault(option.name, option) != option:
+                raise RegistryError(f"option `{option.name}` of `{spec.name}` differs from its earlier declaration")
+    return observers, metrics, options
+
+
+SPECS, METRICS, OPTIONS = _register(ALL_SPECS)
+#: Every metric column, in summary order.
+METRIC_COLUMNS: tuple[str, ...] = tuple(METRICS)
+ALL_METRICS = METRIC_COLUMNS
+
+
+def metric_spec(column: str) -> MetricSpec:
+    """The spec of a summary column.
 
     Raises:
-        ValueError: the metric is unknown, or the protocol does not have it.
+        ValueError: unknown column (the message lists the known ones).
     """
-    if metric not in METRIC_SOURCES:
-        raise ValueError(f"Unknown metric `{metric}`; choose from {', '.join(ALL_METRICS)}.")
-    available = PROTOCOL_METRICS.get(protocol)
-    if available is None:
-        raise ValueError(f"Unknown protocol `{protocol}`; choose from {', '.join(PROTOCOL_METRICS)}.")
-    if metric not in available:
-        raise ValueError(f"Protocol `{protocol}` has no metric `{metric}`; its metrics are {', '.join(available)}.")
-    return PROTOCOL_SOURCES.get(protocol, {}).get(metric, METRIC_SOURCES[metric])
+    if column not in METRICS:
+        raise ValueError(f"Unknown metric `{column}`; choose from {', '.join(METRIC_COLUMNS)}.")
+    return METRICS[column]
 
 
-def build_observers(metrics: Iterable[str], ctx: ObserverContext) -> list[Observer]:
-    """Build each observer needed for ``metrics`` once, in the order the metrics are first named.
+def option_spec(name: str) -> OptionSpec:
+    """The spec of an observer option.
 
     Raises:
-        ValueError: a metric name is unknown.
+        ValueError: unknown option (the message lists the known ones).
     """
-    return [importlib.import_module(m).build(ctx) for m in observer_modules(metrics, ctx.protocol)]
+    if name not in OPTIONS:
+        raise ValueError(f"Unknown option `{name}`; the options are {', '.join(sorted(OPTIONS))}.")
+    return OPTIONS[name]
 
 
-def observer_modules(metrics: Iterable[str], protocol: str = "talklip2023") -> list[str]:
-    """The observer modules needed for ``metrics``, each once, in the order the metrics are first named."""
-    modules: list[str] = []
-    for metric in metrics:
-        module = metric_source(metric, protocol)
-        if module not in modules:
-            modules.append(module)
-    return modules
+def check_compatible(specs: Iterable[ObserverSpec]) -> None:
+    """Observers of one run must not write the same per-clip column (one would overwrite the other).
+
+    Raises:
+        RegistryError: two of them share a per-clip column.
+    """
+    owner: dict[str, str] = {}
+    for spec in specs:
+        for column in spec.clip_columns + spec.features:
+            if column in owner:
+                raise RegistryError(f"observers `{owner[column]}` and `{spec.name}` both write `{column}`")
+            owner[column] = spec.name
 
 
-__all__ = ["ALL_METRICS", "METRIC_SOURCES", "PROTOCOL_METRICS", "PROTOCOL_SOURCES", "metric_source", "observer_modules", "ClipData", "ClipSkipped", "Observer", "ObserverContext", "Row",
-           "build_observers"]
+def parse_options(specs: Iterable[ObserverSpec], given: Mapping[str, Any], defaults: Mapping[str, Any] | None = None
+                  ) -> dict[str, Any]:
+    """The typed options of ``specs``: ``given`` over ``defaults`` (a protocol's) over each option's default.
+
+    Raises:
+        ValueError: an option no observer of the run has (the message lists the valid ones), or a bad value.
+    """
+    specs = list(specs)
+    valid = {o.name: o for s in specs for o in s.options}
+    unknown = sorted(set(given) - set(valid))
+    if unknown:
+        known = ", ".join(sorted(valid)) or "none"
+        raise ValueError(f"Unknown option(s) {', '.join(unknown)} for the metrics asked for; their options are: "
+                         f"{known}.")
+    merged = {**{k: v for k, v in (defaults or {}).items() if k in valid}, **given}
+    return {name: option.parse(merged.get(name, option.default)) for name, option in sorted(valid.items())}
+
+
+def module(spec: ObserverSpec) -> ModuleType:
+    """The observer's module (imported on first use)."""
+    return importlib.import_module(spec.module)
+
+
+def build(spec: ObserverSpec, ctx: ObserverContext) -> Observer:
+    """Build the observer of ``spec`` with ``ctx`` (loads its networks)."""
+    return module(spec).build(ctx)
+
+
+__all__ = ["ALL_METRICS", "ClipData", "ClipSkipped", "METRICS", "METRIC_COLUMNS", "MetricSpec", "OPTIONS", "Observer",
+           "ObserverContext", "ObserverSpec", "OptionSpec", "RegistryError", "Row", "SPECS", "build",
+           "check_compatible", "metric_spec", "module", "option_spec", "parse_options"]

@@ -2,9 +2,9 @@
 
 Per clip (as av_hubert's ``infer_s2s.py`` with ``conf/s2s_decode.yaml``, video only):
 
-1. mouth crops of the protocol (:mod:`talkbench.mouth_roi`): ``talklip2023`` = gray centre 88×88 of the
-   full frame (the paper's Table 1); ``avhubert-official`` = dlib-landmark-aligned 96×96 mouth patches,
-   gray, centre 88;
+1. mouth crops of the protocol's recipe (:mod:`talkbench.mouth_roi`): ``centre88`` = gray centre 88×88 of
+   the full frame (``talklip2023``, the paper's Table 1); ``landmark-aligned`` = dlib-landmark-aligned 96×96
+   mouth patches, gray, centre 88 (``avhubert-official``);
 2. ``(x/255 − 0.421)/0.165``, ``[1, 1, T, 88, 88]``;
 3. beam search (:func:`talkbench.decoding.beam_search`: beam 50, lenpen 1, max length = frames);
 4. the best hypothesis detokenised; the reference = the transcript lowercased and round-tripped through the
@@ -34,8 +34,8 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 import torch
 
+from talkbench import mouth_roi
 from talkbench.devices import resolve_device
-from talkbench.observers import build_observers
 from talkbench.observers.base import ClipData, ClipSkipped, ObserverContext, Row
 
 logger = logging.getLogger(__name__)
@@ -88,6 +88,33 @@ def wer1_row(ref: str, hyp: str, score: float) -> dict[str, Any]:
     }
 
 
+def lipreader_crops(clip: ClipData, recipe: str) -> np.ndarray:
+    """The lip readers' gray 88×88 uint8 crops ``T×88×88`` of the generated clip under a crop recipe, cached in
+    the clip (shared by every lip reader of the run; the landmarks too, for ``landmark-aligned``).
+
+    Raises:
+        ClipSkipped: no usable mouth crop.
+    """
+    key = f"mouth_roi.{recipe}"
+    crops = clip.cache.get(key)
+    if crops is not None:
+        return crops
+    frames = clip.generated.frames
+    landmarks = None
+    if recipe == "landmark-aligned":
+        landmarks = clip.cache.get(LANDMARKS_CACHE_KEY)
+        if landmarks is None:
+            from talkbench.faces import dlib_landmarks
+
+            landmarks = clip.cache[LANDMARKS_CACHE_KEY] = dlib_landmarks(frames)
+    try:
+        crops = mouth_roi.mouth_crops(frames, recipe, landmarks)
+    except (mouth_roi.MouthRoiError, ValueError) as err:
+        raise ClipSkipped(f"WER1: no mouth crop ({err})") from None
+    clip.cache[key] = crops
+    return crops
+
+
 @dataclass
 class AVHubertObserver:
     """WER1 observer; see the module docstring for the protocol.
@@ -95,7 +122,7 @@ class AVHubertObserver:
     Attributes:
         model: the seq2seq lip reader (eval mode, on ``device``).
         tokenizer: its :class:`talkbench.tokenizer.Tokenizer`.
-        protocol: ``talklip2023`` or ``avhubert-official``.
+        crop_recipe: the mouth crop recipe (``centre88`` or ``landmark-aligned``, :data:`talkbench.mouth_roi.RECIPES`).
         max_frames: longer clips are error rows.
         beam: beam width (50 in the reference).
     """
@@ -103,7 +130,7 @@ class AVHubertObserver:
     model: Any
     tokenizer: Any
     device: torch.device
-    protocol: str = "talklip2023"
+    crop_recipe: str = "centre88"
     max_frames: int = DEFAULT_MAX_FRAMES
     beam: int = 50
     weights_sha256: Mapping[str, str] = field(default_factory=dict)
@@ -113,27 +140,8 @@ class AVHubertObserver:
     needs_text: bool = True
 
     def crops(self, clip: ClipData) -> np.ndarray:
-        """Gray 88×88 uint8 crops ``T×88×88`` of the generated clip under this protocol (cached per clip)."""
-        from talkbench import mouth_roi
-
-        key = f"avhubert_crops.{self.protocol}"
-        crops = clip.cache.get(key)
-        if crops is not None:
-            return crops
-        frames = clip.generated.frames
-        landmarks = None
-        if self.protocol == "avhubert-official":
-            landmarks = clip.cache.get(LANDMARKS_CACHE_KEY)
-            if landmarks is None:
-                from talkbench.faces import dlib_landmarks
-
-                landmarks = clip.cache[LANDMARKS_CACHE_KEY] = dlib_landmarks(frames)
-        try:
-            crops = mouth_roi.mouth_crops(frames, self.protocol, landmarks)
-        except mouth_roi.MouthRoiError as err:
-            raise ClipSkipped(f"WER1: no mouth crop ({err})") from None
-        clip.cache[key] = crops
-        return crops
+        """Gray 88×88 uint8 crops ``T×88×88`` of the generated clip (cached per clip)."""
+        return lipreader_crops(clip, self.crop_recipe)
 
     def transcribe(self, crops: np.ndarray) -> tuple[str, float, list[int]]:
         """Best beam hypothesis of gray crops ``T×88×88``: ``(text, normalised score, tokens)``."""
@@ -184,21 +192,21 @@ def _tokenizer_files(options: Mapping[str, Any]) -> tuple[Path, Path] | None:
 def build(ctx: ObserverContext) -> AVHubertObserver:
     """Load the ``avhubert-large-lrs2`` checkpoint (``--weights avhubert-large-lrs2=PATH`` or the cache).
 
-    Options: ``max_frames`` (int; default the checkpoint's max_sample_size, else 500), ``avhubert_beam``
-    (int, default 50), ``avhubert_spm_model`` + ``avhubert_dict`` (tokenizer files for a checkpoint without
-    task_state).
+    Options (typed by the spec): ``max_frames`` (None = the checkpoint's max_sample_size, else 500),
+    ``avhubert_beam`` (default 50), ``avhubert_spm_model`` + ``avhubert_dict`` (tokenizer files for a
+    checkpoint without task_state).
 
     Raises:
-        ValueError: unknown protocol, bad options, or CUDA asked for but absent.
+        ValueError: unknown crop recipe, bad options, or CUDA asked for but absent.
     """
     from talkbench import weights
-    from talkbench.mouth_roi import PROTOCOLS
     from talkbench.nets.avhubert import load_avhubert_seq2seq
 
-    if ctx.protocol not in PROTOCOLS:
-        raise ValueError(f"Unknown protocol `{ctx.protocol}` for WER1; choose from {', '.join(PROTOCOLS)}.")
+    if ctx.mouth_roi not in mouth_roi.RECIPES:
+        raise ValueError(f"Unknown mouth crop recipe `{ctx.mouth_roi}` for WER1; choose from "
+                         f"{', '.join(mouth_roi.RECIPES)}.")
     device = resolve_device(ctx.device)
-    path = weights.resolve(CARD, ctx.weights)
+    path, sha = weights.resolve_with_sha(CARD, ctx.weights)
     model, tokenizer = load_avhubert_seq2seq(path, device, tokenizer_files=_tokenizer_files(ctx.options))
     max_frames = ctx.options.get("max_frames")
     if max_frames is None:
@@ -206,49 +214,6 @@ def build(ctx: ObserverContext) -> AVHubertObserver:
     beam = int(ctx.options.get("avhubert_beam", 50) or 50)
     if int(max_frames) <= 0 or beam <= 0:
         raise ValueError(f"options max_frames ({max_frames}) and avhubert_beam ({beam}) must be positive.")
-    return AVHubertObserver(model=model, tokenizer=tokenizer, device=device, protocol=ctx.protocol,
+    return AVHubertObserver(model=model, tokenizer=tokenizer, device=device, crop_recipe=ctx.mouth_roi,
                             max_frames=int(max_frames), beam=beam,
-                            weights_sha256={CARD: weights.sha256_prefix(path)})
-
-
-@dataclass(frozen=True)
-class LipReading:
-    """What the lip reader read from one video.
-
-    Attributes:
-        text: the best hypothesis, detokenised.
-        score: its length-normalised log-probability (natural log).
-        tokens: its token ids (ending with ``</s>``).
-        frames: video frames read (25 fps).
-    """
-
-    text: str
-    score: float
-    tokens: list[int]
-    frames: int
-
-
-def lipread(video: str | Path, weights: Mapping[str, Path] | None = None, protocol: str = "talklip2023",
-            device: str = "cpu", beam: int = 50, options: Mapping[str, Any] | None = None) -> LipReading:
-    """Lip-read one video file with the WER1 observer of ``protocol``.
-
-    Args:
-        video: any video file (decoded to 25 fps BGR).
-        weights: card name -> local checkpoint (``{"avhubert-large-lrs2": PATH}``); else the cache/download.
-        protocol: ``talklip2023`` (centre crop of the full frame), ``avhubert-official`` (aligned mouth ROI), or
-            ``mini`` (the bundled mini lip reader, synthetic-corpus faces only).
-        device: ``cpu`` or ``cuda``.
-        beam: beam width (50 as the reference; AV-HuBERT only, the mini reader decodes greedily).
-        options: extra observer options (``avhubert_spm_model``, ``avhubert_dict``, ``mini_lexicon``).
-    Raises:
-        ValueError / MediaError: bad arguments or unreadable video; ClipSkipped: no mouth crop.
-    """
-    from talkbench.media import decode_clip
-
-    ctx = ObserverContext(device=device, protocol=protocol, weights=dict(weights or {}),
-                          options={**dict(options or {}), "avhubert_beam": beam, "max_frames": 10 ** 9})
-    observer = build_observers(["wer1"], ctx)[0]
-    clip = decode_clip(video, need_audio=False)
-    crops = observer.crops(ClipData(str(video), clip))
-    text, score, tokens = observer.transcribe(crops)
-    return LipReading(text=text, score=float(score), tokens=list(tokens), frames=int(crops.shape[0]))
+                            weights_sha256={CARD: sha})

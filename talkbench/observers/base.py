@@ -1,16 +1,19 @@
 """The observer contract: a scoring unit = network + card + preprocessing + per-clip measurement.
 
-The evaluation runner only knows this contract. It never branches on an observer's name: it asks
-the registry (:mod:`talkbench.observers`) which observer produces each requested metric, builds it
-once with an :class:`ObserverContext`, calls :meth:`Observer.measure` once per clip and
-:meth:`Observer.summarize` once over all stored per-clip rows.
+The evaluation runner only knows this contract. It never branches on an observer's name: it asks the
+protocol (:mod:`talkbench.protocols`) which observer produces each requested metric, builds it once with an
+:class:`ObserverContext` and calls :meth:`Observer.measure` once per clip. The summary is computed later,
+without any network, by the observer *module*'s ``summarize(rows)`` over the stored per-clip rows (and, for
+set-level metrics, ``summarize_features(features)`` over the stored per-clip feature arrays), so that a run,
+a resumed run and a merge of shards use the same code. What each observer produces is declared in its
+:class:`ObserverSpec` (:mod:`talkbench.observers.specs`).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping, Protocol, Sequence, runtime_checkable
+from typing import Any, Callable, Literal, Mapping, Protocol, Sequence, runtime_checkable
 
 import numpy as np
 
@@ -18,6 +21,128 @@ from talkbench.media import Clip
 
 #: A per-clip measurement: column name -> raw value (float, int, str or None).
 Row = dict[str, Any]
+
+#: Which value of a metric is best: the highest, the lowest, or the one closest to zero (an offset).
+Direction = Literal["higher", "lower", "zero"]
+#: How a metric's dataset value is made from the clips (the protocol's aggregation):
+#: ``clip-mean`` mean over clips; ``frame-mean`` mean over all frames of all clips; ``corpus`` Σ edits / Σ reference
+#: units over the corpus; ``utterance-mean`` mean of per-utterance ratios; ``accuracy`` share of clips right;
+#: ``set`` a statistic of features pooled over the whole suite (e.g. a Fréchet distance).
+Aggregation = Literal["clip-mean", "frame-mean", "corpus", "utterance-mean", "accuracy", "set"]
+
+
+@dataclass(frozen=True)
+class MetricSpec:
+    """One summary column, declared once: what it is, which way is better, how clips are aggregated.
+
+    Attributes:
+        column: the summary column (and, for per-clip metrics, the per-clip column), e.g. ``"lse_c"``.
+        direction: ``higher``, ``lower`` or ``zero`` (best at 0, ranked by absolute value).
+        unit: unit of the value (``"%"``, ``"dB"``, ``"frames"``, ``""``).
+        aggregation: see :data:`Aggregation`.
+        description: one line for the README, charts and ``--help``.
+        per_clip: the per-clip column whose presence says that a clip was scored for this metric (None for a
+            set-level metric, which has per-clip features instead).
+    """
+
+    column: str
+    direction: Direction
+    unit: str
+    aggregation: Aggregation
+    description: str
+    per_clip: str | None = None
+
+    @property
+    def higher_is_better(self) -> bool:
+        """True when a higher value is better (False for ``lower`` and ``zero``)."""
+        return self.direction == "higher"
+
+
+def _as_bool(value: Any) -> bool:
+    if isinstance(value, str):
+        text = value.strip().lower()
+        if text in ("1", "true", "yes", "on"):
+            return True
+        if text in ("", "0", "false", "no", "off"):
+            return False
+        raise ValueError(f"expected true or false, got {value!r}")
+    return bool(value)
+
+
+_PARSERS: dict[str, Callable[[Any], Any]] = {"bool": _as_bool, "int": int, "float": float, "str": str,
+                                             "path": lambda v: str(Path(str(v)).expanduser())}
+
+
+@dataclass(frozen=True)
+class OptionSpec:
+    """One observer option (``--option NAME=VALUE`` on the command line).
+
+    Attributes:
+        name: option name, e.g. ``"lse_mode"``.
+        type: ``bool``, ``int``, ``float``, ``str`` or ``path``.
+        default: the value when neither the user nor the protocol sets it (None: unset).
+        doc: one line for ``--help`` and the docs.
+        choices: the allowed values, or None.
+        changes_numbers: False for options that change only speed or memory (e.g. a chunk size); the others
+            are recorded in the summary row and keep rows apart on the leaderboard.
+        minimum: smallest allowed value of a number, or None.
+    """
+
+    name: str
+    type: Literal["bool", "int", "float", "str", "path"]
+    default: Any
+    doc: str
+    choices: tuple[Any, ...] | None = None
+    changes_numbers: bool = True
+    minimum: float | None = None
+
+    def parse(self, value: Any) -> Any:
+        """The typed value of ``value`` (a command-line string or a Python value).
+
+        Raises:
+            ValueError: not of the option's type, not one of its choices, or below its minimum.
+        """
+        if value is None:
+            return None
+        try:
+            parsed = _PARSERS[self.type](value)
+        except (TypeError, ValueError) as err:
+            raise ValueError(f"Option `{self.name}` must be {self.type}, but got {value!r} ({err}).") from None
+        if self.choices is not None and parsed not in self.choices:
+            raise ValueError(f"Option `{self.name}` must be one of {', '.join(map(str, self.choices))}, but got "
+                             f"{value!r}.")
+        if self.minimum is not None and parsed < self.minimum:
+            raise ValueError(f"Option `{self.name}` must be >= {self.minimum:g}, but got {value!r}.")
+        return parsed
+
+
+@dataclass(frozen=True)
+class ObserverSpec:
+    """What an observer is, declared without importing it (its module is imported only to build it).
+
+    Attributes:
+        name: short name, e.g. ``"syncnet"`` (the prefix of its error messages).
+        module: the module with ``build(ctx) -> Observer`` and ``summarize(rows) -> dict`` (plus, for set-level
+            metrics, ``summarize_features(features) -> dict``).
+        cards: the weights cards it loads (``--weights NAME=PATH``).
+        metrics: the summary columns it produces.
+        clip_columns: every per-clip column its ``measure`` may write (checked: no two observers of a protocol
+            share one, and an observer writes no other).
+        options: its options.
+        features: names of the per-clip feature arrays it stores for set-level metrics.
+    """
+
+    name: str
+    module: str
+    cards: tuple[str, ...]
+    metrics: tuple[MetricSpec, ...]
+    clip_columns: tuple[str, ...]
+    options: tuple[OptionSpec, ...] = ()
+    features: tuple[str, ...] = ()
+
+    @property
+    def metric_columns(self) -> tuple[str, ...]:
+        return tuple(m.column for m in self.metrics)
 
 
 class ClipSkipped(Exception):
@@ -52,17 +177,25 @@ class ClipData:
 class ObserverContext:
     """How to build observers for one run.
 
+    Built by :meth:`talkbench.protocols.Protocol.context`, which fills ``options`` (typed, every option of
+    the run's observers) and the protocol's recipes; observers read these fields and never branch on the
+    protocol's name.
+
     Attributes:
         device: torch device string, ``"cpu"`` or ``"cuda"`` (or ``"cuda:1"``).
-        protocol: protocol name, e.g. ``"talklip2023"``.
+        protocol: protocol name, e.g. ``"talklip2023"`` (provenance and messages only).
         weights: card name -> local checkpoint path given with ``--weights NAME=PATH``.
-        options: observer options from the CLI (e.g. ``lse_mode``, ``lse_jpeg_compat``, ``max_frames``).
+        options: observer options (e.g. ``lse_mode``, ``lse_jpeg_compat``, ``max_frames``), typed by their specs.
+        mouth_roi: the lip readers' crop recipe (``centre88`` or ``landmark-aligned``).
+        text_normalisation: how transcripts are normalised for WER1 (``talkbench.metrics.text.NORMALISATIONS``).
     """
 
     device: str = "cpu"
     protocol: str = "talklip2023"
     weights: Mapping[str, Path] = field(default_factory=dict)
     options: Mapping[str, Any] = field(default_factory=dict)
+    mouth_roi: str = "centre88"
+    text_normalisation: str = "lower"
 
 
 @runtime_checkable

@@ -223,8 +223,8 @@ def build(ctx: ObserverContext) -> ConformerObserver:
     from talkbench import weights
 
     device = resolve_device(ctx.device)
-    path = weights.resolve(CARD, ctx.weights)
+    path, sha = weights.resolve_with_sha(CARD, ctx.weights)
     model = load_conformer(path, device)
     chunk = int(ctx.options.get("conformer_frame_chunk", 0) or 0)
-    return ConformerObserver(model=model, device=device, weights_sha256={CARD: weights.sha256_prefix(path)},
+    return ConformerObserver(model=model, device=device, weights_sha256={CARD: sha},
                              frame_chunk=chunk)

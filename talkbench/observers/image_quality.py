@@ -30,8 +30,40 @@ from talkbench.observers.base import ClipData, ClipSkipped, ObserverContext, Row
 logger = logging.getLogger(__name__)
 
 METRICS: tuple[str, ...] = ("psnr", "psnr_talklip_compat", "ssim")
-CACHE_GENERATED = "face96_generated"
-CACHE_REFERENCE = "face96_reference"
+#: clip.cache key of the (generated, reference) 96×96 face crops
+CACHE_KEY = "face96_pair"
+
+
+def paired_face_crops(clip: ClipData) -> tuple[np.ndarray, np.ndarray]:
+    """96×96 face crops of the generated and the reference clip over their common frames, uint8 ``N×96×96×3``
+    each; cached in the clip (shared by every metric that compares faces with ground truth).
+
+    Raises:
+        ClipSkipped: no reference clip, no frames, boxes that cannot crop both clips.
+    """
+    cached = clip.cache.get(CACHE_KEY)
+    if cached is not None:
+        return cached
+    if clip.reference is None:
+        raise ClipSkipped("no reference clip: PSNR/SSIM compare against the ground-truth video")
+    generated, reference = clip.generated.frames, clip.reference.frames
+    n = min(len(generated), len(reference))
+    if n == 0:
+        raise ClipSkipped("no frames to compare")
+    if clip.boxes is not None and generated.shape[1:] != reference.shape[1:]:
+        raise ClipSkipped(f"generated frames are {generated.shape[2]}×{generated.shape[1]} but reference "
+                          f"frames are {reference.shape[2]}×{reference.shape[1]}: one face box cannot "
+                          "crop both; write the generated clip at the reference size")
+    if generated.shape[1:] != reference.shape[1:]:
+        logger.warning("%s: generated frames are %d×%d, reference frames %d×%d; both are resized whole to 96×96 "
+                       "for PSNR/SSIM", clip.clip_id, generated.shape[2], generated.shape[1], reference.shape[2],
+                       reference.shape[1])
+    try:
+        crops = face_crops_96(generated[:n], clip.boxes), face_crops_96(reference[:n], clip.boxes)
+    except ValueError as err:
+        raise ClipSkipped(str(err)) from err
+    clip.cache[CACHE_KEY] = crops
+    return crops
 
 
 class ImageQualityObserver:
@@ -49,35 +81,15 @@ class ImageQualityObserver:
         Row columns: ``psnr``, ``psnr_talklip_compat``, ``ssim`` (means over the compared frames),
         ``n_frames`` (frames compared), ``n_frames_generated``, ``n_frames_reference``.
         """
-        if clip.reference is None:
-            raise ClipSkipped("no reference clip: PSNR/SSIM compare against the ground-truth video")
-        generated, reference = clip.generated.frames, clip.reference.frames
-        n = min(len(generated), len(reference))
-        if n == 0:
-            raise ClipSkipped("no frames to compare")
-        if clip.boxes is not None and generated.shape[1:] != reference.shape[1:]:
-            raise ClipSkipped(f"generated frames are {generated.shape[2]}×{generated.shape[1]} but reference "
-                              f"frames are {reference.shape[2]}×{reference.shape[1]}: one face box cannot "
-                              "crop both; write the generated clip at the reference size")
-        if generated.shape[1:] != reference.shape[1:]:
-            logger.warning("%s: generated frames are %d×%d, reference frames %d×%d; both are resized whole to 96×96 "
-                           "for PSNR/SSIM", clip.clip_id, generated.shape[2], generated.shape[1], reference.shape[2],
-                           reference.shape[1])
-        try:
-            crops_gen = face_crops_96(generated[:n], clip.boxes)
-            crops_ref = face_crops_96(reference[:n], clip.boxes)
-        except ValueError as err:
-            raise ClipSkipped(str(err)) from err
-        clip.cache[CACHE_GENERATED] = crops_gen
-        clip.cache[CACHE_REFERENCE] = crops_ref
+        crops_gen, crops_ref = paired_face_crops(clip)
         # the script passes (gt, synt); every metric here is symmetric anyway
         return {
             "psnr": float(np.mean(psnr_frames(crops_ref, crops_gen))),
             "psnr_talklip_compat": float(np.mean(psnr_talklip_compat_frames(crops_ref, crops_gen))),
             "ssim": float(np.mean(ssim_frames(crops_ref, crops_gen))),
-            "n_frames": n,
-            "n_frames_generated": int(len(generated)),
-            "n_frames_reference": int(len(reference)),
+            "n_frames": len(crops_gen),
+            "n_frames_generated": clip.generated.num_frames,
+            "n_frames_reference": clip.reference.num_frames,
         }
 
     def summarize(self, rows: Sequence[Row]) -> dict[str, float]:

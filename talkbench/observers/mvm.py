@@ -206,7 +206,7 @@ def build(ctx: ObserverContext) -> MVMObserver:
     if isinstance(test_aug, str):
         test_aug = test_aug.strip().lower() not in ("0", "false", "no", "off")
     device = resolve_device(ctx.device)
-    path = weights.resolve(CARD, ctx.weights)
+    path, sha = weights.resolve_with_sha(CARD, ctx.weights)
     model = load_mvm(path, device)
-    return MVMObserver(model=model, device=device, weights_sha256={CARD: weights.sha256_prefix(path)},
+    return MVMObserver(model=model, device=device, weights_sha256={CARD: sha},
                        test_aug=bool(test_aug), long_clips=policy)

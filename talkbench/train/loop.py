@@ -547,7 +547,8 @@ class TalkLipTrainer:
         frame generated) as the WER1 lip-reading observer scores them (beam search)."""
         from talkbench.generate import synthesize
         from talkbench.media import Clip
-        from talkbench.observers import ClipData, ClipSkipped, ObserverContext, build_observers
+        from talkbench.observers import ClipData, ClipSkipped, ObserverContext
+        from talkbench.protocols import build_observers
 
         if self._observer is None:
             ctx = ObserverContext(device=self.config.device, protocol="talklip2023", weights=dict(self.config.weights),
