@@ -163,7 +163,8 @@ def run_search(model, video: torch.Tensor, max_len_a: float, max_len_b: int, sty
 # ------------------------------------------------------------------------------------------------------
 
 def measure(args: argparse.Namespace) -> dict[str, Any]:
-    from talkbench import media, mouth_roi
+    from talkbench import media
+    from talkbench.crops.mouth import centre88_crops
     from talkbench.nets.avhubert import load_avhubert_seq2seq, video_input
 
     torch.set_num_threads(args.threads)
@@ -179,7 +180,7 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
     reset_peak_rss()
 
     frames = media.decode_clip(FIXTURE / f"{args.clip}.mp4", need_audio=False).frames
-    video = video_input(mouth_roi.centre88_crops(frames))
+    video = video_input(centre88_crops(frames))
     seconds = video.shape[2] / FPS
 
     with torch.no_grad():

@@ -54,6 +54,7 @@ from _timing import (alternate, counted_gflop, median_clean, peak_rss_mib, reset
 from recipe import filled_state_dict  # noqa: E402
 
 from talkbench import lse, media, reference_ffmpeg  # noqa: E402
+from talkbench.crops.syncnet import FRAME_SIZE, resize_frames  # noqa: E402
 from talkbench.nets.syncnet import load_syncnet  # noqa: E402
 from talkbench.observers.base import ClipData  # noqa: E402
 from talkbench.observers.syncnet import LSEOptions, SyncNetObserver  # noqa: E402
@@ -71,7 +72,7 @@ def first_layer_seconds(model: Any, n_windows: int) -> float:
     """
     chunk = lse.DEFAULT_CHUNK
     _, weight, bias, stride, _ = model._cached_plan("lip")[0]        # ("conv", weight, bias, stride, padding)
-    x = (torch.rand(chunk, weight.shape[1], lse.FRAME_SIZE, lse.FRAME_SIZE) * 255).contiguous(
+    x = (torch.rand(chunk, weight.shape[1], FRAME_SIZE, FRAME_SIZE) * 255).contiguous(
         memory_format=torch.channels_last)
     steps = -(-n_windows // chunk)
     with torch.inference_mode():
@@ -133,7 +134,7 @@ def main() -> None:
             path = FIX / f"{name}.mp4"
             clip = media.decode_clip(path)
             seconds = clip.num_frames / 25.0
-            frames224 = lse.resize_frames(clip.frames)
+            frames224 = resize_frames(clip.frames)
             n = lse.count_windows(clip.num_frames, len(clip.audio_int16))
             fns: dict[str, Callable[[], Any]] = {
                 "talkbench e2e": lambda: plain.measure(ClipData(name, media.decode_clip(path))),
@@ -197,7 +198,7 @@ def main() -> None:
 
         # batch-size independence on the longer clip
         clip = media.decode_clip(FIX / "another.mp4")
-        frames = torch.from_numpy(lse.resize_frames(clip.frames))
+        frames = torch.from_numpy(resize_frames(clip.frames))
         n = lse.count_windows(clip.num_frames, len(clip.audio_int16))
         embs, walls = {}, {}
         with torch.inference_mode():

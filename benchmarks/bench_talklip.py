@@ -134,7 +134,8 @@ def main() -> None:
     from recipe import filled_state_dict
 
     from talkbench.audio_features import avhubert_audio_features
-    from talkbench.generate import align_audio_features, crop_faces, synthesize
+    from talkbench.crops.face import face_crops
+    from talkbench.generate import align_audio_features, synthesize
     from talkbench.nets.talklip import fuse_for_inference, generator_from_state_dict
 
     keys = FIXTURES / ("keys.json" if args.tiny else "keys_full.json")
@@ -148,7 +149,7 @@ def main() -> None:
     h, w = frames.shape[1:3]
     boxes = np.tile(np.array([0, 0, w, h]), (len(frames), 1))
     feats = align_audio_features(avhubert_audio_features(samples), len(frames))
-    crops = crop_faces(frames, boxes)
+    crops = face_crops(frames, boxes)
 
     def run_reference():
         return reference_style(generator, frames, boxes, feats, crops[0], crops)

@@ -41,6 +41,7 @@ from _timing import counted_gflop, peak_rss_mib, reset_peak_rss  # noqa: E402
 from recipe import filled_state_dict  # noqa: E402
 
 from talkbench import media  # noqa: E402
+from talkbench.crops.lipreader_inputs import conformer_crops, lrw_crops  # noqa: E402
 from talkbench.nets.conformer import load_conformer  # noqa: E402
 from talkbench.nets.mvm import load_mvm  # noqa: E402
 from talkbench.observers import conformer as wer2  # noqa: E402
@@ -93,8 +94,8 @@ def bench_wer2(tmp: Path, clip_path: Path, text: str) -> dict[str, Any]:
 
     clip = media.decode_clip(clip_path, need_audio=False)
     target = wer2.transcript_indices(text)
-    video = wer2.normalise(wer2.gray_crops(clip.frames))
-    prep = median_clean(lambda: wer2.normalise(wer2.gray_crops(clip.frames)))
+    video = wer2.normalise(conformer_crops(clip.frames))
+    prep = median_clean(lambda: wer2.normalise(conformer_crops(clip.frames)))
     reset_peak_rss()
     e2e = median_clean(end_to_end)
     net = median_clean(lambda: model.teacher_force(video, target))
@@ -115,8 +116,8 @@ def bench_acc(tmp: Path, clip_path: Path) -> dict[str, Any]:
                                   text="ABOUT"))
 
     clip = media.decode_clip(clip_path, need_audio=False)
-    video = acc.input_tensor(acc.lrw_crops(clip.frames))
-    prep = median_clean(lambda: acc.input_tensor(acc.lrw_crops(clip.frames)))
+    video = acc.input_tensor(lrw_crops(clip.frames))
+    prep = median_clean(lambda: acc.input_tensor(lrw_crops(clip.frames)))
     reset_peak_rss()
     e2e = median_clean(end_to_end)
     net = median_clean(lambda: model.logits_with_flip(video))

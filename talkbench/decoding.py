@@ -327,8 +327,3 @@ def teacher_forced_nll(model: AVHubertSeq2Seq, video: Tensor | None, padding_mas
     lprobs = torch.log_softmax(logits.float(), dim=-1)
     token_lp = lprobs.gather(-1, target.unsqueeze(-1)).squeeze(-1)
     return -(token_lp * target.ne(pad)).sum(dim=1)
-
-
-def normalized_scores_from_logits(logits: Tensor) -> Tensor:
-    """log-softmax in float32, as fairseq's ``get_normalized_probs``: ``[..., V]`` → ``[..., V]``."""
-    return torch.log_softmax(logits.float(), dim=-1)

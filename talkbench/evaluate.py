@@ -17,23 +17,23 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import math
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
-import numpy as np
-
-from talkbench import media, protocols, suites
+from talkbench import protocols, suites
 from talkbench.devices import resolve_device
-from talkbench.observers import ClipData, ClipSkipped, Observer, ObserverSpec, build, check_compatible
+from talkbench.engines import Engine, LocalEngine
+from talkbench.measure import ObserverSetup
 from talkbench.store import ClipRecord, ResultStore
-from talkbench.summary import SUMMARY_COLUMNS, clip_columns, clip_rows, summary_row, write_csv
+from talkbench.summary import SUMMARY_COLUMNS, IntervalSettings, clip_columns, clip_rows, summary_row, write_csv
 
 logger = logging.getLogger(__name__)
 
 _REPORT_NAMES = 5  # how many clip ids a log line names
+#: Meta key: how many clips this run (or shard) holds when finished; merge refuses a shard that holds fewer.
+CLIPS_KEY = "clips_in_run"
 
 
 class EvaluationError(RuntimeError):
@@ -62,6 +62,9 @@ class EvaluateConfig:
         strict: stop at the first clip failure.
         shard: (k, n) to evaluate the k-th of n deterministic shards (1-based k).
         retry_failed: recompute clips stored with an error.
+        engine: where the clips are measured (:mod:`talkbench.engines`); None = this process, one by one.
+        ci: how the summary's confidence intervals are made (they do not change the metrics and are not part of
+            the run's settings: a rerun may change them).
     """
 
     generated: Path
@@ -79,6 +82,8 @@ class EvaluateConfig:
     strict: bool = False
     shard: tuple[int, int] | None = None
     retry_failed: bool = False
+    engine: Engine | None = None
+    ci: IntervalSettings = field(default_factory=IntervalSettings)
 
 
 @dataclass
@@ -171,92 +176,12 @@ def _check_config(config: EvaluateConfig) -> tuple[protocols.Protocol, tuple[str
     return protocol, metrics
 
 
-@dataclass(frozen=True)
-class BuiltObserver:
-    """An observer of the run with its spec (what it may write)."""
-
-    spec: ObserverSpec
-    observer: Observer
-
-
-@dataclass
-class Measurement:
-    """What one clip gave: per-clip columns, per-clip feature arrays (set-level metrics), the error text."""
-
-    values: dict[str, Any]
-    features: dict[str, np.ndarray]
-    error: str | None
-
-
-def _clip_data(pair: suites.ClipPair, observers: Sequence[BuiltObserver]) -> ClipData:
-    if pair.error:
-        raise ClipSkipped(pair.error)
-    if pair.generated is None:
-        raise ClipSkipped("no generated clip for this reference clip (expected at the same relative path)")
-    generated = media.decode_clip(pair.generated, need_audio=False)
-    reference = None
-    if any(o.observer.needs_reference for o in observers):
-        if pair.reference is None:
-            raise ClipSkipped("no reference clip for this generated clip (needed by PSNR/SSIM)")
-        reference = media.decode_clip(pair.reference, need_audio=False)
-    if any(o.observer.needs_text for o in observers) and not pair.text:
-        raise ClipSkipped("no transcript/label for this clip (needed by the lip-reading metrics)")
-    boxes = suites.load_boxes(pair.boxes, generated.num_frames) if pair.boxes is not None else None
-    return ClipData(clip_id=pair.clip_id, generated=generated, reference=reference, text=pair.text, boxes=boxes)
-
-
-def non_finite(row: Mapping[str, Any]) -> list[str]:
-    """The columns of a per-clip row whose number is NaN or infinite."""
-    return [k for k, v in row.items() if isinstance(v, (float, np.floating)) and not math.isfinite(float(v))]
-
-
-def _split_row(spec: ObserverSpec, row: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
-    """An observer's row -> (per-clip columns, feature arrays); a column its spec does not declare is an error."""
-    undeclared = sorted(set(row) - set(spec.clip_columns) - set(spec.features))
-    if undeclared:
-        raise RuntimeError(f"wrote undeclared column(s) {', '.join(undeclared)} (a bug: declare them in its spec)")
-    features = {k: np.asarray(row[k]) for k in spec.features if k in row}
-    values = {k: v for k, v in row.items() if k not in spec.features}
-    bad = non_finite(values) + [k for k, a in features.items() if not np.all(np.isfinite(a))]
-    if bad:
-        shown = ", ".join(f"{k}={values[k]}" if k in values else k for k in bad)
-        raise ClipSkipped(f"non-finite {shown}; the checkpoint or the clip gives no usable number")
-    return values, features
-
-
-def measure_clip(pair: suites.ClipPair, observers: Sequence[BuiltObserver]) -> Measurement:
-    """Decode one clip once and run every observer on it.
-
-    Returns:
-        the :class:`Measurement`. Each observer's failure is recorded (``observer: message``) and costs only
-        that observer's columns: the values of observers that succeeded are kept and count in their metrics.
-    """
-    try:
-        data = _clip_data(pair, observers)
-    except (media.MediaError, ClipSkipped, OSError, ValueError) as err:
-        return Measurement({}, {}, f"input: {err}")
-    values: dict[str, Any] = {}
-    features: dict[str, np.ndarray] = {}
-    errors: list[str] = []
-    for built in observers:
-        name = built.spec.name
-        try:
-            row_values, row_features = _split_row(built.spec, built.observer.measure(data))
-            values.update(row_values)
-            features.update(row_features)
-        except (ClipSkipped, media.MediaError, ValueError) as err:
-            errors.append(f"{name}: {err}")
-        except Exception as err:  # noqa: BLE001 - an observer bug on one clip must not lose the run
-            logger.debug("observer %s failed on %s", name, pair.clip_id, exc_info=True)
-            errors.append(f"{name}: {type(err).__name__}: {err}")
-    return Measurement(values, features, "; ".join(errors) or None)
-
-
-def export(run_dir: Path, store: ResultStore) -> dict[str, Any]:
-    """Re-export ``clips.csv`` and ``summary.csv`` from the store; returns the summary row."""
+def export(run_dir: Path, store: ResultStore, ci: IntervalSettings = IntervalSettings()) -> dict[str, Any]:
+    """Re-export ``clips.csv`` and ``summary.csv`` from the store (intervals made as ``ci`` says); returns the
+    summary row."""
     records: list[ClipRecord] = list(store.records())
     write_csv(run_dir / "clips.csv", clip_rows(records), clip_columns(records))
-    summary = summary_row(store.meta(), records, store.features)
+    summary = summary_row(store.meta(), records, store.features, ci)
     write_csv(run_dir / "summary.csv", [summary], SUMMARY_COLUMNS)
     return summary
 
@@ -292,25 +217,27 @@ def evaluate(config: EvaluateConfig, progress: Callable[[int, int], Any] | None 
             logger.warning("%d clip(s) changed since their rows were stored (first: %s%s); recomputing them",
                            len(changed), ", ".join(changed[:_REPORT_NAMES]), more)
             done -= set(changed)
+        store.set_meta(CLIPS_KEY, len(pairs) + len(unmatched))
         todo = [p for p in pairs if p.clip_id not in done]
         new_unmatched = [c for c in unmatched if c not in done]
         total = len(pairs) + len(unmatched)
         logger.info("%d clip(s) in this run, %d already stored, %d to compute", total,
                     total - len(todo) - len(new_unmatched), len(todo) + len(new_unmatched))
-        observers: list[BuiltObserver] = []
-        if todo:
-            specs = protocol.observer_specs(metrics)
-            check_compatible(specs)
-            ctx = protocol.context(metrics, config.device, config.weights, config.options)
-            observers = [BuiltObserver(spec, build(spec, ctx)) for spec in specs]
-            provenance = {k: v for o in observers for k, v in o.observer.weights_sha256.items()}
-            _record_observers(store, provenance)
-        # error rows are written only once the observers exist: a run that cannot build them stores nothing
-        for clip_id in new_unmatched:
-            store.put(clip_id, {}, "input: generated clip matches no reference clip or transcript")
+        engine = config.engine or LocalEngine()
+        setup = ObserverSetup(protocol.name, metrics, config.device, dict(config.weights), dict(config.options))
+
+        def store_unmatched() -> None:
+            for clip_id in new_unmatched:
+                store.put(clip_id, {}, "input: generated clip matches no reference clip or transcript")
+
+        def on_built(observers_provenance: dict[str, str]) -> None:
+            _record_observers(store, observers_provenance)
+            store_unmatched()  # only once the observers exist: a run that cannot build them stores nothing
+
+        if not todo:
+            store_unmatched()
         n_done = total - len(todo)
-        for pair in todo:
-            result = measure_clip(pair, observers)
+        for pair, result in engine.measure(setup, todo, on_built) if todo else ():
             if result.error and config.strict:
                 raise EvaluationError(f"{pair.clip_id}: {result.error} (--strict stops at the first failure)")
             store.put(pair.clip_id, result.values, result.error, inputs=signatures[pair.clip_id],
@@ -320,7 +247,7 @@ def evaluate(config: EvaluateConfig, progress: Callable[[int, int], Any] | None 
             n_done += 1
             if progress is not None:
                 progress(n_done, total)
-        summary = export(config.out, store)
+        summary = export(config.out, store, config.ci)
     return RunResult(config.out, summary, int(summary["n_clips"]), int(summary["n_failed"]), len(todo))
 
 

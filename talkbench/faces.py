@@ -6,8 +6,8 @@
   ``face-recognition-models`` package; nothing is downloaded.
 * :func:`detect_faces` / :func:`face_boxes_per_frame` — per-frame face boxes with dlib's HOG detector
   (default; no download) or S3FD (official weights, :mod:`talkbench.nets.s3fd`).
-* :func:`track_faces`, :func:`smooth_track`, :func:`crop_track` — syncnet_python's ``run_pipeline.py``:
-  IoU tracking, median-filtered box size/centre, crop with the chin shift, grey padding, 224×224.
+* :func:`track_faces` — syncnet_python's ``run_pipeline.py`` IoU tracking (the tracks' crops are
+  :func:`talkbench.crops.syncnet.crop_track`).
 
 All frames are uint8 BGR (what :class:`talkbench.media.Clip` holds).
 """
@@ -35,10 +35,6 @@ TRACK_IOU_THRESHOLD = 0.5
 TRACK_NUM_FAILED_DET = 25
 TRACK_MIN_LENGTH = 100
 TRACK_MIN_FACE_SIZE = 100
-SMOOTH_KERNEL = 13
-CROP_SCALE = 0.4
-CROP_PAD_VALUE = 110
-CROP_SIZE = 224
 
 
 # ---------------------------------------------------------------------------------------------
@@ -333,50 +329,5 @@ def track_faces(dets: Sequence[np.ndarray], min_track: int = TRACK_MIN_LENGTH,
     return tracks
 
 
-def smooth_track(track: FaceTrack, kernel: int = SMOOTH_KERNEL) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Median-filtered half-size and centre of a track's boxes (``scipy.signal.medfilt``, zero-padded edges).
-
-    Returns:
-        (s, cx, cy), each float64 ``n``: s = max(w, h) / 2, box centre x and y.
-    """
-    from scipy import signal
-
-    b = track.boxes
-    s = np.maximum(b[:, 3] - b[:, 1], b[:, 2] - b[:, 0]) / 2
-    cy = (b[:, 1] + b[:, 3]) / 2
-    cx = (b[:, 0] + b[:, 2]) / 2
-    return (signal.medfilt(s, kernel_size=kernel), signal.medfilt(cx, kernel_size=kernel),
-            signal.medfilt(cy, kernel_size=kernel))
-
-
-def crop_track(frames_bgr: np.ndarray, track: FaceTrack, crop_scale: float = CROP_SCALE,
-               size: int = CROP_SIZE, pad_value: int = CROP_PAD_VALUE, kernel: int = SMOOTH_KERNEL) -> np.ndarray:
-    """Face-track crops as syncnet_python's ``crop_video`` makes them (before its lossy XVID write).
-
-    Each frame is padded by ``int(s·(1+2·crop_scale))`` pixels of value ``pad_value``; the crop spans
-    ``s·(1+crop_scale)`` left and right of the smoothed centre, ``s`` above it and ``s·(1+2·crop_scale)``
-    below it (the chin shift), and is resized to ``size×size`` with INTER_LINEAR.
-
-    Args:
-        frames_bgr: the clip's uint8 BGR frames ``T×H×W×3`` (indexed by ``track.frames``).
-    Returns:
-        uint8 BGR ``n×size×size×3``.
-    """
-    s_all, cx_all, cy_all = smooth_track(track, kernel)
-    out = np.empty((len(track), size, size, 3), dtype=np.uint8)
-    for k, fidx in enumerate(track.frames):
-        bs = s_all[k]
-        bsi = int(bs * (1 + 2 * crop_scale))
-        padded = np.pad(frames_bgr[fidx], ((bsi, bsi), (bsi, bsi), (0, 0)), "constant",
-                        constant_values=(pad_value, pad_value))
-        my = cy_all[k] + bsi
-        mx = cx_all[k] + bsi
-        face = padded[int(my - bs):int(my + bs * (1 + 2 * crop_scale)),
-                      int(mx - bs * (1 + crop_scale)):int(mx + bs * (1 + crop_scale))]
-        out[k] = cv2.resize(face, (size, size))
-    return out
-
-
-__all__ = ["CROP_PAD_VALUE", "CROP_SCALE", "CROP_SIZE", "DETECTORS", "FaceTrack", "box_iou", "crop_track",
-           "detect_faces", "detect_faces_per_frame", "dlib_landmarks", "face_boxes_per_frame", "face_models_dir",
-           "main_face_boxes", "smooth_track", "track_faces"]
+__all__ = ["DETECTORS", "FaceTrack", "box_iou", "detect_faces", "detect_faces_per_frame", "dlib_landmarks",
+           "face_boxes_per_frame", "face_models_dir", "main_face_boxes", "track_faces"]

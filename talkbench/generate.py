@@ -6,7 +6,8 @@ The procedure is the reference's ``inf_test.py`` (what the paper's test-set vide
    audio as 16 kHz mono int16 (any rate/format is converted by :func:`talkbench.media.read_wav_int16`).
 2. One face box per frame: given (TalkLip's bbx ``.npy``: x1, y1, x2, y2 per frame), else detected
    (S3FD with official weights when given, else dlib's HOG detector, which needs no download).
-3. Crops: ``cv2.resize(frame[y1:y2, x1:x2], (96, 96))`` (INTER_LINEAR on uint8), scaled by 1/255.
+3. Crops: ``cv2.resize(frame[y1:y2, x1:x2], (96, 96))`` (INTER_LINEAR on uint8; :func:`talkbench.crops.face.face_crops`,
+   the crop PSNR/SSIM use), scaled by 1/255.
    Generator input = [target crop with rows 48..95 zeroed | reference crop] (6 channels, BGR).
    The reference crop is frame 0's by default (inf_test); ``reference_frame=None`` uses the same frame
    unmasked (inf_demo); any other index uses that frame.
@@ -18,9 +19,10 @@ The procedure is the reference's ``inf_test.py`` (what the paper's test-set vide
    ``Resize``), written over the **whole** box, and the frame is truncated to uint8 (no rounding).
 7. The video is written at 25 fps with the input audio muxed (PyAV; h264 or lossless ffv1).
 
-Differences from the reference, on purpose: boxes are clipped to the frame on both axes (the reference
-clips x2 and y2 by the frame *height* when cropping and would wrap negative coordinates; identical on
-square frames such as LRS2's 160×160), and the audio is read through FFmpeg's resampler, so inputs that
+Differences from the reference, on purpose: boxes are checked by :func:`talkbench.crops.boxes.check_boxes`
+(whole, finite, non-negative, non-empty) and clipped to the frame on both axes (the reference clips x2 and y2 by
+the frame *height* when cropping and would wrap negative coordinates; identical on square frames such as LRS2's
+160×160), and the audio is read through FFmpeg's resampler, so inputs that
 are not 16 kHz mono (which the reference refuses) are converted first (logged).
 """
 
@@ -38,14 +40,14 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from talkbench.audio_features import avhubert_audio_features
+from talkbench.crops.boxes import BoxError, check_boxes
+from talkbench.crops.face import face_crops
 
 logger = logging.getLogger(__name__)
 
-FACE_SIZE = 96
 FPS = 25.0
 SAMPLE_RATE = 16000
 ALIGN_MODES = ("video", "audio")
-VIDEO_SUFFIXES = (".mp4", ".avi", ".mkv", ".mov")
 
 
 class GenerateError(ValueError):
@@ -53,59 +55,8 @@ class GenerateError(ValueError):
 
 
 # ----------------------------------------------------------------------------------------------------
-# Geometry: boxes, crops, paste-back
+# Generator inputs and paste-back (boxes and crops: talkbench.crops)
 # ----------------------------------------------------------------------------------------------------
-
-def check_boxes(boxes: np.ndarray, n_frames: int, height: int, width: int, source: str = "boxes") -> np.ndarray:
-    """Validate per-frame boxes and clip them to the frame.
-
-    Args:
-        boxes: ``T×4`` x1, y1, x2, y2 in pixels (TalkLip's bbx files).
-    Returns:
-        int64 ``T×4`` with 0 <= x1 < x2 <= width and 0 <= y1 < y2 <= height.
-    Raises:
-        GenerateError: wrong shape or type, wrong frame count, a NaN/infinite coordinate, or an empty box.
-    """
-    boxes = np.asarray(boxes)
-    if boxes.ndim != 2 or boxes.shape[1] != 4:
-        raise GenerateError(f"{source}: face boxes must be a T×4 array (x1, y1, x2, y2 per frame), got shape "
-                            f"{boxes.shape}.")
-    if not (np.issubdtype(boxes.dtype, np.integer) or np.issubdtype(boxes.dtype, np.floating)):
-        raise GenerateError(f"{source}: face boxes must be numbers (pixels), got dtype {boxes.dtype}.")
-    if len(boxes) < n_frames:
-        raise GenerateError(f"{source}: {len(boxes)} face boxes for {n_frames} frames; give one box per frame.")
-    boxes = boxes[:n_frames]
-    bad = np.flatnonzero(~np.isfinite(boxes).all(axis=1))
-    if len(bad):
-        raise GenerateError(f"{source}: the face box of frame {int(bad[0])} is {boxes[bad[0]].tolist()} (NaN or "
-                            f"infinite coordinates; {len(bad)} such frames); give pixel coordinates for every frame "
-                            "(re-run the face detector or fill the gaps from neighbouring frames).")
-    boxes = np.rint(boxes).astype(np.int64)
-    boxes[:, [0, 2]] = np.clip(boxes[:, [0, 2]], 0, width)
-    boxes[:, [1, 3]] = np.clip(boxes[:, [1, 3]], 0, height)
-    empty = np.flatnonzero((boxes[:, 2] <= boxes[:, 0]) | (boxes[:, 3] <= boxes[:, 1]))
-    if len(empty):
-        raise GenerateError(f"{source}: the face box of frame {int(empty[0])} is empty inside the "
-                            f"{width}×{height} frame ({len(empty)} such frames); fix the boxes.")
-    return boxes
-
-
-def crop_faces(frames: np.ndarray, boxes: np.ndarray, size: int = FACE_SIZE) -> np.ndarray:
-    """``cv2.resize(frame[y1:y2, x1:x2], (size, size))`` per frame (INTER_LINEAR on uint8, as the reference).
-
-    Args:
-        frames: uint8 ``T×H×W×3`` BGR.
-        boxes: int ``T×4`` (already checked with :func:`check_boxes`).
-    Returns:
-        uint8 ``T×size×size×3``.
-    """
-    import cv2
-
-    out = np.empty((len(frames), size, size, 3), dtype=np.uint8)
-    for i, (frame, (x1, y1, x2, y2)) in enumerate(zip(frames, boxes)):
-        out[i] = cv2.resize(frame[y1:y2, x1:x2], (size, size))
-    return out
-
 
 def generator_inputs(crops: np.ndarray, reference_crops: np.ndarray) -> Tensor:
     """The 6-channel generator input ``N×6×96×96`` float32 in [0, 1].
@@ -390,7 +341,7 @@ def synthesize(generator: torch.nn.Module, frames: np.ndarray, boxes: np.ndarray
     Args:
         generator: a :class:`talkbench.nets.talklip.TalkLipGenerator` in eval mode on ``device``.
         frames: uint8 ``T×H×W×3`` BGR at 25 fps.
-        boxes: int ``T×4`` face boxes (see :func:`check_boxes`).
+        boxes: int ``T×4`` face boxes (see :func:`talkbench.crops.boxes.check_boxes`).
         audio_int16: 16 kHz mono samples.
         reference_frame: frame whose crop is the identity input for every frame (default 0, inf_test);
             None = each frame's own unmasked crop (inf_demo).
@@ -411,13 +362,13 @@ def synthesize(generator: torch.nn.Module, frames: np.ndarray, boxes: np.ndarray
     features = avhubert_audio_features(np.asarray(audio_int16))
     reference = None
     if reference_frame is not None:
-        reference = crop_faces(frames[[reference_frame]], boxes[[reference_frame]])[0]
+        reference = face_crops(frames[[reference_frame]], boxes[[reference_frame]])[0]
     if align == "video":
         features = align_audio_features(features, n)
     else:
         order = repeat_frames_to_audio(n, len(features))
         frames, boxes = frames[order], boxes[order]
-    crops = crop_faces(frames, boxes)
+    crops = face_crops(frames, boxes)
     if reference is None:
         reference = crops
     audio = torch.from_numpy(np.ascontiguousarray(features.T))[None].to(device)          # 1×104×T
@@ -458,18 +409,30 @@ def load_generator(checkpoint: str | Path, weights: dict[str, Path] | None = Non
 
 def face_boxes(frames: np.ndarray, boxes_path: Path | None = None, detector: str = "dlib",
                s3fd_weights: Path | None = None) -> np.ndarray:
-    """Per-frame boxes: from a TalkLip bbx ``.npy`` if given, else detected (see :mod:`talkbench.faces`)."""
-    h, w = frames.shape[1:3]
+    """Per-frame boxes: from a TalkLip bbx ``.npy`` if given, else detected (see :mod:`talkbench.faces`).
+
+    Returns:
+        int64 ``T×4`` checked by :func:`talkbench.crops.boxes.check_boxes` and clipped to the frame.
+    Raises:
+        GenerateError: the boxes file does not exist, or :func:`check_boxes` refuses the boxes (its message, which
+            names the file).
+    """
+    size = frames.shape[1:3]
     if boxes_path is not None:
         boxes_path = Path(boxes_path)
         if not boxes_path.is_file():
             raise GenerateError(f"{boxes_path}: boxes file not found (expected a T×4 .npy of x1, y1, x2, y2).")
-        return check_boxes(np.load(boxes_path), len(frames), h, w, str(boxes_path))
-    from talkbench.faces import face_boxes_per_frame
+        boxes, source = np.load(boxes_path), str(boxes_path)
+    else:
+        from talkbench.faces import face_boxes_per_frame
 
-    logger.info("detecting faces in %d frames with %s", len(frames), detector)
-    return check_boxes(face_boxes_per_frame(frames, detector=detector, s3fd_weights=s3fd_weights),
-                       len(frames), h, w, f"{detector} detections")
+        logger.info("detecting faces in %d frames with %s", len(frames), detector)
+        boxes = face_boxes_per_frame(frames, detector=detector, s3fd_weights=s3fd_weights)
+        source = f"{detector} detections"
+    try:
+        return check_boxes(boxes, len(frames), size, source)
+    except BoxError as err:
+        raise GenerateError(str(err)) from None
 
 
 def read_audio(path: Path) -> np.ndarray:

@@ -22,13 +22,18 @@ from __future__ import annotations
 import csv
 import io
 import logging
+import math
 import re
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Iterable, Mapping, Sequence
 
-from talkbench.suites import read_text_file
+import numpy as np
+
+from talkbench.compare import CompareError, compare_runs
 from talkbench.observers import METRIC_COLUMNS, metric_spec
-from talkbench.summary import SUMMARY_COLUMNS, write_csv
+from talkbench.statistics import holm
+from talkbench.suites import read_text_file
+from talkbench.summary import SUMMARY_COLUMNS, IntervalSettings, write_csv
 
 logger = logging.getLogger(__name__)
 
@@ -40,6 +45,11 @@ FORMULA_TRIGGERS = ("=", "+", "-", "@", "\t", "\r")
 _NEUTRALISED = re.compile("^'*[" + "".join(re.escape(c) for c in FORMULA_TRIGGERS) + "]")
 _DECIMAL = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$")
 
+
+#: Key of a row read from a run directory (not a column): the run directory, for the paired tie tests.
+RUN_DIR_KEY = "_run_dir"
+#: Significance level of the tie marks (one-sided paired bootstrap, Holm-corrected within a group and metric).
+TIE_ALPHA = 0.05
 
 _ARROWS = {"higher": "↑", "lower": "↓", "zero": "→0"}
 _BETTER = {"higher": "higher", "lower": "lower", "zero": "closer to 0"}
@@ -104,6 +114,8 @@ def read_summary_rows(sources: Iterable[Path]) -> list[dict[str, Any]]:
                              "expected the leaderboard schema (see README).")
         for row in reader:
             row = {k: restore_csv_cell(v) if isinstance(v, str) else v for k, v in row.items()}
+            if path.is_dir():
+                row[RUN_DIR_KEY] = path  # its per-clip rows make the paired tie tests possible
             for column in METRIC_COLUMNS:
                 value = row.get(column)
                 if value not in (None, "") and _number(value) is None:
@@ -145,7 +157,7 @@ def present_metrics(rows: Sequence[dict[str, Any]]) -> list[str]:
     return [m for m in METRIC_COLUMNS if any(_number(r.get(m)) is not None for r in rows)]
 
 
-def markdown(rows: Sequence[dict[str, Any]]) -> str:
+def markdown(rows: Sequence[dict[str, Any]], ci: IntervalSettings = IntervalSettings()) -> str:
     """One table per (suite, protocol, options); the best value of each metric in bold; reported rows marked.
 
     A group's heading names its options when they differ from another group of the same suite and protocol.
@@ -162,20 +174,66 @@ def markdown(rows: Sequence[dict[str, Any]]) -> str:
         lines.append("| model | source | n_clips | " + " | ".join(metrics) + " |")
         lines.append("|---|---|---|" + "---|" * len(metrics))
         best = {m: _best(group, m) for m in metrics}
-        for row in group:
+        tied = {m: ties(group, m, ci) for m in metrics} if ci.enabled else {}
+        for index, row in enumerate(group):
             cells = []
             for m in metrics:
                 value = _number(row.get(m))
-                text = "" if value is None else f"{value:.4g}" if abs(value) < 1e4 else f"{value:.1f}"
-                cells.append(f"**{text}**" if value is not None and value == best[m] else text)
+                text = "" if value is None else _with_interval(value, row, m)
+                if value is not None and value == best[m]:
+                    text = f"**{text}**"
+                elif index in tied.get(m, ()):
+                    text += " ≈"
+                cells.append(text)
             source = str(row.get("source", ""))
             marker = f"{source} ({row['citation']})" if source == "reported" and row.get("citation") else source
             lines.append(f"| {markdown_cell(row.get('model', ''))} | {markdown_cell(marker)} | "
                          f"{markdown_cell(row.get('n_clips', ''))} | " + " | ".join(cells) + " |")
         lines.append("")
     arrows = ", ".join(f"{m} {_ARROWS[metric_spec(m).direction]}" for m in METRIC_COLUMNS)
-    lines.append(f"Higher or lower is better: {arrows}.")
+    lines.append(f"Higher or lower is better: {arrows}. Values are `value ± half-width` of the 95 % bootstrap "
+                 "interval over clips (`summary.csv` has the exact bounds); **bold** = the best of its table; "
+                 f"≈ = not significantly worse than the best (one-sided paired bootstrap on the same clips, "
+                 f"Holm-corrected within the table, {TIE_ALPHA:g}); reported rows have no interval and are not tested.")
     return "\n".join(lines) + "\n"
+
+
+def _with_interval(value: float, row: Mapping[str, Any], metric: str) -> str:
+    text = f"{value:.4g}" if abs(value) < 1e4 else f"{value:.1f}"
+    lo, hi = _number(row.get(f"{metric}_lo")), _number(row.get(f"{metric}_hi"))
+    if lo is None or hi is None or math.isnan(lo) or math.isnan(hi):
+        return text
+    return f"{text} ± {(hi - lo) / 2:.2g}"
+
+
+def ties(group: Sequence[Mapping[str, Any]], metric: str, ci: IntervalSettings = IntervalSettings()) -> set[int]:
+    """Positions of the rows of ``group`` whose ``metric`` is not significantly worse than the best row's.
+
+    Each measured row read from a run directory is compared with the best row (also measured, from a run
+    directory) on their common clips by a one-sided paired bootstrap (:func:`talkbench.compare.compare_runs`;
+    p = P(the best is not better)); the p-values are Holm-corrected over the group; a row is tied when its
+    corrected p is at least :data:`TIE_ALPHA`. Rows that cannot be paired (reported rows, other clip sets) are
+    never marked.
+    """
+    values = [_number(r.get(metric)) for r in group]
+    best_value = _best(group, metric)
+    best = next((i for i, v in enumerate(values) if v is not None and v == best_value), None)
+    if best is None or RUN_DIR_KEY not in group[best]:
+        return set()
+    candidates, p_values = [], []
+    for i, row in enumerate(group):
+        if i == best or values[i] is None or RUN_DIR_KEY not in row:
+            continue
+        try:
+            (result,) = compare_runs(row[RUN_DIR_KEY], group[best][RUN_DIR_KEY], ci, [metric])
+        except (CompareError, ValueError) as err:
+            logger.info("%s: no tie test of %s against %s (%s)", metric, row.get("model"), group[best].get("model"),
+                        err)
+            continue
+        candidates.append(i)
+        p_values.append(result.p_value)
+    adjusted = holm(p_values) if p_values else []
+    return {i for i, p in zip(candidates, adjusted) if not math.isnan(p) and p >= TIE_ALPHA}
 
 
 def _best(rows: Sequence[dict[str, Any]], metric: str) -> float | None:
@@ -201,8 +259,9 @@ def plot_metric(rows: Sequence[dict[str, Any]], metric: str, path: Path) -> None
                                                        * len(groups), 3.6), squeeze=False)
     for ax, ((suite, protocol, options), group) in zip(axes[0], groups.items()):
         values = [_number(r[metric]) for r in group]
-        bars = ax.bar(range(len(group)), values, color=["#bbbbbb" if r.get("source") == "reported" else "#3b6ea8"
-                                                        for r in group])
+        errors = np.array([_error_bar(r, metric, v) for r, v in zip(group, values)]).T
+        bars = ax.bar(range(len(group)), values, yerr=errors, capsize=3, ecolor="#333333",
+                      color=["#bbbbbb" if r.get("source") == "reported" else "#3b6ea8" for r in group])
         for bar, row in zip(bars, group):
             if row.get("source") == "reported":
                 bar.set_hatch("//")
@@ -216,12 +275,21 @@ def plot_metric(rows: Sequence[dict[str, Any]], metric: str, path: Path) -> None
     plt.close(fig)
 
 
+def _error_bar(row: Mapping[str, Any], metric: str, value: float) -> tuple[float, float]:
+    """(below, above) the bar: the interval's distance to the value; (0, 0) without an interval."""
+    lo, hi = _number(row.get(f"{metric}_lo")), _number(row.get(f"{metric}_hi"))
+    if lo is None or hi is None or math.isnan(lo) or math.isnan(hi):
+        return 0.0, 0.0
+    return max(value - lo, 0.0), max(hi - value, 0.0)
+
+
 def _plain_label(value: Any) -> str:
     """Text for a chart label, shown literally: ``$`` would start Matplotlib mathtext (and can crash it)."""
     return str(value).replace("$", r"\$")
 
 
-def build_leaderboard(sources: Sequence[Path], out_csv: Path) -> list[dict[str, Any]]:
+def build_leaderboard(sources: Sequence[Path], out_csv: Path, ci: IntervalSettings = IntervalSettings()
+                      ) -> list[dict[str, Any]]:
     """Merge summary rows into ``out_csv`` (+ ``.md`` and one ``<stem>_<metric>.png`` per metric).
 
     Text cells that a spreadsheet would run as formulas are neutralised in the CSV
@@ -237,7 +305,7 @@ def build_leaderboard(sources: Sequence[Path], out_csv: Path) -> list[dict[str, 
     out_csv.parent.mkdir(parents=True, exist_ok=True)
     write_csv(out_csv, [{c: neutralise_csv_cell(row.get(c, "")) for c in SUMMARY_COLUMNS} for row in rows],
               SUMMARY_COLUMNS)
-    out_csv.with_suffix(".md").write_text(markdown(rows))
+    out_csv.with_suffix(".md").write_text(markdown(rows, ci))
     for metric in present_metrics(rows):
         plot_metric(rows, metric, out_csv.with_name(f"{out_csv.stem}_{metric}.png"))
     logger.info("wrote %s (+ .md, %d chart(s))", out_csv, len(present_metrics(rows)))

@@ -3,7 +3,7 @@
 Per clip (reference: ``SyncNetInstance_calc_scores.evaluate`` on top of joonson/syncnet_python):
 
 1. frames: uint8 BGR, each resized to 224×224 with ``cv2.resize`` (INTER_LINEAR, also when
-   downscaling), float 0..255, no normalisation;
+   downscaling; :func:`talkbench.crops.syncnet.resize_frames`), float 0..255, no normalisation;
 2. audio: int16-valued 16 kHz samples -> ``python_speech_features.mfcc`` defaults, 13×F at 100 Hz;
 3. ``min_length = min(T, floor(N / 640))``, ``n_windows = min_length - 5`` (the reference drops the
    last complete window); window i = frames i..i+4 and MFCC columns 4i..4i+19;
@@ -22,12 +22,12 @@ import logging
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-import cv2
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 from talkbench.audio_features import syncnet_mfcc
+from talkbench.crops.syncnet import resize_frames
 
 if TYPE_CHECKING:
     from talkbench.nets.syncnet import SyncNet
@@ -35,7 +35,6 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 VSHIFT = 15
-FRAME_SIZE = 224
 WINDOW_FRAMES = 5
 WINDOW_MFCC = 20
 MFCC_PER_FRAME = 4            # 100 Hz MFCC / 25 fps video
@@ -64,24 +63,6 @@ class LSEResult:
 
 
 # ----------------------------------------------------------------------------------------- inputs
-
-def resize_frames(frames_bgr: np.ndarray, size: int = FRAME_SIZE) -> np.ndarray:
-    """Whole frames resized as the reference does: ``cv2.resize(img, (size, size))`` (INTER_LINEAR).
-
-    Args:
-        frames_bgr: uint8 ``T×H×W×3``.
-    Returns:
-        uint8 ``T×size×size×3`` (the input itself when already that size).
-    """
-    if frames_bgr.ndim != 4 or frames_bgr.shape[-1] != 3:
-        raise ValueError(f"Expected frames T×H×W×3 (BGR uint8), got shape {frames_bgr.shape}.")
-    if frames_bgr.shape[1:3] == (size, size):
-        return frames_bgr
-    out = np.empty((frames_bgr.shape[0], size, size, 3), dtype=np.uint8)
-    for t, frame in enumerate(frames_bgr):
-        out[t] = cv2.resize(frame, (size, size))
-    return out
-
 
 def count_windows(n_frames: int, n_samples: int) -> int:
     """Scored windows: ``min(T, floor(N / 640)) - 5`` (may be <= 0: nothing to score)."""
@@ -154,7 +135,7 @@ def embed_clip(model: "SyncNet", frames224: np.ndarray, audio_int16: np.ndarray,
 
 def lse_scores(model: "SyncNet", frames_bgr: np.ndarray, audio_int16: np.ndarray,
                device: str | torch.device = "cpu", vshift: int = VSHIFT, chunk: int = DEFAULT_CHUNK) -> LSEResult:
-    """LSE of one clip from its frames and audio (frames are resized to 224×224 here).
+    """LSE of one clip from its frames and audio (frames are resized to 224×224 here unless they already are).
 
     Args:
         frames_bgr: uint8 BGR ``T×H×W×3`` at 25 fps.
@@ -173,5 +154,5 @@ def lse_scores(model: "SyncNet", frames_bgr: np.ndarray, audio_int16: np.ndarray
         return scores_from_distances(shifted_distances(video_emb, audio_emb, vshift), vshift)
 
 
-__all__ = ["FRAME_SIZE", "LSEResult", "VSHIFT", "count_windows", "embed_clip", "lse_scores", "mfcc_windows",
-           "resize_frames", "scores_from_distances", "shifted_distances"]
+__all__ = ["LSEResult", "VSHIFT", "count_windows", "embed_clip", "lse_scores", "mfcc_windows",
+           "scores_from_distances", "shifted_distances"]

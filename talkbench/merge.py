@@ -20,11 +20,14 @@ import json
 from pathlib import Path
 from typing import Any, Sequence
 
-from talkbench.evaluate import export
+from talkbench.evaluate import CLIPS_KEY, export
 from talkbench.store import STORE_NAME, ResultStore
+from talkbench.summary import IntervalSettings
 
 #: Settings that may differ between shards of one run.
-_PER_SHARD_KEYS = ("shard",)
+_PER_SHARD_KEYS = ("shard", CLIPS_KEY)
+#: Meta key of a ``--allow-partial`` merge of shards that did not finish: ``["<dir> holds k of its n clips", ...]``.
+UNFINISHED_KEY = "partial_unfinished_shards"
 #: Meta key of a merged store: the shard numbers that were missing (only with ``allow_partial``).
 PARTIAL_KEY = "partial_missing_shards"
 
@@ -76,7 +79,8 @@ def _missing_shards(run_dirs: Sequence[Path], shards: Sequence[tuple[int, int] |
     return [k for k in range(1, n + 1) if k not in present]
 
 
-def merge_runs(run_dirs: Sequence[Path], out: Path, allow_partial: bool = False) -> dict[str, Any]:
+def merge_runs(run_dirs: Sequence[Path], out: Path, allow_partial: bool = False,
+               ci: IntervalSettings = IntervalSettings()) -> dict[str, Any]:
     """Merge shard stores into ``out`` (store, clips.csv, summary.csv); returns the summary row.
 
     Args:
@@ -84,6 +88,7 @@ def merge_runs(run_dirs: Sequence[Path], out: Path, allow_partial: bool = False)
         out: the run directory to write.
         allow_partial: merge even when shards are missing; their numbers are stored in the merged
             store's meta under :data:`PARTIAL_KEY`.
+        ci: how the merged summary's confidence intervals are made.
     Raises:
         ValueError: a directory holds no store, the shards were run with different settings, a shard is
             missing (without ``allow_partial``) or given twice, shards of different ``N`` or a whole run
@@ -96,6 +101,7 @@ def merge_runs(run_dirs: Sequence[Path], out: Path, allow_partial: bool = False)
     metas: list[dict[str, Any]] = []
     shard_ids: set[str] = set()
     empty: list[bool] = []
+    unfinished: list[str] = []
     for run_dir in run_dirs:
         if not (run_dir / STORE_NAME).is_file():
             raise ValueError(f"{run_dir}: no {STORE_NAME} here; pass run directories written by `talkbench evaluate`.")
@@ -104,6 +110,12 @@ def merge_runs(run_dirs: Sequence[Path], out: Path, allow_partial: bool = False)
             ids = store.finished_ids()
         shard_ids |= ids
         empty.append(not ids)
+        expected = metas[-1].get(CLIPS_KEY)
+        if expected is not None and len(ids) < int(expected):
+            unfinished.append(f"{run_dir} holds {len(ids)} of its {expected} clips")
+    if unfinished and not allow_partial:
+        raise ValueError("unfinished shard(s): " + "; ".join(unfinished) + ". Run the same `talkbench evaluate` "
+                         "command for them again (it resumes), or --allow-partial to merge what is there.")
     # a shard without clips never built its observers: it may lack their checkpoint list
     first = next((i for i, is_empty in enumerate(empty) if not is_empty), 0)
     common = {k: v for k, v in metas[first].items() if k not in _PER_SHARD_KEYS}
@@ -123,8 +135,11 @@ def merge_runs(run_dirs: Sequence[Path], out: Path, allow_partial: bool = False)
                          "to merge what is there (the merged run then records the missing shards).")
     merged_meta = dict(common, shard=None)
     merged_meta.pop(PARTIAL_KEY, None)
+    merged_meta.pop(CLIPS_KEY, None)
     if missing:
         merged_meta[PARTIAL_KEY] = missing
+    if unfinished:
+        merged_meta[UNFINISHED_KEY] = unfinished
     _check_out(out, merged_meta, shard_ids)
     seen: dict[str, Any] = {}
     with ResultStore(out, merged_meta) as target:
@@ -138,7 +153,7 @@ def merge_runs(run_dirs: Sequence[Path], out: Path, allow_partial: bool = False)
                     seen[record.clip_id] = key
                     target.put(record.clip_id, record.values, record.error, inputs=record.inputs,
                                features=features.get(record.clip_id))
-        return export(out, target)
+        return export(out, target, ci)
 
 
 def _check_out(out: Path, merged_meta: dict[str, Any], shard_ids: set[str]) -> None:

@@ -70,6 +70,7 @@ from typing import Any
 
 import numpy as np
 
+from talkbench.crops.boxes import check_boxes
 from talkbench.media import VIDEO_EXTENSIONS
 
 logger = logging.getLogger(__name__)
@@ -259,28 +260,18 @@ def read_lrs2_text(path: Path) -> str:
 
 
 def load_boxes(path: Path, n_frames: int | None = None) -> np.ndarray:
-    """Per-frame face boxes from a ``.npy`` file, as int64 ``T×4`` (x1, y1, x2, y2).
+    """Per-frame face boxes from a ``.npy`` file, as int64 ``T×4`` (x1, y1, x2, y2), checked by
+    :func:`talkbench.crops.boxes.check_boxes` (the first ``n_frames`` rows when given; clipped to the frame
+    when the crops are cut).
 
     Raises:
-        ValueError: not a ``T×4`` array of whole, non-negative numbers, or fewer rows than ``n_frames``.
+        ValueError: an unreadable file; :class:`talkbench.crops.boxes.BoxError` for boxes it refuses.
     """
     try:
         boxes = np.load(path, allow_pickle=False)
     except (OSError, ValueError) as err:
         raise ValueError(f"{path}: cannot read face boxes ({err}). Expected a .npy array T×4.") from err
-    if boxes.ndim != 2 or boxes.shape[1] != 4:
-        raise ValueError(f"{path}: face boxes must be T×4 (x1, y1, x2, y2 per frame), got shape {boxes.shape}.")
-    if not np.issubdtype(boxes.dtype, np.integer):
-        if not np.issubdtype(boxes.dtype, np.floating) or not np.all(np.isfinite(boxes)) \
-                or not np.array_equal(boxes, np.round(boxes)):
-            raise ValueError(f"{path}: face boxes must be whole pixel coordinates (TalkLip's bbx files are "
-                             f"integers), got {boxes.dtype} values such as {boxes.flat[0]!r}.")
-    boxes = boxes.astype(np.int64)
-    if (boxes < 0).any():
-        raise ValueError(f"{path}: face boxes have negative coordinates; clip them at 0 as TalkLip's bbx_extract does.")
-    if n_frames is not None and len(boxes) < n_frames:
-        raise ValueError(f"{path}: {len(boxes)} face boxes for {n_frames} frames; re-run the face detection.")
-    return boxes
+    return check_boxes(boxes, n_frames, None, str(path))
 
 
 def _video_at(root: Path, clip_id: str) -> Path | None:

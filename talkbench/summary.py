@@ -7,6 +7,12 @@ stored per-clip rows, without loading any network.
 Each metric's aggregate uses every clip whose row has that metric's per-clip column: a clip on which
 one observer failed still counts in the other observers' metrics. ``n_failed`` counts the clips with any
 error; ``n_failed_by_metric`` says, per requested metric, how many clips it could not score.
+
+Every metric has a confidence interval next to it (``<metric>_lo``, ``<metric>_hi``): a percentile bootstrap
+over clips that respects the metric's aggregation (:mod:`talkbench.statistics`: corpus WER recomputed as
+Σedits/Σwords on each resample, means of utterances, frame means weighted by frames, accuracies; set-level
+metrics from the resampled sums of their per-clip statistics), seeded and deterministic; optionally a block
+bootstrap over speakers. The ``ci`` column says how the intervals were made (empty when they are off).
 """
 
 from __future__ import annotations
@@ -14,24 +20,117 @@ from __future__ import annotations
 import csv
 import datetime as _dt
 import io
+import logging
 import math
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 
-from talkbench import __version__, protocols
+from talkbench import __version__, protocols, statistics
 from talkbench.observers import METRIC_COLUMNS, METRICS, module
 from talkbench.store import ClipRecord
 
+def metric_columns(metric: str) -> tuple[str, str, str]:
+    """``(metric, metric_lo, metric_hi)``."""
+    return metric, f"{metric}_lo", f"{metric}_hi"
+
+
 #: Columns of ``summary.csv`` and of the leaderboard, in this order: the metric columns come from the specs.
 SUMMARY_COLUMNS: tuple[str, ...] = (
-    ("model", "suite", "split", "protocol", "options", "n_clips", "n_failed") + METRIC_COLUMNS
-    + ("n_failed_by_metric", "partial", "observers", "talkbench_version", "date", "source", "citation")
+    ("model", "suite", "split", "protocol", "options", "n_clips", "n_failed")
+    + tuple(c for m in METRIC_COLUMNS for c in metric_columns(m))
+    + ("n_failed_by_metric", "partial", "ci", "observers", "talkbench_version", "date", "source", "citation")
 )
+#: Block bootstrap choices: ``none`` (clips are independent) or ``speaker`` (clips of one LRS2 speaker folder,
+#: the clip id's parent, are resampled together).
+CI_BLOCKS: tuple[str, ...] = ("none", "speaker")
+
+
+@dataclass(frozen=True)
+class IntervalSettings:
+    """How the summary's confidence intervals are made.
+
+    Attributes:
+        level: coverage (0 turns the intervals off).
+        resamples: bootstrap resamples (set-level metrics use at most :data:`SET_LEVEL_RESAMPLES`).
+        seed: seed of the resampling (the same seed gives the same intervals).
+        block: ``none`` or ``speaker`` (:data:`CI_BLOCKS`).
+    """
+
+    level: float = 0.95
+    resamples: int = 10_000
+    seed: int = 0
+    block: str = "none"
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.level < 1:
+            raise ValueError(f"--ci-level must be in [0, 1) (0 = no intervals), got {self.level}.")
+        if self.level and self.resamples < 100:
+            raise ValueError(f"--ci-resamples must be at least 100, got {self.resamples}.")
+        if self.block not in CI_BLOCKS:
+            raise ValueError(f"--ci-block must be one of {', '.join(CI_BLOCKS)}, got {self.block!r}.")
+
+    @property
+    def enabled(self) -> bool:
+        return self.level > 0
+
+    def label(self) -> str:
+        """The ``ci`` column: e.g. ``95% percentile bootstrap over clips, 10000 resamples, seed 0``."""
+        if not self.enabled:
+            return ""
+        unit = "speakers (block)" if self.block == "speaker" else "clips"
+        return f"{100 * self.level:g}% percentile bootstrap over {unit}, {self.resamples} resamples, seed {self.seed}"
+
+
+NO_INTERVALS = IntervalSettings(level=0.0)
+#: Set-level metrics evaluate their statistic once per resample in Python (a Fréchet distance: ~0.02 ms each).
+SET_LEVEL_RESAMPLES = 2_000
 
 #: Loads stored feature arrays (clip id -> name -> array) for the given names; ``ResultStore.features``.
 FeatureLoader = Callable[[Iterable[str]], Mapping[str, Mapping[str, np.ndarray]]]
+
+logger = logging.getLogger(__name__)
+
+
+def speaker_groups(clip_ids: Sequence[str]) -> list[str]:
+    """The block of each clip for a speaker bootstrap: its id's parent folder (LRS2 ``main/<speaker>/<utt>``)."""
+    return [clip_id.rsplit("/", 1)[0] if "/" in clip_id else clip_id for clip_id in clip_ids]
+
+
+def clip_stats(metric: str, records: Sequence[ClipRecord], protocol: str = "talklip2023",
+               features: FeatureLoader | None = None
+               ) -> tuple[statistics.ClipStats, statistics.SetStatistic | None]:
+    """The per-clip arrays one metric's aggregation needs, from the stored clips (with clip ids), and, for a
+    set-level metric, the statistic of its summed per-clip arrays (its observer module's ``set_statistic``)."""
+    spec = METRICS[metric]
+    if spec.aggregation != "set":
+        return statistics.ClipStats.from_rows([r.values for r in records], spec.inputs,
+                                              clip_ids=[r.clip_id for r in records]), None
+    observer = next(o for o in protocols.get(protocol).observer_specs([metric]))
+    stored = features(observer.features) if features is not None else {}
+    return statistics.ClipStats.from_features(stored, observer.features), module(observer).set_statistic
+
+
+def intervals(metrics: Sequence[str], records: Sequence[ClipRecord], protocol: str = "talklip2023",
+              features: FeatureLoader | None = None, settings: IntervalSettings = IntervalSettings()
+              ) -> dict[str, tuple[float, float]]:
+    """metric column -> (lo, hi) of its confidence interval (NaN where no clip, or no interval, can be had)."""
+    out: dict[str, tuple[float, float]] = {}
+    if not settings.enabled:
+        return out
+    for metric in metrics:
+        stats, set_statistic = clip_stats(metric, records, protocol, features)
+        groups = speaker_groups(stats.clip_ids or ()) if settings.block == "speaker" else None
+        resamples = min(settings.resamples, SET_LEVEL_RESAMPLES) if set_statistic else settings.resamples
+        if stats.n < 2:
+            out[metric] = (math.nan, math.nan)
+            continue
+        _, lo, hi = statistics.bootstrap_interval(stats, METRICS[metric].aggregation, settings.level, resamples,
+                                                  settings.seed, groups=groups, set_statistic=set_statistic)
+        out[metric] = (lo, hi)
+    return out
 
 
 def aggregate(metrics: Sequence[str], records: Iterable[ClipRecord], protocol: str = "talklip2023",
@@ -79,18 +178,20 @@ def failures_by_metric(metrics: Sequence[str], records: Sequence[ClipRecord], pr
     return {m: counts[m] for m in metrics if m in counts}
 
 
-def summary_row(meta: Mapping[str, Any], records: Sequence[ClipRecord], features: FeatureLoader | None = None
-                ) -> dict[str, Any]:
+def summary_row(meta: Mapping[str, Any], records: Sequence[ClipRecord], features: FeatureLoader | None = None,
+                ci: IntervalSettings = IntervalSettings()) -> dict[str, Any]:
     """The one-row summary of a run, in :data:`SUMMARY_COLUMNS` order (metrics not run are empty).
 
     Args:
         meta: the run's stored settings (metrics, protocol, options, ...).
         records: its stored clips.
         features: loads its stored feature arrays (``ResultStore.features``), for set-level metrics.
+        ci: how the confidence intervals are made (:data:`NO_INTERVALS` for none).
     """
     metrics = list(meta["metrics"])
     protocol = protocols.get(meta.get("protocol", "talklip2023"))
     values = aggregate(metrics, records, protocol.name, features)
+    bounds = intervals(list(values), records, protocol.name, features, ci)  # every computed metric gets one
     failures = failures_by_metric(metrics, records, protocol.name, features)
     row: dict[str, Any] = {column: "" for column in SUMMARY_COLUMNS}
     row.update(
@@ -102,7 +203,9 @@ def summary_row(meta: Mapping[str, Any], records: Sequence[ClipRecord], features
         n_clips=len(records),
         n_failed=sum(1 for r in records if r.error is not None),
         n_failed_by_metric=";".join(f"{m}={n}" for m, n in failures.items() if n),
-        partial=",".join(f"shard {k} missing" for k in meta.get("partial_missing_shards") or ()),
+        partial="; ".join([f"shard {k} missing" for k in meta.get("partial_missing_shards") or ()]
+                          + list(meta.get("partial_unfinished_shards") or ())),
+        ci=ci.label(),
         observers=";".join(f"{k}={v}" for k, v in sorted(meta.get("observers", {}).items())),
         talkbench_version=__version__,
         date=_dt.date.today().isoformat(),
@@ -111,6 +214,8 @@ def summary_row(meta: Mapping[str, Any], records: Sequence[ClipRecord], features
     )
     for column, value in values.items():
         row[column] = value
+        if column in bounds:
+            row[f"{column}_lo"], row[f"{column}_hi"] = bounds[column]
     return row
 
 

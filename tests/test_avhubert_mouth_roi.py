@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from talkbench import mouth_roi as mr
+from talkbench.crops import mouth as mr
 from test_avhubert_common import FIXTURE, arrays
 
 

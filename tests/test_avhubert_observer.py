@@ -65,16 +65,17 @@ def test_clip_limits_become_error_rows(checkpoint: Path) -> None:
 
 
 def test_official_protocol_uses_cached_landmarks(checkpoint: Path) -> None:
-    from talkbench import mouth_roi
+    from talkbench.crops import CropKey, Kind
+    from talkbench.crops.mouth import mean_face
 
     observer = build_observers(["wer1"], ObserverContext(protocol="avhubert-official", weights={CARD: checkpoint},
                                                          options={"avhubert_beam": 4}))[0]
     data = clip_data("meeting")
     data.generated.frames = data.generated.frames[:12]
-    face = mouth_roi.mean_face()
-    data.cache[obs_module.LANDMARKS_CACHE_KEY] = [(face - 128) * 0.5 + 80] * 12  # no dlib needed
+    face = mean_face()
+    data.cache[CropKey(Kind.LANDMARKS)] = [(face - 128) * 0.5 + 80] * 12  # no dlib needed
     row = observer.measure(data)
-    assert data.cache["mouth_roi.landmark-aligned"].shape == (12, 88, 88)
+    assert data.cache[CropKey(Kind.MOUTH88, recipe="landmark-aligned")].shape == (12, 88, 88)
     assert isinstance(row["hyp1"], str) and row["ref_words1"] == 8 and row["edits1"] >= 0
 
 

@@ -14,6 +14,7 @@ import pytest
 import torch
 
 from recipe import filled_state_dict
+from talkbench.crops.lipreader_inputs import conformer_crops
 from talkbench.media import Clip
 from talkbench.nets.checkpoint_keys import CheckpointError
 from talkbench.nets.conformer import ConformerLipReader, load_conformer, pad_features, required_input_length
@@ -40,7 +41,7 @@ def npz() -> dict[str, np.ndarray]:
 
 @pytest.fixture(scope="module")
 def crops() -> dict[str, np.ndarray]:
-    return {name: obs.gray_crops(decode_bgr(FIX / f"{name}.mp4")) for name in ("meeting", "another")}
+    return {name: conformer_crops(decode_bgr(FIX / f"{name}.mp4")) for name in ("meeting", "another")}
 
 
 @pytest.fixture(scope="module")
@@ -71,7 +72,7 @@ def test_product_decoder_gives_the_same_crops() -> None:
     from talkbench.media import decode_clip
 
     hashes = json.loads((FIX / "crops_sha256.json").read_text())
-    crops = obs.gray_crops(decode_clip(FIX / "meeting.mp4", need_audio=False).frames)
+    crops = conformer_crops(decode_clip(FIX / "meeting.mp4", need_audio=False).frames)
     assert hashlib.sha256(np.ascontiguousarray(crops).tobytes()).hexdigest() == hashes["meeting"]["sha256"]
 
 

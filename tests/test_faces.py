@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from talkbench import faces
+from talkbench.crops.syncnet import CROP_PAD_VALUE, crop_track, smooth_track
 from talkbench.nets.s3fd import FACE_ALIGNMENT_RENAMES, S3FDNet, load_s3fd, nms
 
 FIX = Path(__file__).resolve().parent / "fixtures" / "syncnet"
@@ -113,18 +114,18 @@ def test_smooth_and_crop_track() -> None:
     frames = np.zeros((20, 200, 300, 3), np.uint8)
     frames[:, 50:150, 100:200] = 255                               # a white face box
     track = faces.FaceTrack(frames=np.arange(20), boxes=np.tile([100.0, 50, 200, 150], (20, 1)), n_detections=20)
-    s, cx, cy = faces.smooth_track(track)
+    s, cx, cy = smooth_track(track)
     np.testing.assert_allclose(s[6:-6], 50)
     assert s[0] == 50                                              # medfilt zero padding: median of 7 values and 6 zeros
-    crops = faces.crop_track(frames, track)
+    crops = crop_track(frames, track)
     assert crops.shape == (20, 224, 224, 3)
     mid = crops[10]
     # crop rows: cy - s .. cy + 1.8 s ; cols: cx - 1.4 s .. cx + 1.4 s  -> the face fills the top-centre
     assert mid[10, 112].min() == 255 and mid[200, 112].max() < 255
     assert mid[112, 5].max() == 0                                  # left of the box: black frame content
     edge = faces.FaceTrack(frames=np.arange(20), boxes=np.tile([0.0, 0, 100, 100], (20, 1)), n_detections=20)
-    crops = faces.crop_track(frames, edge)
-    assert (crops[10, 2, 2] == faces.CROP_PAD_VALUE).all()         # outside the frame: grey 110 padding
+    crops = crop_track(frames, edge)
+    assert (crops[10, 2, 2] == CROP_PAD_VALUE).all()         # outside the frame: grey 110 padding
 
 
 # ------------------------------------------------------------------------------------------ S3FD

@@ -9,9 +9,10 @@ import pytest
 import torch
 
 from talkbench import media
-from talkbench.generate import (GenerateError, align_audio_features, check_boxes, crop_faces, generate_suite,
-                                generate_video, generator_inputs, paste_faces, repeat_frames_to_audio, resize_faces,
-                                suite_jobs)
+from talkbench.crops.boxes import BoxError, check_boxes
+from talkbench.crops.face import face_crops
+from talkbench.generate import (GenerateError, align_audio_features, generate_suite, generate_video, generator_inputs,
+                                paste_faces, repeat_frames_to_audio, resize_faces, suite_jobs)
 from test_talklip_support import TALKLIP, read_frames, read_wav, short_lrs2_folder, tiny_generator_file
 
 FULL = np.array([0, 0, 160, 160])
@@ -40,8 +41,8 @@ def generator(generator_path):
 def test_crops_and_inputs_match_reference(expected):
     ex, _ = expected
     frames = read_frames("meeting", 8)
-    boxes = check_boxes(np.tile(FULL, (8, 1)), 8, 160, 160)
-    crops = crop_faces(frames, boxes)
+    boxes = check_boxes(np.tile(FULL, (8, 1)), 8, (160, 160))
+    crops = face_crops(frames, boxes)
     np.testing.assert_array_equal(crops, ex["crops96_bgr_u8"])
     np.testing.assert_array_equal(crops[0], ex["ref_crop96_bgr_u8"])
     inp = generator_inputs(crops, crops[0])
@@ -62,7 +63,7 @@ def test_paste_back_matches_reference(expected):
 def test_paste_back_other_boxes_and_truncation():
     frames = np.full((2, 40, 50, 3), 7, dtype=np.uint8)
     boxes = np.array([[5, 6, 29, 30], [10, 0, 60, 40]])          # second box clipped to the frame
-    boxes = check_boxes(boxes, 2, 40, 50)
+    boxes = check_boxes(boxes, 2, (40, 50))
     assert boxes[1].tolist() == [10, 0, 50, 40]
     faces = torch.full((2, 3, 96, 96), 0.5)
     out = paste_faces(frames, boxes, faces)
@@ -77,12 +78,14 @@ def test_paste_back_other_boxes_and_truncation():
 
 
 def test_box_errors():
-    with pytest.raises(GenerateError, match="T×4"):
-        check_boxes(np.zeros((3, 5)), 3, 10, 10, "b.npy")
-    with pytest.raises(GenerateError, match="2 face boxes for 3 frames"):
-        check_boxes(np.zeros((2, 4)), 3, 10, 10, "b.npy")
-    with pytest.raises(GenerateError, match="frame 0 is empty"):
-        check_boxes(np.array([[5, 5, 5, 9]]), 1, 10, 10, "b.npy")
+    with pytest.raises(BoxError, match="T×4"):
+        check_boxes(np.zeros((3, 5)), 3, (10, 10), "b.npy")
+    with pytest.raises(BoxError, match="2 face boxes for 3 frames"):
+        check_boxes(np.zeros((2, 4)), 3, (10, 10), "b.npy")
+    with pytest.raises(BoxError, match=r"frame 0 is \[5, 5, 5, 9\] \(empty: x2 <= x1"):
+        check_boxes(np.array([[5, 5, 5, 9]]), 1, (10, 10), "b.npy")
+    with pytest.raises(BoxError, match=r"frame 0 is \[12, 0, 20, 9\] \(outside the 10×10 frame"):
+        check_boxes(np.array([[12, 0, 20, 9]]), 1, (10, 10), "b.npy")
 
 
 def test_audio_alignment_rules():

@@ -16,7 +16,8 @@ from typer.testing import CliRunner
 from talkbench import generate as gen
 from talkbench import media, weights
 from talkbench.cli import app
-from talkbench.generate import GenerateError, check_boxes, generate_suite, suite_jobs, synthesize
+from talkbench.crops.boxes import BoxError, check_boxes
+from talkbench.generate import GenerateError, generate_suite, suite_jobs, synthesize
 from test_talklip_support import read_frames, read_wav, short_lrs2_folder, tiny_generator_file
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -115,7 +116,7 @@ def test_batch_form_missing_checkpoint_stops_the_run_instead_of_failing_every_cl
 
 def test_negative_reference_frame_is_refused(generator):
     frames = read_frames("meeting", 4)
-    boxes = check_boxes(np.tile([0, 0, 160, 160], (4, 1)), 4, 160, 160)
+    boxes = check_boxes(np.tile([0, 0, 160, 160], (4, 1)), 4, (160, 160))
     audio = read_wav("meeting")[:4 * 640]
     with pytest.raises(GenerateError, match=r"--reference-frame -1.*0 or more"):
         synthesize(generator, frames, boxes, audio, reference_frame=-1)
@@ -140,8 +141,8 @@ def test_non_finite_boxes_are_refused_with_file_and_frame(bad):
     boxes = np.tile([10.0, 10.0, 90.0, 90.0], (5, 1))
     boxes[2, 0] = bad
     boxes[4, 1] = bad
-    with pytest.raises(GenerateError, match=r"clip7\.npy: the face box of frame 2 .*2 such frames"):
-        check_boxes(boxes, 5, 100, 100, "clip7.npy")
+    with pytest.raises(BoxError, match=r"clip7\.npy: the face box of frame 2 .*2 such frames"):
+        check_boxes(boxes, 5, (100, 100), "clip7.npy")
 
 
 def test_cli_nan_boxes_file_is_an_error(clip, tmp_path):

@@ -12,7 +12,8 @@ import cv2
 import numpy as np
 import pytest
 
-from talkbench import jpeg_compat, lse, reference_ffmpeg
+from talkbench import jpeg_compat, reference_ffmpeg
+from talkbench.crops.syncnet import resize_frames
 
 FIX = Path(__file__).resolve().parent / "fixtures" / "syncnet"
 CLIPS = ("meeting", "another")
@@ -126,7 +127,7 @@ def test_resize_while_decoding_equals_resizing_afterwards(route: str) -> None:
     path = FIX / "another.mp4"
     whole = jpeg_compat.reference_frames(path=path, route=route)
     np.testing.assert_array_equal(jpeg_compat.reference_frames(path=path, route=route, size=224),
-                                  lse.resize_frames(whole))
+                                  resize_frames(whole))
 
 
 def test_pyav_route_from_bgr_frames_is_lossy_but_close() -> None:

@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from talkbench import lse
+from talkbench.crops.syncnet import resize_frames
 
 
 def _reference_pdist(video_emb: torch.Tensor, audio_emb: torch.Tensor, vshift: int) -> torch.Tensor:
@@ -68,12 +69,12 @@ def test_mfcc_windows_layout() -> None:
 def test_resize_frames_is_cv2_inter_linear() -> None:
     rng = np.random.default_rng(0)
     frames = rng.integers(0, 256, (3, 160, 120, 3), dtype=np.uint8)
-    out = lse.resize_frames(frames)
+    out = resize_frames(frames)
     assert out.shape == (3, 224, 224, 3)
     for f, o in zip(frames, out):
         np.testing.assert_array_equal(o, cv2.resize(f, (224, 224), interpolation=cv2.INTER_LINEAR))
     big = rng.integers(0, 256, (1, 256, 256, 3), dtype=np.uint8)   # downscaling: no antialiasing either
-    np.testing.assert_array_equal(lse.resize_frames(big)[0], cv2.resize(big[0], (224, 224)))
+    np.testing.assert_array_equal(resize_frames(big)[0], cv2.resize(big[0], (224, 224)))
 
 
 def test_lse_scores_rejects_clips_without_windows() -> None:

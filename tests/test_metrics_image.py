@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
-from talkbench.metrics.image import (face_crops_96, psnr, psnr_frames, psnr_talklip_compat,
-                                     psnr_talklip_compat_frames, ssim, ssim_frames)
+from talkbench.crops.face import face_crops
+from talkbench.metrics.image import psnr, psnr_frames, psnr_talklip_compat, psnr_talklip_compat_frames, ssim, ssim_frames
 
 
 def images(seed: int, shape=(96, 96, 3), noise: float = 20.0) -> tuple[np.ndarray, np.ndarray]:
@@ -101,21 +101,21 @@ def test_face_crops_match_cv2_reference_steps():
     rng = np.random.default_rng(0)
     frames = rng.integers(0, 256, (3, 120, 160, 3), dtype=np.uint8)
     boxes = np.array([[10, 20, 110, 100], [0, 0, 160, 120], [50, 5, 90, 60], [0, 0, 1, 1]], dtype=np.int64)
-    crops = face_crops_96(frames, boxes)  # an extra box row is allowed, as in the script
+    crops = face_crops(frames, boxes)  # an extra box row is allowed, as in the script
     assert crops.shape == (3, 96, 96, 3) and crops.dtype == np.uint8
     for i, (x1, y1, x2, y2) in enumerate(boxes[:3]):
         assert np.array_equal(crops[i], cv2.resize(frames[i][y1:y2, x1:x2, :], (96, 96)))
-    whole = face_crops_96(frames, None)
+    whole = face_crops(frames, None)
     assert np.array_equal(whole[1], crops[1])  # the full-frame box is the same as no box
 
 
 def test_face_crop_errors():
     frames = np.zeros((2, 50, 50, 3), np.uint8)
-    with pytest.raises(ValueError, match="one box .* per frame for 2 frames"):
-        face_crops_96(frames, np.zeros((1, 4), np.int64))
-    with pytest.raises(ValueError, match="must be integers"):
-        face_crops_96(frames, np.zeros((2, 4), np.float64))
-    with pytest.raises(ValueError, match="leaves no pixel"):
-        face_crops_96(frames, np.array([[0, 0, 10, 10], [60, 60, 80, 80]]))
+    with pytest.raises(ValueError, match="1 face boxes for 2 frames"):
+        face_crops(frames, np.zeros((1, 4), np.int64))
+    with pytest.raises(ValueError, match="whole pixel coordinates"):
+        face_crops(frames, np.full((2, 4), 0.5))
+    with pytest.raises(ValueError, match=r"frame 1 is \[60, 60, 80, 80\] \(outside the 50×50 frame"):
+        face_crops(frames, np.array([[0, 0, 10, 10], [60, 60, 80, 80]]))
     with pytest.raises(ValueError, match="uint8 N×H×W×3"):
-        face_crops_96(frames[0], None)
+        face_crops(frames[0], None)

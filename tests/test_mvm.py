@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from recipe import filled_state_dict
+from talkbench.crops.lipreader_inputs import lrw_crops
 from talkbench.media import Clip
 from talkbench.nets.checkpoint_keys import CheckpointError
 from talkbench.nets.mvm import MVMClassifier, load_mvm
@@ -78,7 +79,7 @@ def test_word_list() -> None:
 
 def test_preprocessing_matches_the_lrw_loader(frames: np.ndarray, npz: dict[str, np.ndarray]) -> None:
     assert frames.shape == (23, 256, 256, 3)
-    video = obs.input_tensor(obs.lrw_crops(frames))
+    video = obs.input_tensor(lrw_crops(frames))
     assert video.shape == (1, 1, 29, 112, 112)
     np.testing.assert_allclose(video[0, 0].numpy(), npz["input_video"], atol=1e-6, rtol=0)
     assert bool((video[0, 0, 23:] == 0).all())  # zero-filled after normalisation (mid-grey)
@@ -88,13 +89,13 @@ def test_product_decoder_gives_the_same_input(npz: dict[str, np.ndarray]) -> Non
     """talkbench.media.decode_clip (the evaluation path) -> the LRW loader's tensor."""
     from talkbench.media import decode_clip
 
-    video = obs.input_tensor(obs.lrw_crops(decode_clip(FIX / "about_256.mp4", need_audio=False).frames))
+    video = obs.input_tensor(lrw_crops(decode_clip(FIX / "about_256.mp4", need_audio=False).frames))
     np.testing.assert_allclose(video[0, 0].numpy(), npz["input_video"], atol=1e-6, rtol=0)
 
 
 def test_small_frames_are_refused() -> None:
     with pytest.raises(ValueError, match="crop box"):
-        obs.lrw_crops(np.zeros((3, 160, 160, 3), np.uint8))
+        lrw_crops(np.zeros((3, 160, 160, 3), np.uint8))
 
 
 def test_long_clip_policies() -> None:

@@ -14,10 +14,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from talkbench.crops.face import face_crops
 from talkbench.evaluate import EvaluateConfig, evaluate
 from talkbench.media import decode_clip
 from talkbench.merge import merge_runs
-from talkbench.metrics.image import face_crops_96
 from talkbench.observers import colour_stats
 from talkbench.store import ResultStore
 
@@ -50,7 +50,7 @@ def test_the_value_is_the_frechet_distance_of_all_frames(single, suite):
     for clip in sorted(reference.rglob("*.mp4")):
         rel = clip.relative_to(reference)
         for side, root in (("generated", generated), ("reference", reference)):
-            crops = face_crops_96(decode_clip(root / rel, need_audio=False).frames, None)
+            crops = face_crops(decode_clip(root / rel, need_audio=False).frames, None)
             feats[side].append(colour_stats.frame_features(crops))
     gen, ref = (np.concatenate(feats[s]) for s in ("generated", "reference"))
     direct = colour_stats.frechet_distance(gen.mean(0), np.cov(gen, rowvar=False), ref.mean(0),
@@ -65,7 +65,7 @@ def test_the_value_is_the_frechet_distance_of_all_frames(single, suite):
 
 
 def test_identical_sets_are_at_distance_zero_and_a_colour_cast_is_not():
-    frames = face_crops_96(decode_clip(DEMO / "meeting.mp4", need_audio=False).frames, None)
+    frames = face_crops(decode_clip(DEMO / "meeting.mp4", need_audio=False).frames, None)
     stats = colour_stats.sufficient_statistics(colour_stats.frame_features(frames))
     same = colour_stats.summarize_features({"a": {"colour_generated": stats, "colour_reference": stats}})
     assert same["fd_colour"] == pytest.approx(0.0, abs=1e-6)

@@ -16,6 +16,7 @@ import torch
 
 from talkbench import jpeg_compat, lse
 from talkbench.audio_features import syncnet_mfcc
+from talkbench.crops.syncnet import resize_frames
 from talkbench.nets.checkpoint_keys import CheckpointError
 from talkbench.nets.syncnet import SyncNet, load_syncnet
 
@@ -135,7 +136,7 @@ def test_audio_front_and_embeddings(clip: str, model: SyncNet, arrays: dict) -> 
 @pytest.mark.parametrize("clip", CLIPS)
 def test_lip_front_and_embeddings_clip_path_equals_reference_path(clip: str, model: SyncNet, frames: dict,
                                                                   arrays: dict) -> None:
-    f224 = torch.from_numpy(lse.resize_frames(frames[clip, "videocapture"][:9]))      # (T, 224, 224, 3)
+    f224 = torch.from_numpy(resize_frames(frames[clip, "videocapture"][:9]))      # (T, 224, 224, 3)
     with torch.inference_mode():
         front = model.lip_front_clip(f224, 5, chunk=2)
         emb = model.netfclip(front)
@@ -156,7 +157,7 @@ def test_clip_scores_match_reference(clip: str, mode: str, model: SyncNet, frame
     audio = arrays[f"{clip}/audio_int16"]
     n = lse.count_windows(len(frames[clip, mode]), len(audio))
     assert n == want["n_windows"]
-    video_emb, audio_emb = lse.embed_clip(model, lse.resize_frames(frames[clip, mode]), audio, n)
+    video_emb, audio_emb = lse.embed_clip(model, resize_frames(frames[clip, mode]), audio, n)
     dists = lse.shifted_distances(video_emb, audio_emb)
     result = lse.scores_from_distances(dists)
     assert result.av_offset == want["offset"]
@@ -173,7 +174,7 @@ def test_clip_scores_match_reference(clip: str, mode: str, model: SyncNet, frame
 
 
 def test_chunk_size_does_not_change_embeddings(model: SyncNet, frames: dict) -> None:
-    f224 = torch.from_numpy(lse.resize_frames(frames["another", "videocapture"][:12]))
+    f224 = torch.from_numpy(resize_frames(frames["another", "videocapture"][:12]))
     with torch.inference_mode():
         a = model.lip_embeddings(f224, 8, chunk=8)
         b = model.lip_embeddings(f224, 8, chunk=3)

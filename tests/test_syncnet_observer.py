@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from talkbench import jpeg_compat
+from talkbench.crops import CropKey, Kind
 from talkbench.media import Clip, decode_clip
 from talkbench.observers import ClipData, ClipSkipped, ObserverContext
 from talkbench.protocols import build_observers
@@ -97,7 +98,7 @@ def test_jpeg_compat_scores_meeting_like_the_reference_end_to_end(syncnet_checkp
     clip = ClipData("meeting", decode_clip(FIX / "meeting.mp4"))
     row = compat.measure(clip)
     with np.load(FIX / "expected_slim.npz") as z:
-        np.testing.assert_array_equal(clip.cache["lse.reference_audio"], z["meeting/audio_int16"])
+        np.testing.assert_array_equal(obs.clip_audio(clip, jpeg_compat_audio=True), z["meeting/audio_int16"])
     assert row["av_offset"] == expected["offset"] and row["n_windows"] == expected["n_windows"]
     assert row["lse_d"] == pytest.approx(expected["LSE_D"], abs=2.5e-4)            # 2 float32 ulps at 1056
     assert row["lse_c"] == pytest.approx(expected["LSE_C"], abs=2.5e-4)
@@ -127,7 +128,7 @@ def test_pipeline_mode_tracks_a_real_face(observer: obs.SyncNetObserver) -> None
     row = loose.measure(data)
     assert row["n_tracks"] == 1 and row["n_windows"] >= 20
     assert np.isfinite(row["lse_d"]) and row["lse_c"] >= 0 and -15 <= row["av_offset"] <= 15
-    assert "faces.dets.dlib" in data.cache                       # detections are shared through the cache
+    assert CropKey(Kind.FACE_DETECTIONS, recipe="dlib") in data.cache      # detections are shared per clip
     strict = obs.SyncNetObserver(model=observer.model, device=observer.device,
                                  options=obs.LSEOptions(mode="pipeline", min_track=40, min_face_size=50))
     with pytest.raises(ClipSkipped, match="no face track with more than 40 detections"):

@@ -8,7 +8,7 @@ from typing import List, Optional
 
 import typer
 
-from talkbench.cli import stdout
+from talkbench.cli.root import stdout
 
 logger = logging.getLogger(__name__)
 
@@ -74,3 +74,8 @@ def export_command(
         logger.error("%s", err)
         raise typer.Exit(2) from None
     stdout.print(str(path), markup=False)
+
+
+def register(parent: typer.Typer) -> None:
+    """Add this group as ``talkbench ablation``."""
+    parent.add_typer(app, name="ablation")

@@ -11,7 +11,7 @@ from typing import List, Optional
 
 import typer
 
-from talkbench.cli import parse_weights, user_errors
+from talkbench.cli.root import parse_weights, user_errors
 from talkbench.lipread import lipread
 from talkbench.protocols import PROTOCOLS
 

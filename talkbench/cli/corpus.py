@@ -10,13 +10,11 @@ from typing import Optional
 
 import typer
 
-from rich.console import Console
 from rich.markup import escape
 
-from talkbench.cli import progress_bar
+from talkbench.cli.root import progress_bar, stderr
 
 # No file= argument: rich looks up sys.stderr at each write (works under CliRunner too).
-_err = Console(stderr=True)
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="The synthetic viseme corpus: GRID-like sentences, espeak-ng voices, rendered mouths.")
@@ -54,7 +52,7 @@ def synth_command(
             summary = synthesize_corpus(out_dir, n_train, n_test, seed=seed, workers=workers,
                                         n_identities=identities, crf=crf, progress=advance)
     except EspeakError as exc:
-        _err.print(f"[red]error:[/red] {escape(str(exc))}")
+        stderr.print(f"[red]error:[/red] {escape(str(exc))}")
         raise typer.Exit(code=1) from exc
     except ValueError as exc:
         raise typer.BadParameter(str(exc)) from exc
@@ -64,3 +62,8 @@ def synth_command(
               "audio_hours": round(summary.audio_seconds / 3600, 3)}
     # plain text on stdout, no colour codes: scripts parse it
     typer.echo(json.dumps(result) if as_json else " ".join(f"{k}={v}" for k, v in result.items()))
+
+
+def register(parent: typer.Typer) -> None:
+    """Add this group as ``talkbench corpus``."""
+    parent.add_typer(app, name="corpus")

@@ -12,15 +12,13 @@ from pathlib import Path
 from typing import List, Optional
 
 import typer
-from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-from talkbench.cli import fail, parse_weights, user_errors
+from talkbench.cli.root import fail, parse_weights, stderr, user_errors
 from talkbench.devices import resolve_device
 
 logger = logging.getLogger(__name__)
-_err = Console(stderr=True)
 
 
 def parse_reference_frame(text: str) -> int | None:
@@ -127,14 +125,14 @@ def _generate_batch(out: Path, reference: Path, suite: str, filelist: Path | Non
     generator, path = gen.load_generator(checkpoint, weight_paths, device)
     logger.info("generator %s; %d clip(s) -> %s", path, len(jobs), out)
     with Progress(TextColumn("[bold]generate"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[clip]}"),
-                  TimeRemainingColumn(), console=_err) as bar:
+                  TimeRemainingColumn(), console=stderr) as bar:
         task = bar.add_task("generate", total=len(jobs), clip="")
         result = gen.generate_suite(jobs, out, checkpoint, reference_frame, codec, crf, device, detector, s3fd,
                                     batch_size, weight_paths, generator, strict,
                                     progress=lambda done, total, clip: bar.update(task, completed=done, clip=clip))
-    _err.print(f"written {len(result.written)}, already there {len(result.skipped)}, failed {len(result.failed)}")
+    stderr.print(f"written {len(result.written)}, already there {len(result.skipped)}, failed {len(result.failed)}")
     for clip_id, message in list(result.failed.items())[:10]:
-        _err.print(f"[red]failed[/red] {escape(clip_id)}: {escape(message)}")
+        stderr.print(f"[red]failed[/red] {escape(clip_id)}: {escape(message)}")
     if result.failed:
         raise typer.Exit(1)
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Callable, List, NoReturn, Optional
+from typing import Callable, List, Optional
 
 import typer
 from rich.console import Console
@@ -28,14 +28,13 @@ from rich.progress import (BarColumn, DownloadColumn, Progress, TaskID, TextColu
 from rich.table import Table
 
 from talkbench import weights
+from talkbench.cli.root import fail, print_error, stderr, stdout
 from talkbench.cards import Card, CardError, load_card, scan_cards
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="Checkpoint cards: list them, find, download and verify their files.")
 # No file= argument: rich then looks up sys.stdout / sys.stderr at each write (works under CliRunner too).
 # soft_wrap: long paths and URLs in messages are never broken by inserted newlines.
-_out = Console(soft_wrap=True)
-_err = Console(stderr=True, soft_wrap=True)
 
 EXIT_OK, EXIT_FILE, EXIT_USAGE = 0, 1, 2
 
@@ -92,7 +91,7 @@ def rich_download_progress(console: Console | None = None) -> tuple[weights.Prog
     ``progress`` and call ``close`` when the download ends (also on failure). Nothing is drawn before the first
     bytes arrive, so a cached file draws no bar.
     """
-    bar = _DownloadBar(console or _err)
+    bar = _DownloadBar(console or stderr)
     return bar, bar.close
 
 
@@ -122,17 +121,6 @@ def _fetch(card: Card, bar: bool, force: bool) -> Path:
         close()
 
 
-def _error(err: BaseException | str) -> None:
-    """Print one ``error: <message>`` paragraph on stderr (blank lines squeezed, markup escaped)."""
-    text = "\n".join(line for line in str(err).strip().splitlines() if line.strip())
-    _err.print(f"[red]error:[/red] {escape(text)}")
-
-
-def _fail(err: BaseException | str, code: int) -> NoReturn:
-    _error(err)
-    raise typer.Exit(code)
-
-
 def _cards(names: List[str] | None) -> list[Card]:
     """The named cards (exit 2 on an unknown or malformed card), or every card when no name is given.
 
@@ -141,12 +129,12 @@ def _cards(names: List[str] | None) -> list[Card]:
     if not names:
         cards, broken = scan_cards()
         for err in broken.values():
-            _error(err)
+            print_error(str(err))
         return cards
     try:
         return [load_card(n) for n in names]
     except CardError as err:
-        _fail(err, EXIT_USAGE)
+        fail(str(err), EXIT_USAGE)
 
 
 def _local_file(card: Card) -> tuple[Path, bool]:
@@ -193,7 +181,7 @@ def list_command(as_json: bool = typer.Option(False, "--json", help="Print JSON 
     rows = [card_status(c) for c in cards] + [broken_card_status(n, e) for n, e in broken.items()]
     rows.sort(key=lambda r: str(r["name"]))
     for name, err in broken.items():
-        _err.print(f"[yellow]warning:[/yellow] card `{escape(name)}` is skipped: {escape(str(err))}")
+        stderr.print(f"[yellow]warning:[/yellow] card `{escape(name)}` is skipped: {escape(str(err))}")
     if as_json:
         typer.echo(json.dumps(rows, indent=1))  # plain JSON, no colour codes
         return
@@ -211,7 +199,7 @@ def list_command(as_json: bool = typer.Option(False, "--json", help="Print JSON 
         else:
             cached = "yes" if r["cached"] else ("not released" if not r["released"] else "no")
         table.add_row(str(r["name"]), str(r["role"]), ",".join(r["metrics"]) or "-", str(r["file_name"]), sha, cached)
-    _out.print(table)
+    stdout.print(table)
 
 
 @app.command("path")
@@ -224,11 +212,11 @@ def path_command(
     try:
         overrides = weights.parse_overrides(weights_opt or [])
     except (ValueError, weights.WeightsError) as err:  # a bad --weights item is a bad argument
-        _fail(err, EXIT_USAGE)
+        fail(str(err), EXIT_USAGE)
     try:
         path = weights.resolve(name, overrides, download=download)
     except (weights.WeightsError, ValueError, OSError) as err:
-        _fail(err, exit_code(err))
+        fail(str(err), exit_code(err))
     typer.echo(str(path))  # plain text: scripts use $(talkbench models path NAME)
 
 
@@ -242,20 +230,20 @@ def download_command(
 ) -> None:
     """Download card files into the cache (resuming partial files); the sha256 is always checked."""
     if not names and not all_cards:
-        _fail("name at least one card (see `talkbench models list`) or pass --all.", EXIT_USAGE)
+        fail("name at least one card (see `talkbench models list`) or pass --all.", EXIT_USAGE)
     if names:
         cards, broken = _cards(names), 0
     else:
         every, bad = scan_cards()
         for err in bad.values():
-            _error(err)
+            print_error(str(err))
         cards, broken = [c for c in every if c.released], len(bad)
     code = EXIT_USAGE if broken else EXIT_OK
     for card in cards:
         try:
             path = _fetch(card, progress, force)
         except (weights.WeightsError, OSError) as err:
-            _error(err)
+            print_error(str(err))
             code = max(code, exit_code(err))
             continue
         typer.echo(f"{card.name}\t{path}")
@@ -277,7 +265,7 @@ def verify_command(
     """
     cards = _cards(names)
     if file is not None and len(cards) != 1:
-        _fail("--file needs exactly one card name.", EXIT_USAGE)
+        fail("--file needs exactly one card name.", EXIT_USAGE)
     rows = []
     bad = False
     try:
@@ -299,15 +287,15 @@ def verify_command(
             rows.append({"name": card.name, "path": str(path), "status": "pinned" if pinned else check.status,
                          "sha256": check.sha256, "expected": check.expected, "message": check.message})
     except (weights.WeightsError, OSError) as err:  # unreadable file, read-only pins.json, ...
-        _fail(err, exit_code(err))
+        fail(str(err), exit_code(err))
     if as_json:
         typer.echo(json.dumps(rows, indent=1))  # plain JSON, no colour codes
     else:
         if not rows:
-            _err.print("no cached files to verify (name a card, or run `talkbench models download NAME`).")
+            stderr.print("no cached files to verify (name a card, or run `talkbench models download NAME`).")
         for r in rows:
             colour = {"ok": "green", "pinned": "green", "unverified": "yellow"}.get(str(r["status"]), "red")
-            _out.print(f"[{colour}]{r['status']}[/{colour}]\t{r['name']}\t{r['sha256'][:12] or '-'}\t"
+            stdout.print(f"[{colour}]{r['status']}[/{colour}]\t{r['name']}\t{r['sha256'][:12] or '-'}\t"
                        f"{escape(str(r['message']))}")
     if bad:
         raise typer.Exit(EXIT_FILE)

@@ -10,12 +10,10 @@ from pathlib import Path
 from typing import List, Optional
 
 import typer
-from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
-from talkbench.cli import parse_weights
+from talkbench.cli.root import parse_weights, stderr
 
-_err = Console(stderr=True)
 
 
 def train_command(
@@ -49,7 +47,7 @@ def train_command(
                           discriminator_init=discriminator_init, weights=items or None, device=device,
                           batch_size=batch_size, max_steps=max_steps, seed=seed)
         with Progress(TextColumn("[bold]train"), BarColumn(), TextColumn("step {task.completed}"),
-                      TextColumn("{task.fields[losses]}"), TimeElapsedColumn(), console=_err) as bar:
+                      TextColumn("{task.fields[losses]}"), TimeElapsedColumn(), console=stderr) as bar:
             task = bar.add_task("train", total=cfg.max_steps, losses="")
 
             def show(step: int, logs: dict) -> None:
@@ -59,7 +57,7 @@ def train_command(
 
             result = train(cfg, resume=not no_resume, progress=show)
     except (TrainError, ValueError, FileNotFoundError) as err:
-        _err.print(f"[red]error:[/red] {err}")
+        stderr.print(f"[red]error:[/red] {err}")
         raise typer.Exit(2) from None
     typer.echo(json.dumps({"global_step": result.global_step, "stage": result.stage,
                            "checkpoints": [str(p) for p in result.checkpoints]}))

@@ -1,7 +1,7 @@
 """PSNR and SSIM on 96×96 face crops, as TalkLip's ``evaluation/visual_quality.py`` computes them.
 
 The reference crops each frame with its face box (``frame[y1:y2, x1:x2]``), resizes the crop to
-96×96 with ``cv2.resize`` (bilinear), and scores every frame pair:
+96×96 with ``cv2.resize`` (bilinear; :func:`talkbench.crops.face.face_crops`), and scores every frame pair:
 
 * ``ssim``: ``skimage.metrics.structural_similarity`` with Gaussian weights (σ 1.5, 11 taps,
   reflected borders), population covariance, data range 255, on each colour channel; the frame's
@@ -21,11 +21,9 @@ from __future__ import annotations
 
 import math
 
-import cv2
 import numpy as np
 from scipy.ndimage import gaussian_filter
 
-CROP_SIZE = 96
 PSNR_CAP_DB = 100.0  # the reference returns 100 when MSE is 0
 MAX_PIXEL = 255.0
 
@@ -130,40 +128,3 @@ def ssim(a_u8: np.ndarray, b_u8: np.ndarray) -> float:
     """SSIM of two uint8 ``H×W×3`` images with TalkLip's settings (mean over the 3 channels)."""
     _check_pair(a_u8, b_u8, 3, "ssim")
     return float(ssim_frames(a_u8[None], b_u8[None])[0])
-
-
-def face_crops_96(frames_bgr: np.ndarray, boxes: np.ndarray | None) -> np.ndarray:
-    """Face crops resized to 96×96 as the reference does: ``cv2.resize(frame[y1:y2, x1:x2], (96, 96))``.
-
-    Args:
-        frames_bgr: uint8 ``N×H×W×3``.
-        boxes: integer ``≥N×4`` (x1, y1, x2, y2) per frame (row i for frame i), or None for whole frames.
-    Returns:
-        uint8 ``N×96×96×3``.
-    Raises:
-        ValueError: fewer boxes than frames, or a box that leaves no pixel inside the frame.
-    """
-    if not isinstance(frames_bgr, np.ndarray) or frames_bgr.dtype != np.uint8 or frames_bgr.ndim != 4:
-        kind = getattr(frames_bgr, "dtype", type(frames_bgr).__name__)
-        shape = getattr(frames_bgr, "shape", "")
-        raise ValueError(f"face_crops_96: frames must be uint8 N×H×W×3, got {kind} {shape}.")
-    n = len(frames_bgr)
-    if boxes is not None:
-        boxes = np.asarray(boxes)
-        if boxes.ndim != 2 or boxes.shape[1] != 4 or len(boxes) < n:
-            raise ValueError(f"face_crops_96: need one box (x1, y1, x2, y2) per frame for {n} frames, "
-                             f"got an array of shape {boxes.shape}.")
-        if not np.issubdtype(boxes.dtype, np.integer):
-            raise ValueError(f"face_crops_96: boxes must be integers (pixel indices), got {boxes.dtype}.")
-    out = np.empty((n, CROP_SIZE, CROP_SIZE, 3), dtype=np.uint8)
-    for i, frame in enumerate(frames_bgr):
-        if boxes is None:
-            crop = frame
-        else:
-            x1, y1, x2, y2 = (int(v) for v in boxes[i])
-            crop = frame[y1:y2, x1:x2, :]
-            if crop.shape[0] == 0 or crop.shape[1] == 0:
-                raise ValueError(f"face_crops_96: box {i} ({x1}, {y1}, {x2}, {y2}) leaves no pixel of the "
-                                 f"{frame.shape[1]}×{frame.shape[0]} frame; check the boxes file.")
-        out[i] = cv2.resize(crop, (CROP_SIZE, CROP_SIZE))
-    return out

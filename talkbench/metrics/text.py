@@ -2,10 +2,10 @@
 
 Two ways to average, both used by the references and both named here:
 
-* :func:`corpus_wer` = 100·Σedits / Σreference words over the whole set. AV-HuBERT's ``infer_s2s.py``
+* :func:`corpus_rate` = 100·Σedits / Σreference words over the whole set. AV-HuBERT's ``infer_s2s.py``
   (TalkLip's WER1) reports this: ``editdistance.eval(hypo.split(), ref.split())`` summed, divided by
   the summed reference lengths.
-* :func:`mean_utterance_wer` = 100·mean over utterances of edits/reference words. TalkLip's
+* :func:`mean_utterance_rate` = 100·mean over utterances of edits/reference words. TalkLip's
   ``teacher_force_wer.py`` (WER2) adds up each utterance's WER (batch size 1) and divides by the
   number of utterances; short utterances weigh as much as long ones.
 
@@ -40,6 +40,7 @@ from dataclasses import dataclass
 from typing import Iterable
 
 import editdistance
+import numpy as np
 
 
 @dataclass(frozen=True)
@@ -129,24 +130,4 @@ def mean_utterance_rate(counts: Iterable[tuple[int, int]]) -> float:
     empty = [i for i, (_, n) in enumerate(counts) if n == 0]
     if empty:
         raise ValueError(f"mean utterance rate: utterance(s) {empty[:5]} have an empty reference.")
-    return 100.0 * sum(e / n for e, n in counts) / len(counts)
-
-
-def corpus_wer(pairs: Iterable[tuple[str, str]]) -> float:
-    """Corpus WER in percent over ``(reference, hypothesis)`` pairs (AV-HuBERT's / TalkLip's WER1 way)."""
-    return corpus_rate(word_edits(ref, hyp) for ref, hyp in pairs)
-
-
-def mean_utterance_wer(pairs: Iterable[tuple[str, str]]) -> float:
-    """Mean of per-utterance WERs in percent over ``(reference, hypothesis)`` pairs (TalkLip's WER2 way)."""
-    return mean_utterance_rate(word_edits(ref, hyp) for ref, hyp in pairs)
-
-
-def corpus_cer(pairs: Iterable[tuple[str, str]]) -> float:
-    """Corpus CER in percent: Σ character edits / Σ reference characters (spaces count)."""
-    return corpus_rate(char_edits(ref, hyp) for ref, hyp in pairs)
-
-
-def mean_utterance_cer(pairs: Iterable[tuple[str, str]]) -> float:
-    """Mean of per-utterance CERs in percent (TalkLip's WER2 script reports its CER this way)."""
-    return mean_utterance_rate(char_edits(ref, hyp) for ref, hyp in pairs)
+    return 100.0 * float(np.mean([e / n for e, n in counts]))

@@ -82,7 +82,7 @@ def read_split(corpus_dir: str | Path, split: str, limit: int | None = None, kee
 def _decode_split(corpus_dir: str | Path, split: str, limit: int | None, keep_frames: bool) -> list[CorpusItem]:
     from talkbench import media
     from talkbench.mini import visemes
-    from talkbench.mouth_roi import bgr_to_gray, center_crop
+    from talkbench.crops.mouth import bgr_to_gray, center_crop
 
     root = Path(corpus_dir) / split
     filelist = root / "filelist.txt"
@@ -109,7 +109,7 @@ def _decode_split(corpus_dir: str | Path, split: str, limit: int | None, keep_fr
 
 def item_from_synth(clip: Any, keep_frames: bool = False) -> CorpusItem:
     """A :class:`CorpusItem` straight from an in-memory :class:`talkbench.mini.corpus.SynthClip` (no codec)."""
-    from talkbench.mouth_roi import bgr_to_gray, center_crop
+    from talkbench.crops.mouth import bgr_to_gray, center_crop
 
     return CorpusItem(name=f"{clip.speaker}/{clip.utt}", text=" ".join(clip.words),
                       gray=np.ascontiguousarray(center_crop(bgr_to_gray(clip.frames), TRAIN_CROP)),
@@ -302,7 +302,7 @@ def _sync_clip_tensors(item: CorpusItem) -> tuple[torch.Tensor, int]:
 
 def _video_windows(frames: np.ndarray, starts: Sequence[int]) -> torch.Tensor:
     """(len(starts), 3, 5, 224, 224) float BGR 0..255 windows (reference layout)."""
-    from talkbench.lse import resize_frames
+    from talkbench.crops.syncnet import resize_frames
 
     wins = np.stack([resize_frames(frames[s: s + 5]) for s in starts])        # (K,5,224,224,3)
     return torch.from_numpy(wins).permute(0, 4, 1, 2, 3).float()

@@ -1289,8 +1289,8 @@ def load_avhubert_seq2seq(path: str | Path, device: str | torch.device = "cpu",
             raise CheckpointError(str(err)) from err
     else:
         raise CheckpointError(f"{path}: the file has no task_state (dictionary + sentencepiece model); pass "
-                              "tokenizer_files=(spm .model, dict.txt) — for the observer, the options "
-                              "`spm_model` and `dict_txt`.")
+                              "tokenizer_files=(spm .model, dict.txt) — on the command line, "
+                              "`--option avhubert_spm_model=PATH --option avhubert_dict=PATH`.")
     if len(tokenizer.dictionary) != cfg.vocab_size:
         raise CheckpointError(f"{path}: the dictionary has {len(tokenizer.dictionary)} symbols but the decoder "
                               f"{cfg.vocab_size}; pass the dictionary the model was trained with.")

@@ -2,7 +2,7 @@
 
 Per clip (as av_hubert's ``infer_s2s.py`` with ``conf/s2s_decode.yaml``, video only):
 
-1. mouth crops of the protocol's recipe (:mod:`talkbench.mouth_roi`): ``centre88`` = gray centre 88×88 of
+1. mouth crops of the protocol's recipe (:mod:`talkbench.crops.mouth`): ``centre88`` = gray centre 88×88 of
    the full frame (``talklip2023``, the paper's Table 1); ``landmark-aligned`` = dlib-landmark-aligned 96×96
    mouth patches, gray, centre 88 (``avhubert-official``);
 2. ``(x/255 − 0.421)/0.165``, ``[1, 1, T, 88, 88]``;
@@ -34,7 +34,8 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 import torch
 
-from talkbench import mouth_roi
+from talkbench.crops import Kind
+from talkbench.crops.mouth import mouth88
 from talkbench.devices import resolve_device
 from talkbench.observers.base import ClipData, ClipSkipped, ObserverContext, Row
 
@@ -42,8 +43,6 @@ logger = logging.getLogger(__name__)
 
 CARD = "avhubert-large-lrs2"
 METRICS: tuple[str, ...] = ("wer1", "cer1")
-#: clip.cache key of the per-frame dlib landmarks (shared with other observers of the official protocol)
-LANDMARKS_CACHE_KEY = "dlib_landmarks"
 DEFAULT_MAX_FRAMES = 500   # max_sample_size of av_hubert's fine-tuning configs
 
 
@@ -62,14 +61,15 @@ def word_and_char_edits(ref: str, hyp: str) -> tuple[int, int, int, int]:
 
 def summarize(rows: Sequence[Row]) -> dict[str, float]:
     """Corpus WER1/CER1 in percent over stored per-clip rows (NaN without rows or reference words)."""
-    rows = [r for r in rows if r.get("edits1") is not None]
-    words = sum(int(r["ref_words1"]) for r in rows)
-    chars = sum(int(r["ref_chars1"]) for r in rows)
-    return {
-        "wer1": 100.0 * sum(int(r["edits1"]) for r in rows) / words if words else math.nan,
-        "cer1": 100.0 * sum(int(r["char_edits1"]) for r in rows) / chars if chars else math.nan,
-    }
+    from talkbench.metrics.text import corpus_rate
 
+    rows = [r for r in rows if r.get("edits1") is not None]
+
+    def rate(edits: str, units: str) -> float:
+        counts = [(int(r[edits]), int(r[units])) for r in rows]
+        return corpus_rate(counts) if sum(n for _, n in counts) else math.nan
+
+    return {"wer1": rate("edits1", "ref_words1"), "cer1": rate("char_edits1", "ref_chars1")}
 
 
 def wer1_row(ref: str, hyp: str, score: float) -> dict[str, Any]:
@@ -89,30 +89,16 @@ def wer1_row(ref: str, hyp: str, score: float) -> dict[str, Any]:
 
 
 def lipreader_crops(clip: ClipData, recipe: str) -> np.ndarray:
-    """The lip readers' gray 88×88 uint8 crops ``T×88×88`` of the generated clip under a crop recipe, cached in
-    the clip (shared by every lip reader of the run; the landmarks too, for ``landmark-aligned``).
+    """The lip readers' gray 88×88 uint8 crops ``T×88×88`` of the generated clip under a crop recipe
+    (:func:`talkbench.crops.mouth.mouth88`: computed once per clip, shared by every lip reader of the run).
 
     Raises:
         ClipSkipped: no usable mouth crop.
     """
-    key = f"mouth_roi.{recipe}"
-    crops = clip.cache.get(key)
-    if crops is not None:
-        return crops
-    frames = clip.generated.frames
-    landmarks = None
-    if recipe == "landmark-aligned":
-        landmarks = clip.cache.get(LANDMARKS_CACHE_KEY)
-        if landmarks is None:
-            from talkbench.faces import dlib_landmarks
-
-            landmarks = clip.cache[LANDMARKS_CACHE_KEY] = dlib_landmarks(frames)
     try:
-        crops = mouth_roi.mouth_crops(frames, recipe, landmarks)
-    except (mouth_roi.MouthRoiError, ValueError) as err:
+        return mouth88(clip.cache, clip.generated.frames, recipe)
+    except ValueError as err:
         raise ClipSkipped(f"WER1: no mouth crop ({err})") from None
-    clip.cache[key] = crops
-    return crops
 
 
 @dataclass
@@ -122,7 +108,7 @@ class AVHubertObserver:
     Attributes:
         model: the seq2seq lip reader (eval mode, on ``device``).
         tokenizer: its :class:`talkbench.tokenizer.Tokenizer`.
-        crop_recipe: the mouth crop recipe (``centre88`` or ``landmark-aligned``, :data:`talkbench.mouth_roi.RECIPES`).
+        crop_recipe: the mouth crop recipe (``centre88`` or ``landmark-aligned``, ``talkbench.crops.Kind.MOUTH88.recipes``).
         max_frames: longer clips are error rows.
         beam: beam width (50 in the reference).
     """
@@ -202,9 +188,9 @@ def build(ctx: ObserverContext) -> AVHubertObserver:
     from talkbench import weights
     from talkbench.nets.avhubert import load_avhubert_seq2seq
 
-    if ctx.mouth_roi not in mouth_roi.RECIPES:
+    if ctx.mouth_roi not in Kind.MOUTH88.recipes:
         raise ValueError(f"Unknown mouth crop recipe `{ctx.mouth_roi}` for WER1; choose from "
-                         f"{', '.join(mouth_roi.RECIPES)}.")
+                         f"{', '.join(Kind.MOUTH88.recipes)}.")
     device = resolve_device(ctx.device)
     path, sha = weights.resolve_with_sha(CARD, ctx.weights)
     model, tokenizer = load_avhubert_seq2seq(path, device, tokenizer_files=_tokenizer_files(ctx.options))

@@ -17,6 +17,7 @@ from typing import Any, Callable, Literal, Mapping, Protocol, Sequence, runtime_
 
 import numpy as np
 
+from talkbench.crops import ClipCache
 from talkbench.media import Clip
 
 #: A per-clip measurement: column name -> raw value (float, int, str or None).
@@ -43,6 +44,9 @@ class MetricSpec:
         description: one line for the README, charts and ``--help``.
         per_clip: the per-clip column whose presence says that a clip was scored for this metric (None for a
             set-level metric, which has per-clip features instead).
+        inputs: where the aggregation's per-clip inputs live in a stored row, ``((field, row key), ...)`` with the
+            fields of :data:`talkbench.statistics.FIELDS_BY_AGGREGATION` (e.g. corpus WER: edits and reference
+            words); what the confidence intervals and paired tests resample. Empty for set-level metrics.
     """
 
     column: str
@@ -51,6 +55,7 @@ class MetricSpec:
     aggregation: Aggregation
     description: str
     per_clip: str | None = None
+    inputs: tuple[tuple[str, str], ...] = ()
 
     @property
     def higher_is_better(self) -> bool:
@@ -162,7 +167,8 @@ class ClipData:
         reference: the decoded ground-truth clip, or None when the suite gives none.
         text: transcript (LRS2 ``Text:`` line) or LRW word label, or None.
         boxes: per-frame face boxes ``T×4`` (x1, y1, x2, y2) in pixels, or None (= full frame).
-        cache: per-clip scratch space so that observers share crops (key -> array).
+        cache: the crops observers share, computed once per clip by the accessors of :mod:`talkbench.crops`
+            (typed :class:`talkbench.crops.CropKey` -> array).
     """
 
     clip_id: str
@@ -170,7 +176,7 @@ class ClipData:
     reference: Clip | None = None
     text: str | None = None
     boxes: np.ndarray | None = None
-    cache: dict[str, Any] = field(default_factory=dict)
+    cache: ClipCache = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

@@ -79,18 +79,25 @@ def frechet_distance(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma
     return float(diff.dot(diff) + np.trace(sigma1) + np.trace(sigma2) - 2 * np.trace(covmean))
 
 
+def set_statistic(summed: np.ndarray) -> float:
+    """``fd_colour`` from the summed per-clip statistics, both sides concatenated (``colour_generated`` then
+    ``colour_reference``: 2 × 73 values): what the bootstrap of :mod:`talkbench.statistics` evaluates on each
+    resample. NaN with fewer than 2 frames on a side."""
+    generated, reference = np.split(np.asarray(summed, dtype=np.float64), 2)
+    if min(generated[0], reference[0]) < 2:
+        return math.nan
+    (mu1, sigma1), (mu2, sigma2) = gaussian(generated), gaussian(reference)
+    return frechet_distance(mu1, sigma1, mu2, sigma2)
+
+
 def summarize_features(features: Mapping[str, Mapping[str, np.ndarray]]) -> dict[str, float]:
     """``fd_colour`` from every stored clip's statistics (summed in clip-id order); NaN with fewer than 2 frames."""
-    sums = {name: np.zeros(1 + N_FEATURES + N_FEATURES ** 2) for name in FEATURES}
+    summed = np.zeros(2 * (1 + N_FEATURES + N_FEATURES ** 2))
     for clip_id in sorted(features):
         stored = features[clip_id]
         if all(name in stored for name in FEATURES):
-            for name in FEATURES:
-                sums[name] = sums[name] + np.asarray(stored[name], dtype=np.float64)
-    if min(sums[name][0] for name in FEATURES) < 2:
-        return {METRIC: math.nan}
-    (mu1, sigma1), (mu2, sigma2) = (gaussian(sums[name]) for name in FEATURES)
-    return {METRIC: frechet_distance(mu1, sigma1, mu2, sigma2)}
+            summed = summed + np.concatenate([np.asarray(stored[name], dtype=np.float64) for name in FEATURES])
+    return {METRIC: set_statistic(summed)}
 
 
 @dataclass

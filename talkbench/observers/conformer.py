@@ -1,7 +1,8 @@
 """WER2: TalkLip's Conformer lip reader, teacher-forced on the reference transcript (``teacher_force_wer.py``).
 
 Per clip: the generated frames -> gray (cv2 BGR2GRAY) -> ``cv2.resize`` to 224×224 (INTER_LINEAR, whatever
-the source size) -> centre crop 112×112 -> ``(x/255 - 0.4161) / 0.1688``; the transcript -> character
+the source size) -> centre crop 112×112 (:func:`talkbench.crops.lipreader_inputs.conformer_crops`) ->
+``(x/255 - 0.4161) / 0.1688``; the transcript -> character
 indices; the decoder is fed ``<sos> + target`` and the argmax of each step is the prediction. Scoring is
 deep_avsr's ``asrMetrics.compute_both`` on that one utterance (see :func:`score_utterance`).
 
@@ -22,7 +23,9 @@ import editdistance
 import numpy as np
 import torch
 
+from talkbench.crops.lipreader_inputs import conformer112
 from talkbench.devices import resolve_device
+from talkbench.metrics.text import corpus_rate, mean_utterance_rate
 from talkbench.nets.conformer import BLANK, SOS_EOS, SPACE, ConformerLipReader, load_conformer
 from talkbench.observers.base import ClipData, ClipSkipped, ObserverContext, Row
 
@@ -32,10 +35,6 @@ CARD = "conformer-lrs2"
 #: Normalisation of ``teacher_force_wer.py`` (``--video_mean``, ``--video_std`` defaults).
 VIDEO_MEAN = 0.4161
 VIDEO_STD = 0.1688
-RESIZE = 224
-CROP = 112
-#: Key of the shared crop in ``ClipData.cache``.
-CACHE_KEY = "conformer_gray224_crop112"
 
 #: ``teacher_force_wer.char_dict``: character -> output index (0 is the CTC blank, 39 is <sos>/<eos>).
 CHAR_TO_INDEX: dict[str, int] = {
@@ -47,24 +46,6 @@ CHAR_TO_INDEX: dict[str, int] = {
 INDEX_TO_CHAR: dict[int, str] = {i: c for c, i in CHAR_TO_INDEX.items()}
 INDEX_TO_CHAR[SOS_EOS] = "<EOS>"
 INDEX_TO_CHAR[BLANK] = "<0>"
-
-
-def gray_crops(frames_bgr: np.ndarray) -> np.ndarray:
-    """``LRS2Main.__getitem__``'s crops: BGR uint8 ``T×H×W×3`` -> uint8 ``T×112×112``.
-
-    cv2 is used on purpose: its fixed-point gray conversion and bilinear resize are what the reference
-    ran, bit for bit.
-    """
-    import cv2  # runtime dependency of this observer only
-
-    if frames_bgr.ndim != 4 or frames_bgr.shape[-1] != 3 or frames_bgr.dtype != np.uint8:
-        raise ValueError(f"expected uint8 BGR frames T×H×W×3, got {frames_bgr.dtype} {frames_bgr.shape}")
-    lo, hi = (RESIZE - CROP) // 2, (RESIZE + CROP) // 2
-    out = np.empty((frames_bgr.shape[0], CROP, CROP), dtype=np.uint8)
-    for t, frame in enumerate(frames_bgr):
-        gray = cv2.resize(cv2.cvtColor(frame, cv2.COLOR_BGR2GRAY), (RESIZE, RESIZE))
-        out[t] = gray[lo:hi, lo:hi]
-    return out
 
 
 def normalise(crops: np.ndarray) -> torch.Tensor:
@@ -163,13 +144,11 @@ def summarize(rows: Sequence[Row]) -> dict[str, float]:
     rows = [r for r in rows if r.get("wer2") is not None]
     if not rows:
         return {k: math.nan for k in ("wer2", "wer2_corpus", "cer2", "cer2_corpus")}
-    # Means of the per-clip ratios, recomputed from the integer counts so that no rounding creeps in.
-    return {
-        "wer2": 100.0 * float(np.mean([int(r["edits2"]) / int(r["ref_words2"]) for r in rows])),
-        "wer2_corpus": 100.0 * sum(int(r["edits2"]) for r in rows) / sum(int(r["ref_words2"]) for r in rows),
-        "cer2": 100.0 * float(np.mean([int(r["char_edits2"]) / int(r["ref_chars2"]) for r in rows])),
-        "cer2_corpus": 100.0 * sum(int(r["char_edits2"]) for r in rows) / sum(int(r["ref_chars2"]) for r in rows),
-    }
+    # recomputed from the integer counts so that no rounding of the stored per-clip rates creeps in
+    words = [(int(r["edits2"]), int(r["ref_words2"])) for r in rows]
+    chars = [(int(r["char_edits2"]), int(r["ref_chars2"])) for r in rows]
+    return {"wer2": mean_utterance_rate(words), "wer2_corpus": corpus_rate(words),
+            "cer2": mean_utterance_rate(chars), "cer2_corpus": corpus_rate(chars)}
 
 
 @dataclass
@@ -201,9 +180,7 @@ class ConformerObserver:
         frames = clip.generated.frames
         if frames.shape[0] == 0:
             raise ClipSkipped("WER2: the generated clip has no frames")
-        crops = clip.cache.get(CACHE_KEY)
-        if crops is None:
-            crops = clip.cache[CACHE_KEY] = gray_crops(frames)
+        crops = conformer112(clip.cache, frames)
         out = self.model.teacher_force(normalise(crops).to(self.device), target, frame_chunk=self.frame_chunk)
         score = score_utterance(out["argmax"].cpu().tolist(), target)
         return {"wer2": 100.0 * score.wer, "hyp2": indices_text(score.hypothesis), "edits2": score.word_edits,

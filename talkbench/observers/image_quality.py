@@ -3,7 +3,7 @@
 Follows TalkLip's ``evaluation/visual_quality.py``: frames of the generated and the reference clip are
 compared pairwise over their common prefix (``min`` of the two lengths; the script does not report a
 mismatch, this observer records both lengths), each cropped with the clip's face box of that frame
-(or taken whole when the suite has no boxes) and resized to 96×96.
+(or taken whole when the suite has no boxes) and resized to 96×96 (:func:`talkbench.crops.face.face96_pair`).
 
 Generated and reference frames of different sizes without face boxes are both resized whole to 96×96,
 as the script would do; the observer logs a warning naming the clip and both sizes, since such a pair
@@ -18,52 +18,32 @@ them by ``n_frames``, which gives the frame mean back.
 
 from __future__ import annotations
 
-import logging
 import math
 from typing import Mapping, Sequence
 
 import numpy as np
 
-from talkbench.metrics.image import face_crops_96, psnr_frames, psnr_talklip_compat_frames, ssim_frames
+from talkbench.crops.face import face96_pair
+from talkbench.metrics.image import psnr_frames, psnr_talklip_compat_frames, ssim_frames
 from talkbench.observers.base import ClipData, ClipSkipped, ObserverContext, Row
 
-logger = logging.getLogger(__name__)
-
 METRICS: tuple[str, ...] = ("psnr", "psnr_talklip_compat", "ssim")
-#: clip.cache key of the (generated, reference) 96×96 face crops
-CACHE_KEY = "face96_pair"
 
 
 def paired_face_crops(clip: ClipData) -> tuple[np.ndarray, np.ndarray]:
     """96×96 face crops of the generated and the reference clip over their common frames, uint8 ``N×96×96×3``
-    each; cached in the clip (shared by every metric that compares faces with ground truth).
+    each; computed once per clip (:func:`talkbench.crops.face.face96_pair`), shared by every metric that compares
+    faces with ground truth.
 
     Raises:
         ClipSkipped: no reference clip, no frames, boxes that cannot crop both clips.
     """
-    cached = clip.cache.get(CACHE_KEY)
-    if cached is not None:
-        return cached
     if clip.reference is None:
         raise ClipSkipped("no reference clip: PSNR/SSIM compare against the ground-truth video")
-    generated, reference = clip.generated.frames, clip.reference.frames
-    n = min(len(generated), len(reference))
-    if n == 0:
-        raise ClipSkipped("no frames to compare")
-    if clip.boxes is not None and generated.shape[1:] != reference.shape[1:]:
-        raise ClipSkipped(f"generated frames are {generated.shape[2]}×{generated.shape[1]} but reference "
-                          f"frames are {reference.shape[2]}×{reference.shape[1]}: one face box cannot "
-                          "crop both; write the generated clip at the reference size")
-    if generated.shape[1:] != reference.shape[1:]:
-        logger.warning("%s: generated frames are %d×%d, reference frames %d×%d; both are resized whole to 96×96 "
-                       "for PSNR/SSIM", clip.clip_id, generated.shape[2], generated.shape[1], reference.shape[2],
-                       reference.shape[1])
     try:
-        crops = face_crops_96(generated[:n], clip.boxes), face_crops_96(reference[:n], clip.boxes)
+        return face96_pair(clip.cache, clip.generated.frames, clip.reference.frames, clip.boxes, clip.clip_id)
     except ValueError as err:
         raise ClipSkipped(str(err)) from err
-    clip.cache[CACHE_KEY] = crops
-    return crops
 
 
 class ImageQualityObserver:

@@ -1,7 +1,8 @@
 """ACC: LRW word accuracy with the MVM classifier, as MVM's test.py with ``--test_aug``.
 
 Per clip: the generated frames (RGB) -> PIL crop box (59, 95, 195, 231) (136×136) -> PIL bilinear resize
-to 112×112 on the RGB image -> PIL ``convert('L')`` -> ``(x/255 - 0.4136) / 0.1700`` -> zero-filled to 29
+to 112×112 on the RGB image -> PIL ``convert('L')`` (:func:`talkbench.crops.lipreader_inputs.lrw_crops`)
+-> ``(x/255 - 0.4136) / 0.1700`` -> zero-filled to 29
 frames (after normalisation, so the fill is mid-grey, exactly as the LRW test loader). The prediction is the
 argmax of ``logits(clip) + logits(horizontal mirror)``; top-5 uses the same summed logits.
 
@@ -29,22 +30,18 @@ from typing import Mapping, Sequence
 import numpy as np
 import torch
 
+from talkbench.crops.lipreader_inputs import LRW_SIZE, mvm_lrw112
+from talkbench.devices import resolve_device
 from talkbench.nets.mvm import MAX_FRAMES, NUM_CLASSES, MVMClassifier, load_mvm
 from talkbench.observers.base import ClipData, ClipSkipped, ObserverContext, Row
-from talkbench.devices import resolve_device
 
 logger = logging.getLogger(__name__)
 
 CARD = "mvm-lrw"
-#: PIL crop box (left, upper, right, lower) of ``MultiDataset.build_tensor`` in test mode.
-CROP_BOX = (59, 95, 195, 231)
-SIZE = 112
 MEAN = 0.4136
 STD = 0.1700
 WORDS_FILE = Path(__file__).resolve().parent.parent / "data" / "lrw_500_words_sorted.txt"
 LONG_CLIP_POLICIES = ("skip", "center", "first")
-#: Key of the shared crop in ``ClipData.cache``.
-CACHE_KEY = "mvm_lrw_crop112_gray"
 
 
 @lru_cache(maxsize=1)
@@ -79,30 +76,6 @@ def class_index(word: str) -> int:
     return index
 
 
-def lrw_crops(frames_bgr: np.ndarray) -> np.ndarray:
-    """The LRW test loader's image path: BGR uint8 ``T×H×W×3`` -> gray uint8 ``T×112×112``.
-
-    Pillow is used on purpose: its antialiased bilinear resize and integer luma are what the reference ran
-    (torch's antialiased interpolate differs by up to ~1.5 grey levels).
-
-    Raises:
-        ValueError: frames smaller than the crop box.
-    """
-    from PIL import Image
-
-    if frames_bgr.ndim != 4 or frames_bgr.shape[-1] != 3 or frames_bgr.dtype != np.uint8:
-        raise ValueError(f"expected uint8 BGR frames T×H×W×3, got {frames_bgr.dtype} {frames_bgr.shape}")
-    height, width = frames_bgr.shape[1:3]
-    if width < CROP_BOX[2] or height < CROP_BOX[3]:
-        raise ValueError(f"frames are {width}×{height}; MVM's fixed LRW crop box {CROP_BOX} needs at least "
-                         f"{CROP_BOX[2]}×{CROP_BOX[3]} (LRW clips are 256×256)")
-    out = np.empty((frames_bgr.shape[0], SIZE, SIZE), dtype=np.uint8)
-    for t, frame in enumerate(frames_bgr):
-        image = Image.fromarray(np.ascontiguousarray(frame[..., ::-1])).crop(CROP_BOX)
-        out[t] = np.asarray(image.resize((SIZE, SIZE), Image.BILINEAR).convert("L"))
-    return out
-
-
 def select_frames(num_frames: int, policy: str) -> slice:
     """Which frames feed the 29-frame input; ValueError for a longer clip under ``policy="skip"``."""
     if num_frames <= MAX_FRAMES:
@@ -120,7 +93,7 @@ def input_tensor(crops: np.ndarray) -> torch.Tensor:
     """Gray uint8 ``T×112×112`` (T <= 29) -> ``1×1×29×112×112`` float32, normalised, zero-filled after frame T."""
     if crops.shape[0] > MAX_FRAMES:
         raise ValueError(f"{crops.shape[0]} frames > {MAX_FRAMES}")
-    video = torch.zeros(MAX_FRAMES, SIZE, SIZE)
+    video = torch.zeros(MAX_FRAMES, LRW_SIZE, LRW_SIZE)
     video[: crops.shape[0]] = (torch.from_numpy(np.ascontiguousarray(crops)).float() / 255.0 - MEAN) / STD
     return video[None, None]
 
@@ -158,9 +131,7 @@ class MVMObserver:
             raise ClipSkipped("ACC: the generated clip has no frames")
         try:
             chosen = select_frames(frames.shape[0], self.long_clips)
-            crops = clip.cache.get(CACHE_KEY)
-            if crops is None:
-                crops = clip.cache[CACHE_KEY] = lrw_crops(frames)
+            crops = mvm_lrw112(clip.cache, frames)
         except ValueError as err:
             raise ClipSkipped(f"ACC: {err}") from None
         video = input_tensor(crops[chosen]).to(self.device)

@@ -12,27 +12,46 @@ from __future__ import annotations
 from talkbench.observers.base import MetricSpec, ObserverSpec, OptionSpec
 
 # ------------------------------------------------------------------------------------------------ metrics
-PSNR = MetricSpec("psnr", "higher", "dB", "frame-mean", "PSNR of 96×96 face crops against ground truth", "psnr")
+# inputs: where each metric's per-clip inputs live in the stored rows (rates are rebuilt from the integer counts, as
+# the summarize functions do, never from the stored per-clip percentages).
+_WER2_IN = (("edits", "edits2"), ("units", "ref_words2"))
+_CER2_IN = (("edits", "char_edits2"), ("units", "ref_chars2"))
+PSNR = MetricSpec("psnr", "higher", "dB", "frame-mean", "PSNR of 96×96 face crops against ground truth", "psnr",
+                  inputs=(("values", "psnr"), ("weights", "n_frames")))
 PSNR_COMPAT = MetricSpec("psnr_talklip_compat", "higher", "dB", "frame-mean",
-                         "PSNR as TalkLip's visual_quality.py computes it (uint8 wrap-around)", "psnr_talklip_compat")
-SSIM = MetricSpec("ssim", "higher", "", "frame-mean", "SSIM of 96×96 face crops against ground truth", "ssim")
+                         "PSNR as TalkLip's visual_quality.py computes it (uint8 wrap-around)", "psnr_talklip_compat",
+                         inputs=(("values", "psnr_talklip_compat"), ("weights", "n_frames")))
+SSIM = MetricSpec("ssim", "higher", "", "frame-mean", "SSIM of 96×96 face crops against ground truth", "ssim",
+                  inputs=(("values", "ssim"), ("weights", "n_frames")))
 LSE_C = MetricSpec("lse_c", "higher", "", "clip-mean", "SyncNet confidence: median − min distance over offsets",
-                   "lse_c")
-LSE_D = MetricSpec("lse_d", "lower", "", "clip-mean", "SyncNet distance at the best offset", "lse_d")
+                   "lse_c",
+                   inputs=(("values", "lse_c"),))
+LSE_D = MetricSpec("lse_d", "lower", "", "clip-mean", "SyncNet distance at the best offset", "lse_d",
+                   inputs=(("values", "lse_d"),))
 AV_OFFSET = MetricSpec("av_offset", "zero", "frames", "clip-mean", "audio-visual offset of the best distance",
-                       "av_offset")
-WER1 = MetricSpec("wer1", "lower", "%", "corpus", "word error rate of the seq2seq lip reader (beam search)", "wer1")
-CER1 = MetricSpec("cer1", "lower", "%", "corpus", "character error rate of the seq2seq lip reader", "cer1")
+                       "av_offset",
+                       inputs=(("values", "av_offset"),))
+WER1 = MetricSpec("wer1", "lower", "%", "corpus", "word error rate of the protocol's lip reader (AV-HuBERT: beam "
+                  "search; mini: greedy CTC)", "wer1",
+                  inputs=(("edits", "edits1"), ("units", "ref_words1")))
+CER1 = MetricSpec("cer1", "lower", "%", "corpus", "character error rate of the protocol's lip reader", "cer1",
+                  inputs=(("edits", "char_edits1"), ("units", "ref_chars1")))
 WER2 = MetricSpec("wer2", "lower", "%", "utterance-mean", "WER of TalkLip's teacher-forced Conformer, mean of "
-                  "utterances", "wer2")
+                  "utterances", "wer2",
+                  inputs=_WER2_IN)
 WER2_CORPUS = MetricSpec("wer2_corpus", "lower", "%", "corpus", "WER of the teacher-forced Conformer, corpus-level",
-                         "wer2")
+                         "wer2",
+                         inputs=_WER2_IN)
 CER2 = MetricSpec("cer2", "lower", "%", "utterance-mean", "CER of the teacher-forced Conformer, mean of utterances",
-                  "cer2")
+                  "cer2",
+                  inputs=_CER2_IN)
 CER2_CORPUS = MetricSpec("cer2_corpus", "lower", "%", "corpus", "CER of the teacher-forced Conformer, corpus-level",
-                         "cer2")
-ACC = MetricSpec("acc", "higher", "%", "accuracy", "LRW 500-word top-1 accuracy (MVM, clip + mirror)", "acc")
-ACC_TOP5 = MetricSpec("acc_top5", "higher", "%", "accuracy", "LRW 500-word top-5 accuracy", "acc_top5")
+                         "cer2",
+                         inputs=_CER2_IN)
+ACC = MetricSpec("acc", "higher", "%", "accuracy", "LRW 500-word top-1 accuracy (MVM, clip + mirror)", "acc",
+                 inputs=(("hits", "acc"),))
+ACC_TOP5 = MetricSpec("acc_top5", "higher", "%", "accuracy", "LRW 500-word top-5 accuracy", "acc_top5",
+                      inputs=(("hits", "acc_top5"),))
 FD_COLOUR = MetricSpec("fd_colour", "lower", "", "set",
                        "Fréchet distance of per-frame colour/edge statistics of face crops, generated vs reference "
                        "(a set-level example metric; not FID)")

@@ -2,11 +2,13 @@
 
 Modes (option ``lse_mode``):
 
-* ``wav2lip`` (default; the TalkLip / Wav2Lip papers' protocol): whole frames resized to 224×224,
-  scored as Wav2Lip's ``evaluation/scores_LSE`` does (:mod:`talkbench.lse`).
+* ``wav2lip`` (default; the TalkLip / Wav2Lip papers' protocol): whole frames resized to 224×224
+  (:func:`talkbench.crops.syncnet.syncnet224`), scored as Wav2Lip's ``evaluation/scores_LSE`` does
+  (:mod:`talkbench.lse`).
 * ``pipeline`` (syncnet_python's ``run_pipeline.py`` + ``run_syncnet.py`` for in-the-wild videos):
-  faces detected on every frame, IoU-tracked, cropped (scale 0.4, chin shift, grey padding) to 224×224;
-  each track long enough is scored with its own audio span; the clip value aggregates the tracks.
+  faces detected on every frame, IoU-tracked, cropped (scale 0.4, chin shift, grey padding) to 224×224
+  (:func:`talkbench.crops.syncnet.crop_track`); each track long enough is scored with its own audio span; the
+  clip value aggregates the tracks.
 
 Options (``ObserverContext.options``):
 
@@ -42,6 +44,7 @@ import numpy as np
 import torch
 
 from talkbench import faces, jpeg_compat, lse
+from talkbench.crops.syncnet import crop_track, face_detections, syncnet224
 from talkbench.devices import resolve_device
 from talkbench.observers.base import ClipData, ClipSkipped, ObserverContext, Row
 from talkbench.reference_ffmpeg import ReferenceFFmpegError
@@ -129,29 +132,9 @@ class SyncNetObserver:
 
     # ------------------------------------------------------------------------------------- helpers
     def _frames(self, clip: ClipData) -> np.ndarray:
-        """The frames the reference would score (optionally through its JPEG round trip)."""
-        frames = clip.generated.frames
-        if not self.options.jpeg_compat:
-            return frames
-        key = "lse.jpeg_frames"
-        if key not in clip.cache:
-            clip.cache[key] = jpeg_frames(clip)
-        return clip.cache[key]
-
-    def _audio(self, clip: ClipData) -> np.ndarray | None:
-        """The clip's audio; in JPEG-compat mode as the reference's ffmpeg extracts it from the file."""
-        audio = clip.generated.audio_int16
-        path = getattr(clip.generated, "path", None)
-        if audio is None or not self.options.jpeg_compat or path is None or not Path(path).is_file():
-            return audio
-        key = "lse.reference_audio"
-        if key not in clip.cache:
-            try:
-                clip.cache[key] = jpeg_compat.reference_audio(path)
-            except ReferenceFFmpegError as err:
-                logger.warning("%s: %s; using the decoded audio.", clip.clip_id, err)
-                clip.cache[key] = None
-        return audio if clip.cache[key] is None else clip.cache[key]
+        """The whole frames the reference scores, 224×224 (optionally through its JPEG round trip), shared per clip."""
+        recipe = "jpeg-compat" if self.options.jpeg_compat else "resize"
+        return syncnet224(clip.cache, clip.generated, recipe, clip.clip_id)
 
     def _score(self, frames: np.ndarray, audio: np.ndarray) -> lse.LSEResult:
         chunk = self.options.chunk or (CUDA_CHUNK if self.device.type == "cuda" else lse.DEFAULT_CHUNK)
@@ -160,7 +143,7 @@ class SyncNetObserver:
     # ------------------------------------------------------------------------------------- contract
     def measure(self, clip: ClipData) -> Row:
         """Score one clip; raises ClipSkipped when it has no audio, is too short or has no face track."""
-        audio = self._audio(clip)
+        audio = clip_audio(clip, self.options.jpeg_compat)
         if audio is None:
             raise ClipSkipped(f"{clip.clip_id}: no audio stream; LSE needs the clip's audio.")
         if self.options.mode == "wav2lip":
@@ -180,19 +163,16 @@ class SyncNetObserver:
         if n_frames <= opts.min_track:
             raise ClipSkipped(f"{clip.clip_id}: {n_frames} frames; pipeline mode needs a face track of more than "
                               f"{opts.min_track} detected frames (option lse_min_track, reference 100 = 4 s).")
-        key = f"faces.dets.{opts.detector}"
-        if key not in clip.cache:
-            kwargs = {"upsample": 0} if opts.detector == "dlib" else {"device": str(self.device)}
-            clip.cache[key] = faces.detect_faces_per_frame(frames, opts.detector, self.s3fd_weights, **kwargs)
-        tracks = faces.track_faces(clip.cache[key], min_track=opts.min_track, min_face_size=opts.min_face_size)
+        dets = face_detections(clip.cache, frames, opts.detector, self.s3fd_weights, str(self.device))
+        tracks = faces.track_faces(dets, min_track=opts.min_track, min_face_size=opts.min_face_size)
         if not tracks:
-            n_det = sum(1 for d in clip.cache[key] if len(d))
+            n_det = sum(1 for d in dets if len(d))
             raise ClipSkipped(f"{clip.clip_id}: no face track with more than {opts.min_track} detections and mean "
                               f"size > {opts.min_face_size:g} px ({n_det}/{n_frames} frames with a face, detector "
                               f"{opts.detector}); lower lse_min_track / lse_min_face_size or use lse_mode=wav2lip.")
         results = []
         for track in tracks:
-            crops = faces.crop_track(frames, track)
+            crops = crop_track(frames, track)
             if opts.jpeg_compat:
                 crops = jpeg_compat.reference_frames(frames_bgr=crops)
             start, stop = int(track.frames[0]), int(track.frames[-1]) + 1
@@ -227,25 +207,19 @@ def aggregate_tracks(results: Sequence[lse.LSEResult], how: str) -> Row:
     return {"lse_c": r.lse_c, "lse_d": r.lse_d, "av_offset": r.av_offset, "n_windows": r.n_windows}
 
 
-def jpeg_frames(clip: ClipData) -> np.ndarray:
-    """The clip's frames after the reference's ffmpeg JPEG round trip, already resized to 224×224 (uint8 BGR).
-
-    Exact when the clip's file is encoded (:func:`talkbench.jpeg_compat.reference_frames` with ``path``)
-    and gives the decoded number of frames; otherwise (fps conversion, missing file, ffmpeg failure) an
-    approximation from the decoded BGR frames.
-    """
-    gen = clip.generated
-    path = getattr(gen, "path", None)
-    if path is not None and Path(path).is_file():
-        try:
-            frames = jpeg_compat.reference_frames(path=path, size=lse.FRAME_SIZE)
-            if len(frames) == gen.num_frames:
-                return frames
-            logger.warning("%s: %d frames in the file vs %d after 25 fps conversion; JPEG round trip "
-                           "approximated from the converted frames.", clip.clip_id, len(frames), gen.num_frames)
-        except (ValueError, ReferenceFFmpegError) as err:
-            logger.warning("%s: %s; JPEG round trip approximated from BGR frames.", clip.clip_id, err)
-    return jpeg_compat.reference_frames(frames_bgr=gen.frames, size=lse.FRAME_SIZE)
+def clip_audio(clip: ClipData, jpeg_compat_audio: bool = False) -> np.ndarray | None:
+    """The generated clip's int16 16 kHz samples ``N`` (None without audio); with ``jpeg_compat_audio``, as the
+    reference's ffmpeg extracts them from the clip's file (:func:`talkbench.jpeg_compat.reference_audio`), falling
+    back to the decoded audio (logged) when that fails. Used once per clip, so not cached."""
+    audio = clip.generated.audio_int16
+    path = getattr(clip.generated, "path", None)
+    if audio is None or not jpeg_compat_audio or path is None or not Path(path).is_file():
+        return audio
+    try:
+        return jpeg_compat.reference_audio(path)
+    except ReferenceFFmpegError as err:
+        logger.warning("%s: %s; using the decoded audio.", clip.clip_id, err)
+        return audio
 
 
 def observer_around(model: Any, card: str, sha: str, ctx: ObserverContext, name: str = "syncnet") -> SyncNetObserver:
@@ -283,4 +257,4 @@ def build(ctx: ObserverContext) -> SyncNetObserver:
 
 
 __all__ = ["CARD", "LSEOptions", "METRICS", "S3FD_CARD", "SyncNetObserver", "aggregate_tracks", "build",
-           "jpeg_frames", "observer_around", "summarize"]
+           "clip_audio", "observer_around", "summarize"]

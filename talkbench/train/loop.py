@@ -46,7 +46,9 @@ import torch
 from torch import Tensor, nn
 
 from talkbench.audio_features import avhubert_audio_features
-from talkbench.generate import check_boxes, crop_faces, generator_inputs
+from talkbench.crops.boxes import check_boxes
+from talkbench.crops.face import face_crops
+from talkbench.generate import generator_inputs
 from talkbench.losses import (LipReadingLoss, pick_rows, collate_targets, compose_hybrid_video,
                               expert_video_input, gan_discriminator_loss, gan_generator_loss, l1_reconstruction,
                               sample_span_starts, span_frames)
@@ -159,7 +161,7 @@ class ClipLoader:
             raise TrainError(f"{clip.video}: {len(frames)} frames; training needs at least {self.min_frames}.")
         samples = media.read_wav_int16(clip.audio) if clip.audio is not None else decoded.audio_int16
         h, w = frames.shape[1:3]
-        boxes = (check_boxes(np.load(clip.boxes), len(frames), h, w, str(clip.boxes)) if clip.boxes is not None
+        boxes = (check_boxes(np.load(clip.boxes), len(frames), (h, w), str(clip.boxes)) if clip.boxes is not None
                  else np.tile(np.array([0, 0, w, h], dtype=np.int64), (len(frames), 1)))
         audio = align_audio_train(avhubert_audio_features(samples), len(frames))
         loaded = LoadedClip(clip.clip_id, frames, boxes, audio, list(self.tokenizer.encode(clip.text)), samples)
@@ -220,8 +222,8 @@ def make_batch(clips: Sequence[LoadedClip], rng: random.Random, train: bool, con
                 ident += list(range(other, other + span))
         else:
             ident = [0] * len(picked)
-        pose = crop_faces(clip.frames[picked], clip.boxes[picked])
-        ref = crop_faces(clip.frames[ident], clip.boxes[ident])
+        pose = face_crops(clip.frames[picked], clip.boxes[picked])
+        ref = face_crops(clip.frames[ident], clip.boxes[ident])
         inputs.append(generator_inputs(pose, ref))
         gts.append(torch.from_numpy(pose).float().div_(255.0).permute(0, 3, 1, 2))
         audio[b, :n] = torch.from_numpy(clip.audio)

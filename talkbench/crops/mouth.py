@@ -1,5 +1,8 @@
 """Video inputs of the lip readers: gray 88×88 mouth crops, uint8, by recipe (a protocol names its recipe).
 
+Shared per clip through :func:`mouth88` (key ``CropKey(Kind.MOUTH88, side, recipe)``) and :func:`landmarks`
+(key ``CropKey(Kind.LANDMARKS, side)``); the recipes are ``Kind.MOUTH88.recipes``.
+
 * ``centre88`` (protocol ``talklip2023``, the TalkLip paper's WER1; also ``mini``): the generated 160×160
   frames go to av_hubert's data loader as they are — ``cv2.cvtColor(BGR2GRAY)``, then the eval transform's
   centre crop 88 of the **full frame**.
@@ -20,17 +23,21 @@ from __future__ import annotations
 
 import functools
 import logging
+import tempfile
 from pathlib import Path
 from typing import Sequence
 
+import cv2
 import numpy as np
+
+from talkbench import media
+from talkbench.crops import ClipCache, CropKey, Kind, Side, cached
+from talkbench.faces import dlib_landmarks
 
 logger = logging.getLogger(__name__)
 
-RECIPES: tuple[str, ...] = ("centre88", "landmark-aligned")
-
 CROP = 88
-MEAN_FACE_PATH = Path(__file__).resolve().parent / "data" / "20words_mean_face.npy"
+MEAN_FACE_PATH = Path(__file__).resolve().parent.parent / "data" / "20words_mean_face.npy"
 STABLE_POINTS: tuple[int, ...] = (33, 36, 39, 42, 45)   # nose tip, eye corners
 MOUTH_POINTS = slice(48, 68)
 ALIGNED_SIZE = (256, 256)
@@ -270,8 +277,6 @@ def official_mouth_rois(frames_bgr: np.ndarray, landmarks: Sequence[np.ndarray |
     if filled is None:
         logger.warning("no face found in any frame: resizing whole frames to %d×%d, as align_mouth.py does",
                        roi_size, roi_size)
-        import cv2
-
         return np.stack([cv2.resize(f, (roi_size, roi_size)) for f in frames])
     reference = mean_face()[list(STABLE_POINTS)]
     margin = min(len(frames), window_margin)
@@ -291,11 +296,7 @@ def official_mouth_rois(frames_bgr: np.ndarray, landmarks: Sequence[np.ndarray |
 def h264_roundtrip(rois_bgr: np.ndarray, crf: int = 20) -> np.ndarray:
     """Write the patches to a temporary H.264 file and decode them again, approximating the reference's
     ``ffmpeg -crf 20`` round trip (our writer uses yuv420p; ffmpeg's CLI picks yuv444p for PNG input, so the
-    loss differs slightly). Needs ``talkbench.media.write_clip``/``decode_clip``."""
-    import tempfile
-
-    from talkbench import media
-
+    loss differs slightly), with :func:`talkbench.media.write_clip` and :func:`talkbench.media.decode_clip`."""
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "rois.mp4"
         media.write_clip(path, rois_bgr, None, fps=25.0, codec="h264", crf=crf)
@@ -313,8 +314,6 @@ def official_crops(frames_bgr: np.ndarray, landmarks: Sequence[np.ndarray | None
         roundtrip: pass the patches through an H.264 encode/decode (see :func:`h264_roundtrip`).
     """
     if landmarks is None:
-        from talkbench.faces import dlib_landmarks
-
         landmarks = dlib_landmarks(frames_bgr)
     rois = official_mouth_rois(frames_bgr, landmarks)
     if roundtrip:
@@ -334,4 +333,38 @@ def mouth_crops(frames_bgr: np.ndarray, recipe: str, landmarks: Sequence[np.ndar
         return centre88_crops(frames_bgr)
     if recipe == "landmark-aligned":
         return official_crops(frames_bgr, landmarks)
-    raise ValueError(f"Unknown mouth crop recipe `{recipe}`; choose from {', '.join(RECIPES)}.")
+    raise ValueError(f"Unknown mouth crop recipe `{recipe}`; choose from {', '.join(Kind.MOUTH88.recipes)}.")
+
+
+# ----------------------------------------------------------------------------------------------------
+# Shared per clip
+# ----------------------------------------------------------------------------------------------------
+
+def landmarks(cache: ClipCache, frames_bgr: np.ndarray, side: Side = "generated") -> list[np.ndarray | None]:
+    """Per-frame dlib 68-point landmarks of a clip side (:func:`talkbench.faces.dlib_landmarks`), computed once per
+    clip: a list of T float64 ``68×2`` arrays or None (no face)."""
+    return cached(cache, CropKey(Kind.LANDMARKS, side), lambda: dlib_landmarks(frames_bgr))
+
+
+def mouth88(cache: ClipCache, frames_bgr: np.ndarray, recipe: str, side: Side = "generated") -> np.ndarray:
+    """The lip readers' gray 88×88 crops of a clip side under a recipe (:func:`mouth_crops`), computed once per
+    clip and shared by every lip reader of the run (the landmarks too, for ``landmark-aligned``).
+
+    Args:
+        frames_bgr: uint8 ``T×H×W×3``.
+    Returns:
+        uint8 ``T×88×88``.
+    Raises:
+        ValueError: unknown recipe; :class:`MouthRoiError` (a ValueError) when no mouth crop can be cut.
+    """
+    def make() -> np.ndarray:
+        marks = landmarks(cache, frames_bgr, side) if recipe == "landmark-aligned" else None
+        return mouth_crops(frames_bgr, recipe, marks)
+
+    return cached(cache, CropKey(Kind.MOUTH88, side, recipe), make)
+
+
+__all__ = ["ALIGNED_SIZE", "CROP", "MEAN_FACE_PATH", "MOUTH_POINTS", "MouthRoiError", "ROI_SIZE", "STABLE_POINTS",
+           "WINDOW_MARGIN", "apply_transform", "bgr_to_gray", "center_crop", "centre88_crops", "cut_patch",
+           "h264_roundtrip", "interpolate_landmarks", "landmarks", "mean_face", "mouth88", "mouth_crops",
+           "official_crops", "official_mouth_rois", "similarity_transform", "warp_image"]
