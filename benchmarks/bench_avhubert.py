@@ -134,10 +134,10 @@ def fairseq_style_state(model, encoder_out: torch.Tensor, beam: int):
 def run_search(model, video: torch.Tensor, max_len_a: float, max_len_b: int, style: str) -> list[int]:
     """Beam 50 over one clip; returns the best hypothesis' tokens. ``style``: ``talkbench`` or ``fairseq``
     (fairseq's strategy: per-beam encoder copies, every step — step 0 included — run for all 50 rows)."""
-    from talkbench import decoding
+    from talkbench.nets import avhubert_decoding
 
     if style == "talkbench":
-        return decoding.beam_search(model, video, None, beam=50, max_len_a=max_len_a, max_len_b=max_len_b)[0][0].tokens
+        return avhubert_decoding.beam_search(model, video, None, beam=50, max_len_a=max_len_a, max_len_b=max_len_b)[0][0].tokens
     decoder = model.decoder
     original_init, original_step = decoder.init_state, decoder.step
 
@@ -153,7 +153,7 @@ def run_search(model, video: torch.Tensor, max_len_a: float, max_len_b: int, sty
     decoder.init_state = lambda enc, mask, beam: fairseq_style_state(model, enc, beam)
     decoder.step = step
     try:
-        return decoding.beam_search(model, video, None, beam=50, max_len_a=max_len_a, max_len_b=max_len_b)[0][0].tokens
+        return avhubert_decoding.beam_search(model, video, None, beam=50, max_len_a=max_len_a, max_len_b=max_len_b)[0][0].tokens
     finally:
         decoder.init_state, decoder.step = original_init, original_step
 

@@ -8,7 +8,7 @@ It builds a small LRS2-layout suite from the sample clips shipped in ``talkbench
 - ``still-frame``: the first frame repeated with the original audio (no lip motion at all);
 - ``audio-shift-5``: the reference video with its audio delayed by 5 frames (out of sync);
 - ``talklip-mini``: the bundled TalkLip-mini generator (card ``talklip-mini``, from the ablation of
-  :mod:`talkbench.mini.ablation`) driven by each clip's audio, identity = its first frame (synthetic suite only).
+  :mod:`talkbench.train.ablation`) driven by each clip's audio, identity = its first frame (synthetic suite only).
 
 With the mini observers that ship in the package (small lip reader B and SyncNet trained by talkbench on
 its synthetic corpus: ``protocol = mini``), the suite is a synthetic test split and every clip is scored
@@ -28,8 +28,11 @@ from typing import Callable, Mapping, Sequence
 import numpy as np
 
 from talkbench import media, protocols
+from talkbench import weights as weights_module
 from talkbench.evaluate import EvaluateConfig, RunResult, evaluate
+from talkbench.generate import generate_reference_folder
 from talkbench.leaderboard import build_leaderboard
+from talkbench.synthetic.corpus import synthesize_corpus
 
 logger = logging.getLogger(__name__)
 
@@ -116,8 +119,6 @@ def make_generated(reference: Path, work: Path, baseline: Baseline) -> Path:
 
 def mini_observers_available() -> bool:
     """True when the mini observers' weights ship with this install (cards ``mini-*``)."""
-    from talkbench import weights as weights_module
-
     try:
         for card in MINI_CARDS:
             weights_module.resolve(card, download=False)
@@ -129,8 +130,6 @@ def mini_observers_available() -> bool:
 
 def mini_generator() -> Path | None:
     """The bundled TalkLip-mini generator file, or None when this install does not ship it."""
-    from talkbench import weights as weights_module
-
     try:
         return weights_module.resolve(MINI_GENERATOR_CARD, download=False)
     except (weights_module.WeightsError, KeyError, ValueError, OSError) as err:
@@ -140,8 +139,6 @@ def mini_generator() -> Path | None:
 
 def build_synthetic_suite(work: Path, n_clips: int = N_SYNTHETIC_CLIPS) -> Path:
     """The synthetic test split (seed 0, as the mini observers' reported scores) in LRS2 layout."""
-    from talkbench.mini.corpus import synthesize_corpus
-
     corpus = work / "corpus"
     reference = corpus / "test"
     if len(list(reference.rglob("*.mp4"))) < n_clips:
@@ -166,8 +163,6 @@ def run_demo(out: Path, work: Path, metrics: Sequence[str] | None = None,
     scratch = work / protocol.name
     generated: dict[str, Path] = {b.name: make_generated(reference, scratch, b) for b in BASELINES}
     if generator is not None:
-        from talkbench.generate import generate_reference_folder
-
         generated[MINI_GENERATOR_CARD] = generate_reference_folder(
             generator, reference, scratch / "generated" / MINI_GENERATOR_CARD)
     results: list[RunResult] = []

@@ -24,8 +24,7 @@ from typing import Any, Callable, Mapping, Sequence
 
 from talkbench import protocols, suites
 from talkbench.devices import resolve_device
-from talkbench.engines import Engine, LocalEngine
-from talkbench.measure import ObserverSetup
+from talkbench.measure import Engine, LocalEngine, ObserverSetup
 from talkbench.store import ClipRecord, ResultStore
 from talkbench.summary import SUMMARY_COLUMNS, IntervalSettings, clip_columns, clip_rows, summary_row, write_csv
 

@@ -66,21 +66,21 @@ def _model_file(name: str) -> str:
 
 @functools.lru_cache(maxsize=1)
 def _hog_detector():
-    import dlib
+    import dlib  # lazy: dlib loads only to detect or mark faces (crops, so PSNR-only runs, import faces)
 
     return dlib.get_frontal_face_detector()
 
 
 @functools.lru_cache(maxsize=1)
 def _cnn_detector():
-    import dlib
+    import dlib  # lazy: dlib loads only to detect or mark faces (crops, so PSNR-only runs, import faces)
 
     return dlib.cnn_face_detection_model_v1(_model_file("mmod_human_face_detector.dat"))
 
 
 @functools.lru_cache(maxsize=1)
 def _shape_predictor():
-    import dlib
+    import dlib  # lazy: dlib loads only to detect or mark faces (crops, so PSNR-only runs, import faces)
 
     return dlib.shape_predictor(_model_file("shape_predictor_68_face_landmarks.dat"))
 
@@ -148,7 +148,7 @@ def dlib_landmarks(frames_bgr: np.ndarray | Sequence[np.ndarray], upsample: int 
 
 @functools.lru_cache(maxsize=4)
 def _s3fd_model(weights: str, device: str):
-    from talkbench.nets.s3fd import load_s3fd
+    from talkbench.nets.s3fd import load_s3fd  # lazy: torch + S3FD only for detector="s3fd"; PSNR runs import faces
 
     return load_s3fd(Path(weights), device=device)
 

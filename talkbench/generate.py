@@ -19,7 +19,7 @@ The procedure is the reference's ``inf_test.py`` (what the paper's test-set vide
    ``Resize``), written over the **whole** box, and the frame is truncated to uint8 (no rounding).
 7. The video is written at 25 fps with the input audio muxed (PyAV; h264 or lossless ffv1).
 
-Differences from the reference, on purpose: boxes are checked by :func:`talkbench.crops.boxes.check_boxes`
+Differences from the reference, on purpose: boxes are checked by :func:`talkbench.boxes.check_boxes`
 (whole, finite, non-negative, non-empty) and clipped to the frame on both axes (the reference clips x2 and y2 by
 the frame *height* when cropping and would wrap negative coordinates; identical on square frames such as LRS2's
 160×160), and the audio is read through FFmpeg's resampler, so inputs that
@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable, Sequence
@@ -39,9 +40,14 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from talkbench import media, suites
+from talkbench import weights as weights_mod
 from talkbench.audio_features import avhubert_audio_features
-from talkbench.crops.boxes import BoxError, check_boxes
+from talkbench.boxes import BoxError, check_boxes
 from talkbench.crops.face import face_crops
+from talkbench.devices import resolve_device
+from talkbench.faces import DETECTORS, face_boxes_per_frame
+from talkbench.nets.talklip import fuse_for_inference, load_talklip_generator
 
 logger = logging.getLogger(__name__)
 
@@ -114,26 +120,6 @@ def paste_faces(frames: np.ndarray, boxes: np.ndarray, faces: Tensor, frame_inde
     return out
 
 
-def paste_faces_float(frames: Tensor, boxes: Tensor | np.ndarray, faces: Tensor, frame_index: Sequence[int]) -> Tensor:
-    """Differentiable paste-back into float frames (the training path, before grey conversion).
-
-    Args:
-        frames: float ``T×H×W×3`` pixel values (0..255), BGR.
-        boxes: ``T×4`` int boxes.
-        faces: ``N×3×96×96`` in [0, 1] (carrying gradients).
-        frame_index: the frame of each face.
-    Returns:
-        float ``T×H×W×3``: frames with each box replaced by its resized face (no truncation), the
-        gradient flowing into ``faces``.
-    """
-    boxes = np.asarray(boxes)
-    out = frames.clone()
-    for j, t in enumerate(frame_index):
-        x1, y1, x2, y2 = (int(v) for v in boxes[t])
-        out[t, y1:y2, x1:x2] = resize_faces(faces[j:j + 1], y2 - y1, x2 - x1)[0].permute(1, 2, 0)
-    return out
-
-
 # ----------------------------------------------------------------------------------------------------
 # Audio
 # ----------------------------------------------------------------------------------------------------
@@ -196,8 +182,6 @@ def check_options(reference_frame: int | None = 0, batch_size: int = 32, align: 
     if align not in ALIGN_MODES:
         raise GenerateError(f"--align {align!r}: use one of {', '.join(ALIGN_MODES)}.")
     if detector is not None:
-        from talkbench.faces import DETECTORS
-
         if detector not in DETECTORS:
             raise GenerateError(f"--detector {detector!r}: use one of {', '.join(DETECTORS)} (dlib needs no "
                                 "download; s3fd needs --weights s3fd=PATH).")
@@ -212,8 +196,6 @@ def codec_extensions(codec: str) -> tuple[str, ...]:
     Raises:
         GenerateError: an unknown codec.
     """
-    from talkbench import media
-
     table: dict[str, tuple[str, ...]] = media._CODEC_EXTENSIONS   # media has no public accessor yet
     if codec not in table:
         raise GenerateError(f"--codec {codec!r}: use one of {', '.join(table)}.")
@@ -341,7 +323,7 @@ def synthesize(generator: torch.nn.Module, frames: np.ndarray, boxes: np.ndarray
     Args:
         generator: a :class:`talkbench.nets.talklip.TalkLipGenerator` in eval mode on ``device``.
         frames: uint8 ``T×H×W×3`` BGR at 25 fps.
-        boxes: int ``T×4`` face boxes (see :func:`talkbench.crops.boxes.check_boxes`).
+        boxes: int ``T×4`` face boxes (see :func:`talkbench.boxes.check_boxes`).
         audio_int16: 16 kHz mono samples.
         reference_frame: frame whose crop is the identity input for every frame (default 0, inf_test);
             None = each frame's own unmasked crop (inf_demo).
@@ -392,16 +374,12 @@ def load_generator(checkpoint: str | Path, weights: dict[str, Path] | None = Non
     ``fuse``: fold BatchNorm into the convolutions and use channels-last tensors (inference only; same
     output up to ~1e-6).
     """
-    from talkbench.nets.talklip import fuse_for_inference, load_talklip_generator
-
     path = Path(checkpoint)
     if not path.is_file():
         name = str(checkpoint)
         if os.sep in name or name.endswith((".pth", ".pt", ".ckpt")):
             raise GenerateError(f"{path}: checkpoint file not found; pass an existing file or a card name "
                                 "such as talklip-g or talklip-gc.")
-        from talkbench import weights as weights_mod
-
         path = weights_mod.resolve(name, weights)
     model = load_talklip_generator(path, device=device)
     return (fuse_for_inference(model, inplace=True) if fuse else model), path
@@ -412,7 +390,7 @@ def face_boxes(frames: np.ndarray, boxes_path: Path | None = None, detector: str
     """Per-frame boxes: from a TalkLip bbx ``.npy`` if given, else detected (see :mod:`talkbench.faces`).
 
     Returns:
-        int64 ``T×4`` checked by :func:`talkbench.crops.boxes.check_boxes` and clipped to the frame.
+        int64 ``T×4`` checked by :func:`talkbench.boxes.check_boxes` and clipped to the frame.
     Raises:
         GenerateError: the boxes file does not exist, or :func:`check_boxes` refuses the boxes (its message, which
             names the file).
@@ -424,8 +402,6 @@ def face_boxes(frames: np.ndarray, boxes_path: Path | None = None, detector: str
             raise GenerateError(f"{boxes_path}: boxes file not found (expected a T×4 .npy of x1, y1, x2, y2).")
         boxes, source = np.load(boxes_path), str(boxes_path)
     else:
-        from talkbench.faces import face_boxes_per_frame
-
         logger.info("detecting faces in %d frames with %s", len(frames), detector)
         boxes = face_boxes_per_frame(frames, detector=detector, s3fd_weights=s3fd_weights)
         source = f"{detector} detections"
@@ -437,8 +413,6 @@ def face_boxes(frames: np.ndarray, boxes_path: Path | None = None, detector: str
 
 def read_audio(path: Path) -> np.ndarray:
     """16 kHz mono int16 samples of any audio (or video) file; logs when a conversion happens."""
-    from talkbench import media
-
     try:
         with media.open_input(path) as container:
             if container.streams.audio:
@@ -479,9 +453,6 @@ def generate_video(video: str | Path, out: str | Path, audio: str | Path | None 
         ValueError: an unusable ``device`` (:func:`talkbench.devices.resolve_device`), an undecodable file.
         talkbench.weights.WeightsError: the checkpoint card's file is missing and cannot be downloaded.
     """
-    from talkbench import media
-    from talkbench.devices import resolve_device
-
     video, out = Path(video), Path(out)
     check_options(reference_frame, batch_size, align, detector if boxes is None else None, s3fd_weights)
     check_output_file(out, codec, crf)
@@ -545,8 +516,6 @@ def suite_jobs(reference: Path, suite: str = "auto", filelist: Path | None = Non
     Uses :func:`talkbench.suites.load_suite` (LRS2, LRW, TalkLip filelist, folder layouts); clip ids
     keep the suite's relative paths so that ``talkbench evaluate`` pairs the outputs with the references.
     """
-    from talkbench import suites
-
     # the reference folder stands in for the generated one: every reference clip becomes a pair
     found = suites.load_suite(suite, reference, reference, filelist, boxes_dir=boxes_dir)
     jobs = [GenerationJob(p.clip_id, Path(p.reference), None, p.boxes) for p in found.pairs if p.reference is not None]
@@ -579,8 +548,6 @@ def generate_suite(jobs: Iterable[GenerationJob], out_dir: str | Path, checkpoin
         ValueError: an unusable ``device``.
         talkbench.weights.WeightsError: the checkpoint cannot be found or downloaded (not a per-clip failure).
     """
-    from talkbench.devices import resolve_device
-
     out_dir = Path(out_dir)
     jobs = list(jobs)
     check_options(reference_frame, batch_size, "video", detector if any(j.boxes is None for j in jobs) else None,
@@ -616,8 +583,6 @@ def generate_suite(jobs: Iterable[GenerationJob], out_dir: str | Path, checkpoin
 def generate_reference_folder(checkpoint: Path, reference: Path, out_dir: Path) -> Path:
     """Generate every clip of ``reference`` (LRS2 layout) with ``checkpoint`` into ``out_dir``; face boxes
     (``.npy`` beside each clip) are copied next to the outputs so image metrics crop the same faces."""
-    import shutil
-
     jobs = suite_jobs(Path(reference), "lrs2")
     generator, _ = load_generator(checkpoint)
     result = generate_suite(jobs, out_dir, checkpoint=checkpoint, generator=generator, strict=False)

@@ -29,10 +29,11 @@ import logging
 from fractions import Fraction
 from pathlib import Path
 
+import av
 import cv2
 import numpy as np
 
-from talkbench import reference_ffmpeg
+from talkbench import media, reference_ffmpeg
 
 logger = logging.getLogger(__name__)
 
@@ -124,8 +125,6 @@ def reference_audio(path: str | Path, route: str | None = None) -> np.ndarray | 
 # ------------------------------------------------------------------------------------------ PyAV route
 
 def _pyav_frames_from_video(path: Path, size: int | None) -> np.ndarray:
-    from talkbench import media
-
     yuv: list[np.ndarray] = []
     ops: list[str] | None = None
     width = height = 0
@@ -157,7 +156,6 @@ def _orient_i420(packed: np.ndarray, width: int, height: int, ops: list[str]) ->
     """
     if not ops:
         return packed, width, height
-    from talkbench import media
 
     flat = packed.reshape(-1)
     luma, chroma = width * height, (width // 2) * (height // 2)
@@ -207,8 +205,6 @@ def pyav_encode_decode_jpeg(yuvj420: list[np.ndarray], width: int, height: int,
     Returns:
         uint8 BGR ``T×H×W×3``.
     """
-    import av
-
     ctx = av.CodecContext.create("mjpeg", "w")
     ctx.width, ctx.height = width, height
     ctx.pix_fmt = "yuvj420p"

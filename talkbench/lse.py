@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -28,9 +27,7 @@ import torch.nn.functional as F
 
 from talkbench.audio_features import syncnet_mfcc
 from talkbench.crops.syncnet import resize_frames
-
-if TYPE_CHECKING:
-    from talkbench.nets.syncnet import SyncNet
+from talkbench.nets.syncnet import SyncNet
 
 logger = logging.getLogger(__name__)
 

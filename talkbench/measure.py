@@ -1,10 +1,16 @@
 """Measuring one clip: decode it once, run every observer of the run on it, keep what each gave.
 
-The unit of work that every engine (:mod:`talkbench.engines`) runs, in this process or in a worker: an
-:class:`ObserverSetup` (picklable: protocol, metrics, device, weights, options) builds the run's observers
-once; :func:`measure_clip` turns a :class:`~talkbench.suites.ClipPair` into a :class:`Measurement` (per-clip
-columns, per-clip feature arrays for set-level metrics, the error text). An observer that fails on a clip, or
-writes a non-finite number or a column its spec does not declare, loses only its own columns.
+The unit of work that every engine runs, in this process or in a worker: an :class:`ObserverSetup` (picklable:
+protocol, metrics, device, weights, options) builds the run's observers once; :func:`measure_clip` turns a
+:class:`~talkbench.suites.ClipPair` into a :class:`Measurement` (per-clip columns, per-clip feature arrays for
+set-level metrics, the error text). An observer that fails on a clip, or writes a non-finite number or a column
+its spec does not declare, loses only its own columns.
+
+An engine is anything with :meth:`Engine.measure`: given the run's :class:`ObserverSetup` and the clips still to
+compute, it yields each clip's :class:`Measurement` as soon as it is finished (in any order), after reporting,
+once, the provenance of the observers it built (card sha256 prefixes, the JPEG route). :class:`LocalEngine`
+measures in this process, one clip after the other; the engines beyond one machine (Ray, SLURM) live in
+:mod:`talkbench.engines`, above :mod:`talkbench.evaluate` (the driver, the only writer of the run's store).
 """
 
 from __future__ import annotations
@@ -13,7 +19,7 @@ import logging
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Iterator, Mapping, Protocol, Sequence
 
 import numpy as np
 
@@ -134,3 +140,31 @@ def measure_clip(pair: suites.ClipPair, observers: Sequence[BuiltObserver]) -> M
             logger.debug("observer %s failed on %s", name, pair.clip_id, exc_info=True)
             errors.append(f"{name}: {type(err).__name__}: {err}")
     return Measurement(values, features, "; ".join(errors) or None)
+
+
+#: Called once with the observers' provenance (card -> sha256 prefix), before the first measurement.
+OnBuilt = Callable[[dict[str, str]], None]
+
+
+class Engine(Protocol):
+    """Measures clips somewhere (this process, a Ray cluster, ...)."""
+
+    name: str
+
+    def measure(self, setup: ObserverSetup, pairs: Sequence[suites.ClipPair], on_built: OnBuilt
+                ) -> Iterator[tuple[suites.ClipPair, Measurement]]:
+        """Yield ``(pair, measurement)`` for every pair, each as soon as it is done; call ``on_built`` first."""
+        ...
+
+
+class LocalEngine:
+    """Builds the observers once in this process and measures the clips one after the other."""
+
+    name = "local"
+
+    def measure(self, setup: ObserverSetup, pairs: Sequence[suites.ClipPair], on_built: OnBuilt
+                ) -> Iterator[tuple[suites.ClipPair, Measurement]]:
+        observers = setup.build()
+        on_built(provenance(observers))
+        for pair in pairs:
+            yield pair, measure_clip(pair, observers)

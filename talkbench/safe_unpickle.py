@@ -37,6 +37,7 @@ import zipfile
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
+import numpy as np
 import torch
 
 logger = logging.getLogger(__name__)
@@ -144,8 +145,6 @@ for _storage in ("Float", "Double", "Half", "BFloat16", "Long", "Int", "Short", 
 
 def _numpy_globals() -> dict[tuple[str, str], Any]:
     """numpy scalars/arrays sometimes appear in training state (e.g. a best loss as numpy.float64)."""
-    import numpy as np
-
     allowed: dict[tuple[str, str], Any] = {}
     for core in ("numpy.core.multiarray", "numpy._core.multiarray"):
         allowed[(core, "scalar")] = _numpy_scalar
@@ -158,8 +157,6 @@ def _numpy_globals() -> dict[tuple[str, str], Any]:
 def _numpy_dtype(spec: Any, align: Any = False, copy: Any = True) -> Any:
     """``numpy.dtype`` as pickles call it, but always a fresh copy: builtin dtypes are process-wide singletons
     that a following ``BUILD`` (``dtype.__setstate__``) would otherwise mutate."""
-    import numpy as np
-
     del copy  # ignored on purpose: never hand out the shared instance
     if not isinstance(spec, str):
         raise UnsafeCheckpointError(f"refusing numpy dtype from {type(spec).__name__} (only type codes like 'f4')")
@@ -173,16 +170,12 @@ def _numpy_dtype(spec: Any, align: Any = False, copy: Any = True) -> Any:
 
 
 def _numpy_scalar(dtype: Any, data: bytes | None = None) -> Any:
-    import numpy as np
-
     if not isinstance(dtype, np.dtype) or dtype.hasobject:
         raise UnsafeCheckpointError(f"refusing numpy scalar of dtype {dtype!r}")
     return np.frombuffer(data or b"", dtype=dtype, count=1)[0]
 
 
 def _numpy_reconstruct(subtype: Any, shape: Any, dtype: Any) -> Any:
-    import numpy as np
-
     if subtype is not np.ndarray:
         raise UnsafeCheckpointError(f"refusing numpy array subclass {subtype!r}")
     # numpy pickles pass a placeholder type code (b'b') here and the real dtype in the BUILD state that follows

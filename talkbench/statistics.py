@@ -1,9 +1,11 @@
 """Uncertainty of summary metrics: bootstrap intervals over clips, paired comparisons of runs, MAPSSWE, Holm.
 
-Pure math on per-clip arrays (numpy + scipy, no I/O, no observer imports): the caller reads the stored
-per-clip rows (or feature arrays) of a run, builds a :class:`ClipStats` with :meth:`ClipStats.from_rows`
-(the metric's ``MetricSpec.inputs`` say which row keys it needs) or :meth:`ClipStats.from_features`, and asks
-for an interval with :func:`bootstrap_interval` or a comparison of two runs with :func:`paired_bootstrap`.
+Pure math on per-clip arrays (numpy + scipy, no I/O, nothing else from talkbench: a contract of pyproject.toml
+checks it): the caller reads the stored per-clip rows (or feature arrays) of a run, builds a :class:`ClipStats`
+with :meth:`ClipStats.from_rows` (the metric's ``MetricSpec.inputs`` say which row keys it needs) or
+:meth:`ClipStats.from_features`, and asks for an interval with :func:`bootstrap_interval` or a comparison of two
+runs with :func:`paired_bootstrap`. The vocabulary of metrics it works with (:data:`Aggregation`,
+:data:`Direction`) is declared here and used by the observers' specs (:class:`talkbench.observers.base.MetricSpec`).
 
 How the bootstrap works here. A resample draws the suite's clips with replacement; it is stored as the
 number of times each clip is drawn (a row of an ``R×n`` count matrix, :func:`resample_counts`). Every
@@ -36,15 +38,20 @@ from __future__ import annotations
 import logging
 import math
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Callable, Hashable, Iterator, Mapping, Sequence
+from typing import Any, Callable, Hashable, Iterator, Literal, Mapping, Sequence
 
 import numpy as np
 from scipy import stats as _scipy_stats
 
-if TYPE_CHECKING:  # the names only; importing talkbench.observers at run time would pull in media decoding
-    from talkbench.observers.base import Aggregation, Direction
-
 logger = logging.getLogger(__name__)
+
+#: Which value of a metric is best: the highest, the lowest, or the one closest to zero (an offset).
+Direction = Literal["higher", "lower", "zero"]
+#: How a metric's dataset value is made from the clips (the protocol's aggregation):
+#: ``clip-mean`` mean over clips; ``frame-mean`` mean over all frames of all clips; ``corpus`` Σ edits / Σ reference
+#: units over the corpus; ``utterance-mean`` mean of per-utterance ratios; ``accuracy`` share of clips right;
+#: ``set`` a statistic of features pooled over the whole suite (e.g. a Fréchet distance).
+Aggregation = Literal["clip-mean", "frame-mean", "corpus", "utterance-mean", "accuracy", "set"]
 
 #: Which :class:`ClipStats` fields each aggregation reads (``features`` for ``set``).
 FIELDS_BY_AGGREGATION: dict[str, tuple[str, ...]] = {

@@ -70,7 +70,7 @@ from typing import Any
 
 import numpy as np
 
-from talkbench.crops.boxes import check_boxes
+from talkbench.boxes import check_boxes
 from talkbench.media import VIDEO_EXTENSIONS
 
 logger = logging.getLogger(__name__)
@@ -261,11 +261,11 @@ def read_lrs2_text(path: Path) -> str:
 
 def load_boxes(path: Path, n_frames: int | None = None) -> np.ndarray:
     """Per-frame face boxes from a ``.npy`` file, as int64 ``T×4`` (x1, y1, x2, y2), checked by
-    :func:`talkbench.crops.boxes.check_boxes` (the first ``n_frames`` rows when given; clipped to the frame
+    :func:`talkbench.boxes.check_boxes` (the first ``n_frames`` rows when given; clipped to the frame
     when the crops are cut).
 
     Raises:
-        ValueError: an unreadable file; :class:`talkbench.crops.boxes.BoxError` for boxes it refuses.
+        ValueError: an unreadable file; :class:`talkbench.boxes.BoxError` for boxes it refuses.
     """
     try:
         boxes = np.load(path, allow_pickle=False)

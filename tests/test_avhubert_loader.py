@@ -13,7 +13,7 @@ from recipe import filled_state_dict
 from talkbench.nets.avhubert import (AVHubertConfig, AVHubertModel, AVHubertSeq2Seq, CheckpointError,
                                      load_avhubert_encoder, load_avhubert_seq2seq)
 from talkbench.safe_unpickle import load_checkpoint
-from talkbench.tokenizer import Tokenizer
+from talkbench.nets.avhubert_tokenizer import Tokenizer
 from test_avhubert_common import FIXTURE, filled_checkpoint, save_official_layout
 
 FLOAT_TENSOR = "decoder.embed_positions._float_tensor"

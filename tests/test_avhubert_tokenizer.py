@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from talkbench.safe_unpickle import load_checkpoint
-from talkbench.tokenizer import Dictionary, Tokenizer, TokenizerError
+from talkbench.nets.avhubert_tokenizer import Dictionary, Tokenizer, TokenizerError
 from test_avhubert_common import FIXTURE, expected_json
 
 

@@ -211,7 +211,7 @@ def _mini_syncnet_file(tmp_path: Path, name: str, **changes) -> Path:
 
 
 def test_mini_syncnet_config_is_checked_before_building(tmp_path, monkeypatch):
-    from talkbench.mini import syncnet_mini as S
+    from talkbench.nets import mini_syncnet as S
 
     _forbid(monkeypatch, S, "build_mini_syncnet")
     for changes, field in (({"width": 64.0}, "width"), ({"width": 0.25}, "width"), ({"embed_dim": 10**6}, "embed_dim"),
@@ -225,7 +225,7 @@ def test_mini_syncnet_config_is_checked_before_building(tmp_path, monkeypatch):
 
 @pytest.mark.parametrize("key", ["width", "embed_dim", "state_dict"])
 def test_mini_syncnet_missing_key_names_it(tmp_path, key):
-    from talkbench.mini import syncnet_mini as S
+    from talkbench.nets import mini_syncnet as S
 
     path = _mini_syncnet_file(tmp_path, "nokey.pt", **{key: None})
     with pytest.raises(CheckpointError, match=f"nokey.pt: the checkpoint has no `{key}` entry"):
@@ -250,7 +250,7 @@ def _lipreader_file(tmp_path: Path, name: str, config_changes: dict | None = Non
 
 
 def test_mini_lipreader_config_is_checked_before_building(tmp_path, monkeypatch):
-    from talkbench.mini import lipreader as L
+    from talkbench.nets import mini_lipreader as L
 
     _forbid(monkeypatch, L, "MiniLipReader")
     cases = [({"dim": 96 * 64}, "config.dim"), ({"ffn": 384}, "config.ffn"), ({"layers": 3}, "config.layers"),
@@ -263,7 +263,7 @@ def test_mini_lipreader_config_is_checked_before_building(tmp_path, monkeypatch)
 
 
 def test_mini_lipreader_missing_config_key_names_it(tmp_path):
-    from talkbench.mini import lipreader as L
+    from talkbench.nets import mini_lipreader as L
 
     with pytest.raises(CheckpointError, match="nokey.pt: the checkpoint has no `config.layers` entry"):
         L.load_lipreader(_lipreader_file(tmp_path, "nokey.pt", {"layers": None}))
@@ -322,7 +322,7 @@ def test_avhubert_cfg_is_checked_against_the_tensors_before_building(tmp_path, m
 # ---------------------------------------------------------------------------------------------
 
 def test_nan_in_a_mini_lipreader_is_refused_naming_the_key(tmp_path):
-    from talkbench.mini import lipreader as L
+    from talkbench.nets import mini_lipreader as L
 
     path = _lipreader_file(tmp_path, "nan.pt", nan_key="encoder.layers.1.fc2.weight")
     with pytest.raises(CheckpointError, match="nan.pt: tensor `encoder.layers.1.fc2.weight` contains NaN or Inf"):
@@ -330,7 +330,7 @@ def test_nan_in_a_mini_lipreader_is_refused_naming_the_key(tmp_path):
 
 
 def test_inf_in_a_mini_syncnet_is_refused(tmp_path):
-    from talkbench.mini import syncnet_mini as S
+    from talkbench.nets import mini_syncnet as S
 
     obj = torch.load(DATA / "mini-syncnet.pt", weights_only=True)
     obj["state_dict"]["netfcaud.0.bias"][2] = -math.inf
@@ -386,7 +386,7 @@ def test_unknown_width_head_note_is_debug_only(caplog):
 
 
 def test_expert_probe_reports_a_hostile_file(tmp_path, restore_globals):
-    from talkbench.mini.expert import is_mini_lipreader
+    from talkbench.train.mini_expert import is_mini_lipreader
 
     path = _write(tmp_path / "evil.pt", _namespace_payload(), legacy=False)
     with pytest.raises(UnsafeCheckpointError, match="evil.pt"):

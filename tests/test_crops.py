@@ -10,19 +10,19 @@ import pytest
 import torch
 
 from talkbench import generate, suites
+from talkbench.boxes import BoxError, check_boxes
 from talkbench.crops import CropKey, Kind
 from talkbench.crops import face as face_mod
 from talkbench.crops import lipreader_inputs, mouth
 from talkbench.crops import syncnet as syncnet_crops
-from talkbench.crops.boxes import BoxError, check_boxes
 from talkbench.crops.face import face_crops
 from talkbench.media import Clip
-from talkbench.mini.observer_lipreader import MiniLipReaderObserver
 from talkbench.observers.avhubert import AVHubertObserver
 from talkbench.observers.base import ClipData
 from talkbench.observers.colour_stats import ColourStatsObserver
 from talkbench.observers.conformer import ConformerObserver
 from talkbench.observers.image_quality import ImageQualityObserver
+from talkbench.observers.mini_lipreader import MiniLipReaderObserver
 from talkbench.observers.mvm import MVMObserver
 from talkbench.observers.syncnet import SyncNetObserver
 

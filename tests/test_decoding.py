@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from talkbench.decoding import Hypothesis, beam_search, collate_targets, teacher_forced_nll
+from talkbench.nets.avhubert_decoding import Hypothesis, beam_search, collate_targets, teacher_forced_nll
 from talkbench.nets.avhubert import AVHubertConfig, AVHubertSeq2Seq
 from test_avhubert_common import expected_json, loaded_parity_model, video_of
 

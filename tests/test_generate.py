@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from talkbench import media
-from talkbench.crops.boxes import BoxError, check_boxes
+from talkbench.boxes import BoxError, check_boxes
 from talkbench.crops.face import face_crops
 from talkbench.generate import (GenerateError, align_audio_features, generate_suite, generate_video, generator_inputs,
                                 paste_faces, repeat_frames_to_audio, resize_faces, suite_jobs)

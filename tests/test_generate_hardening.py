@@ -15,8 +15,8 @@ from typer.testing import CliRunner
 
 from talkbench import generate as gen
 from talkbench import media, weights
+from talkbench.boxes import BoxError, check_boxes
 from talkbench.cli import app
-from talkbench.crops.boxes import BoxError, check_boxes
 from talkbench.generate import GenerateError, generate_suite, suite_jobs, synthesize
 from test_talklip_support import read_frames, read_wav, short_lrs2_folder, tiny_generator_file
 

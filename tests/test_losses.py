@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from talkbench.generate import paste_faces
-from talkbench.losses import (AVContrastiveLoss, LipReadingLoss, collate_targets, compose_hybrid_video,
+from talkbench.train.losses import (AVContrastiveLoss, LipReadingLoss, collate_targets, compose_hybrid_video,
                               expert_video_input, gan_discriminator_loss, gan_generator_loss, label_smoothed_nll,
                               pick_rows, sample_span_starts, span_frames)
 from talkbench.nets.talklip import TalkLipDiscriminator

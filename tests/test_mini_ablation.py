@@ -11,14 +11,14 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from talkbench.losses import collate_targets, expert_video_input
-from talkbench.mini import ablation
-from talkbench.mini.expert import CharTokenizer, MiniLipReadingLoss, ctc_targets, is_mini_lipreader
-from talkbench.mini.lipreader import LipReaderConfig, MiniLipReader, encode_text, save_lipreader
 from talkbench.nets.avhubert import WeightNormConv1d
+from talkbench.nets.mini_lipreader import LipReaderConfig, MiniLipReader, encode_text, save_lipreader
 from talkbench.nets.talklip import (DEC_CHANNELS, ENC_CHANNELS, LocalAudioEncoder, TalkLipDiscriminator,
                                     TalkLipGenerator, UNetChannels, infer_generator_spec, load_talklip_discriminator,
                                     load_talklip_generator, save_talklip_checkpoint)
+from talkbench.train import ablation
+from talkbench.train.losses import collate_targets, expert_video_input
+from talkbench.train.mini_expert import CharTokenizer, MiniLipReadingLoss, ctc_targets, is_mini_lipreader
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -121,7 +121,7 @@ def test_mini_lipreader_files_are_recognised(tmp_path):
 
 @pytest.fixture(scope="module")
 def tiny_corpus(tmp_path_factory) -> Path:
-    from talkbench.mini.corpus import synthesize_corpus
+    from talkbench.synthetic.corpus import synthesize_corpus
 
     out = tmp_path_factory.mktemp("corpus")
     synthesize_corpus(out, n_train=4, n_test=1, seed=11, workers=1)

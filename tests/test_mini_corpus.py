@@ -11,7 +11,7 @@ pytest.importorskip("cv2")
 pytest.importorskip("skimage")
 
 from talkbench.media import decode_clip  # noqa: E402
-from talkbench.mini import corpus, grammar, visemes  # noqa: E402
+from talkbench.synthetic import corpus, grammar, visemes  # noqa: E402
 
 
 def test_same_seed_same_clip_other_seed_other_clip():

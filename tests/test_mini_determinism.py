@@ -21,7 +21,7 @@ pytest.importorskip("cv2")
 pytest.importorskip("skimage")
 
 from talkbench import media  # noqa: E402
-from talkbench.mini import corpus  # noqa: E402
+from talkbench.synthetic import corpus  # noqa: E402
 
 
 def _files(root):

@@ -2,7 +2,7 @@
 
 import numpy as np
 
-from talkbench.mini import grammar
+from talkbench.synthetic import grammar
 
 
 def test_vocabulary_has_51_distinct_words_in_six_slots():

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from talkbench.mini import lipreader as L
-from talkbench.mini import train_observers as T
+from talkbench.nets import mini_lipreader as L
+from talkbench.train import mini_observers as T
 
 TINY = L.LipReaderConfig(stem=4, mid=8, top=8, dim=32, layers=1, ffn=32, heads=2, conv_pos=5, conv_pos_groups=4,
                          dropout=0.0)
@@ -71,7 +71,7 @@ def test_greedy_ctc_decoding_and_lexicon():
 
 
 def test_tiny_training_run_lowers_the_loss():
-    from talkbench.mini.corpus import ClipSpec, make_clip
+    from talkbench.synthetic.corpus import ClipSpec, make_clip
 
     items = [T.item_from_synth(make_clip(ClipSpec("train", i, 0, 4))) for i in range(2)]
     torch.manual_seed(0)

@@ -9,13 +9,12 @@ import numpy as np
 import pytest
 
 from talkbench import cards, media
-from talkbench.mini import observer_lipreader, observer_syncnet
-from talkbench.mini.corpus import synthesize_corpus
-from talkbench.mini.train_observers import SHIFT_FRAMES, shift_audio
-from talkbench.observers import ObserverContext
-from talkbench.protocols import MINI, build_observers
+from talkbench.observers import ObserverContext, mini_lipreader, mini_syncnet
 from talkbench.observers.base import ClipData, ClipSkipped
+from talkbench.protocols import MINI, build_observers
 from talkbench.suites import read_lrs2_text
+from talkbench.synthetic.corpus import synthesize_corpus
+from talkbench.train.mini_observers import SHIFT_FRAMES, shift_audio
 
 
 @pytest.fixture(scope="module")
@@ -46,13 +45,13 @@ def sync():
 
 
 def test_registry_routes_protocol_mini_to_the_mini_observers(lip, sync):
-    assert [s.module for s in MINI.observer_specs(["wer1", "lse_c"])] == ["talkbench.mini.observer_lipreader",
-                                                                         "talkbench.mini.observer_syncnet"]
+    assert [s.module for s in MINI.observer_specs(["wer1", "lse_c"])] == ["talkbench.observers.mini_lipreader",
+                                                                         "talkbench.observers.mini_syncnet"]
     assert [o.name for o in build_observers(["cer1", "av_offset"], CTX)] == ["mini-lipreader", "mini-syncnet"]
     assert set(lip.weights_sha256) == {"mini-lipreader-b"} and set(sync.weights_sha256) == {"mini-syncnet"}
     for card, sha in {**lip.weights_sha256, **sync.weights_sha256}.items():
         assert cards.load_card(card).sha256.startswith(sha)
-    assert observer_lipreader.summarize is not None and observer_syncnet.summarize is not None
+    assert mini_lipreader.summarize is not None and mini_syncnet.summarize is not None
 
 
 def test_mini_lipreader_reads_clean_clips(lip, clips):
@@ -61,7 +60,7 @@ def test_mini_lipreader_reads_clean_clips(lip, clips):
         assert row["ref1"] == clip.text.lower()
         assert row["ref_words1"] == 6 and 0 <= row["edits1"] <= 6 and row["score1"] <= 0
         assert set(row) >= {"wer1", "hyp1", "score1", "edits1", "ref_words1", "cer1", "char_edits1", "ref_chars1"}
-    summary = observer_lipreader.summarize(rows)
+    summary = mini_lipreader.summarize(rows)
     # clean ground truth: most words right (the card records WER on 100 test clips; 8 clips vary more)
     assert summary["wer1"] < 60.0 and summary["cer1"] < 40.0, rows
     # it reads the lips: the same clips with a frozen first frame are read far worse
@@ -70,7 +69,7 @@ def test_mini_lipreader_reads_clean_clips(lip, clips):
         still = np.repeat(clip.generated.frames[:1], clip.generated.num_frames, 0)
         frozen.append(lip.measure(ClipData(clip_id=clip.clip_id, text=clip.text,
                                            generated=dataclasses.replace(clip.generated, frames=still))))
-    assert observer_lipreader.summarize(frozen)["wer1"] > summary["wer1"] + 25.0, frozen
+    assert mini_lipreader.summarize(frozen)["wer1"] > summary["wer1"] + 25.0, frozen
     with pytest.raises(ClipSkipped):
         lip.measure(ClipData(clip_id="x", generated=clips[0].generated, text=None))
 
@@ -83,5 +82,5 @@ def test_mini_syncnet_tells_in_sync_from_shifted_audio(sync, clips):
             bad = sync.measure(ClipData(clip_id=clip.clip_id, generated=moved))
             assert good["lse_c"] > bad["lse_c"], (good, bad, shift)
             assert abs(good["av_offset"]) < abs(bad["av_offset"]), (good, bad, shift)
-    summary = observer_syncnet.summarize([good])
+    summary = mini_syncnet.summarize([good])
     assert not math.isnan(summary["lse_c"])

@@ -6,7 +6,7 @@ import pytest
 pytest.importorskip("cv2")
 pytest.importorskip("skimage")
 
-from talkbench.mini import render, visemes  # noqa: E402
+from talkbench.synthetic import render, visemes  # noqa: E402
 
 STILL = render.ClipStyle((0, 0, 0, 0), (0, 0, 0, 0), (0, 0, 0, 0), 1.0, 0.0, (1, 1, 1), 0.0, 0.0, 0.0, 1.0, 0.0)
 CENTRE = slice(36, 124)  # the talklip2023 protocol's centre 88×88 crop of the 160×160 frame

@@ -5,7 +5,7 @@ import pytest
 
 pytest.importorskip("espeakng_loader")
 
-from talkbench.mini import speech  # noqa: E402
+from talkbench.synthetic import speech  # noqa: E402
 
 
 def test_phoneme_events_increase_and_cover_the_audio():

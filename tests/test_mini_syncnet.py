@@ -7,9 +7,9 @@ import pytest
 import torch
 
 from talkbench import lse
-from talkbench.mini import syncnet_mini as S
-from talkbench.mini import train_observers as T
+from talkbench.nets import mini_syncnet as S
 from talkbench.nets.syncnet import SyncNet
+from talkbench.train import mini_observers as T
 
 
 def _randomise_bn(model: torch.nn.Module, seed: int = 0) -> None:
@@ -74,7 +74,7 @@ def test_shift_audio():
 
 
 def test_tiny_training_run_lowers_the_offset_loss():
-    from talkbench.mini.corpus import ClipSpec, make_clip
+    from talkbench.synthetic.corpus import ClipSpec, make_clip
 
     clip = T.item_from_synth(make_clip(ClipSpec("train", 0, 0, 4)), keep_frames=True)
     mfcc, n = T._sync_clip_tensors(clip)

@@ -6,8 +6,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from talkbench.mini import visemes
-from talkbench.mini.speech import PhonemeEvent
+from talkbench.synthetic import visemes
+from talkbench.synthetic.speech import PhonemeEvent
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "VISEMES.md"
 
@@ -105,8 +105,8 @@ def test_records_round_trip(tmp_path):
 
 def test_table_covers_every_phoneme_espeak_emits_for_the_grammar():
     pytest.importorskip("espeakng_loader")
-    from talkbench.mini import grammar, speech
-    from talkbench.mini.corpus import voice_for
+    from talkbench.synthetic import grammar, speech
+    from talkbench.synthetic.corpus import voice_for
 
     rng = np.random.default_rng(0)
     symbols = set()

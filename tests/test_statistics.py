@@ -17,7 +17,6 @@ import pytest
 from talkbench import statistics as st
 from talkbench.observers import METRICS
 from talkbench.observers import avhubert, colour_stats, conformer, image_quality, mvm, syncnet
-from talkbench.observers.base import Aggregation
 
 # ------------------------------------------------------------------------------------------------ helpers
 
@@ -117,7 +116,7 @@ def test_per_clip_inputs_of_the_specs_fit_their_aggregation():
         fields = tuple(name for name, _ in spec.inputs)
         expected = () if spec.aggregation == "set" else st.FIELDS_BY_AGGREGATION[spec.aggregation]
         assert fields == expected, column
-    assert tuple(st.FIELDS_BY_AGGREGATION) == typing.get_args(Aggregation)   # every aggregation, in its order
+    assert tuple(st.FIELDS_BY_AGGREGATION) == typing.get_args(st.Aggregation)   # every aggregation, in its order
 
 
 def test_from_rows_keeps_the_clips_summarize_uses():

@@ -28,7 +28,7 @@ def tiny_expert(seed: int = 0):
 
 def tiny_tokenizer():
     """The AV-HuBERT fixture's 200-piece sentencepiece model + dictionary."""
-    from talkbench.tokenizer import Tokenizer
+    from talkbench.nets.avhubert_tokenizer import Tokenizer
 
     return Tokenizer.from_files(TALKLIP / "expert" / "spm_unigram200.model", TALKLIP / "expert" / "dict.wrd.txt")
 

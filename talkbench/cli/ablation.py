@@ -1,4 +1,4 @@
-"""``talkbench ablation``: the paper's ablation in miniature (see talkbench.mini.ablation)."""
+"""``talkbench ablation``: the paper's ablation in miniature (see talkbench.train.ablation)."""
 
 from __future__ import annotations
 
@@ -9,6 +9,8 @@ from typing import List, Optional
 import typer
 
 from talkbench.cli.root import stdout
+from talkbench.train.ablation import (CONFIG_NAMES, DEFAULT_SEEDS, best_run, export_generator, markdown, report,
+                                      run_ablation)
 
 logger = logging.getLogger(__name__)
 
@@ -18,7 +20,7 @@ app = typer.Typer(add_completion=False, no_args_is_help=True,
 
 @app.callback()
 def _ablation() -> None:
-    """Train, generate, evaluate and report the TalkLip-mini ablation (talkbench.mini.ablation)."""
+    """Train, generate, evaluate and report the TalkLip-mini ablation (talkbench.train.ablation)."""
 
 
 @app.command("run")
@@ -31,8 +33,6 @@ def run_command(
     jobs: int = typer.Option(2, "--jobs", "-j", help="Runs at a time (one thread each)."),
 ) -> None:
     """Every configuration × seed: train, generate the test split, evaluate under protocol mini."""
-    from talkbench.mini.ablation import CONFIG_NAMES, DEFAULT_SEEDS, run_ablation
-
     try:
         errors = run_ablation(corpus, out, configs or CONFIG_NAMES, seeds or DEFAULT_SEEDS, steps, jobs)
     except ValueError as err:
@@ -48,8 +48,6 @@ def report_command(
                                 help="Writes PREFIX.csv, PREFIX_runs.csv, PREFIX.md and PREFIX.png."),
 ) -> None:
     """Aggregate finished runs: mean ± std over seeds per configuration; prints the Markdown table."""
-    from talkbench.mini.ablation import markdown, report
-
     try:
         table = report(out, prefix)
     except ValueError as err:
@@ -66,8 +64,6 @@ def export_command(
                                          "(default: the configuration with the lowest mean WER)."),
 ) -> None:
     """Export the best seed (lowest WER) of a configuration as a small generator file."""
-    from talkbench.mini.ablation import best_run, export_generator
-
     try:
         path = export_generator(best_run(out, config), dest)
     except ValueError as err:

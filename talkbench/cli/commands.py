@@ -14,9 +14,12 @@ import typer
 from talkbench.cli.root import (fail, interval_settings, parse_weights, print_summary, progress_bar, stderr,
                                 summary_format, user_errors)
 from talkbench.demo import run_demo
-from talkbench.engines import Engine, EngineError
+from talkbench.engines import EngineError
+from talkbench.engines.ray_engine import RayEngine, import_ray
+from talkbench.engines.slurm_engine import SlurmSettings, evaluate_slurm, parse_array
 from talkbench.evaluate import EvaluateConfig, RunResult, evaluate, parse_shard
 from talkbench.leaderboard import build_leaderboard
+from talkbench.measure import Engine
 from talkbench.merge import merge_runs
 from talkbench.observers import METRIC_COLUMNS, OPTIONS
 from talkbench.protocols import PROTOCOLS
@@ -125,8 +128,6 @@ def evaluate_command(
         if misplaced:
             fail(f"{', '.join(misplaced)} only apply to another --engine (this run uses --engine {engine}).")
         if engine == "slurm":
-            from talkbench.engines.slurm_engine import SlurmSettings, evaluate_slurm, parse_array
-
             if not slurm_array:
                 fail("--engine slurm needs --slurm-array N (the number of tasks = shards).")
             n_tasks, parallelism = parse_array(slurm_array)
@@ -177,8 +178,6 @@ def _engine(name: str, workers: int | None, address: str | None, gpus_per_worker
         fail(f"--engine must be one of {', '.join(ENGINES)}, got {name!r}.")
     if name == "local":
         return None
-    from talkbench.engines.ray_engine import RayEngine, import_ray
-
     import_ray()  # a missing extra is an error before anything is read or written
     return RayEngine(address=address, workers=workers, gpus_per_worker=gpus_per_worker, batch_clips=batch_clips)
 

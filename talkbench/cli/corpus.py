@@ -1,4 +1,4 @@
-"""``talkbench corpus synth``: generate the synthetic viseme corpus (see talkbench.mini.corpus)."""
+"""``talkbench corpus synth``: generate the synthetic viseme corpus (see talkbench.synthetic.corpus)."""
 
 from __future__ import annotations
 
@@ -9,10 +9,11 @@ from pathlib import Path
 from typing import Optional
 
 import typer
-
 from rich.markup import escape
 
 from talkbench.cli.root import progress_bar, stderr
+from talkbench.synthetic.corpus import synthesize_corpus
+from talkbench.synthetic.speech import EspeakError
 
 # No file= argument: rich looks up sys.stderr at each write (works under CliRunner too).
 
@@ -22,7 +23,7 @@ app = typer.Typer(add_completion=False, no_args_is_help=True,
 
 @app.callback()
 def _corpus() -> None:
-    """Make the synthetic viseme corpus (talkbench.mini)."""
+    """Make the synthetic viseme corpus (talkbench.synthetic)."""
 
 
 @app.command("synth")
@@ -37,9 +38,6 @@ def synth_command(
     as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON on stdout."),
 ) -> None:
     """Generate N train and M test clips (160×160, 25 fps, 16 kHz) with transcripts, face boxes and visemes."""
-    from talkbench.mini.corpus import synthesize_corpus
-    from talkbench.mini.speech import EspeakError
-
     started = time.perf_counter()
     try:
         with progress_bar() as bar:

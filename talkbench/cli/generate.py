@@ -15,6 +15,8 @@ import typer
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
+from talkbench import generate as gen
+from talkbench import weights as weights_mod
 from talkbench.cli.root import fail, parse_weights, stderr, user_errors
 from talkbench.devices import resolve_device
 
@@ -76,8 +78,6 @@ def generate_command(
     strict: bool = typer.Option(False, "--strict", help="Batch form: stop at the first failing clip."),
 ) -> None:
     """Generate a lip-synced video with TalkLip (or a whole suite into a folder `talkbench evaluate` accepts)."""
-    from talkbench import generate as gen
-
     weight_paths = parse_weights(weights)
     ref_frame = parse_reference_frame(reference_frame)
     if suite is not None and reference is None:
@@ -99,8 +99,6 @@ def generate_command(
         resolve_device(device)
         s3fd = None
         if detector == "s3fd" and (reference is not None or boxes is None):     # given boxes need no detector
-            from talkbench import weights as weights_mod
-
             with user_errors(offline_hint=S3FD_HINT):
                 s3fd = weights_mod.resolve("s3fd", weight_paths)
         if reference is not None:
@@ -119,8 +117,6 @@ def _generate_batch(out: Path, reference: Path, suite: str, filelist: Path | Non
                     detector: str, s3fd: Path | None, batch_size: int, weight_paths: dict[str, Path],
                     strict: bool) -> None:
     """The batch form: every reference clip of the suite into ``out``; exit 1 when a clip failed."""
-    from talkbench import generate as gen
-
     jobs = gen.suite_jobs(reference, suite, filelist, boxes_dir)
     generator, path = gen.load_generator(checkpoint, weight_paths, device)
     logger.info("generator %s; %d clip(s) -> %s", path, len(jobs), out)

@@ -13,7 +13,7 @@ import typer
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
 from talkbench.cli.root import parse_weights, stderr
-
+from talkbench.train import TrainError, load_config, train
 
 
 def train_command(
@@ -38,8 +38,6 @@ def train_command(
     no_resume: bool = typer.Option(False, "--no-resume", help="Ignore checkpoints already in --out-dir."),
 ) -> None:
     """Train the TalkLip generator (L1 + GAN + lip-reading expert + contrastive), resumable."""
-    from talkbench.train import TrainError, load_config, train
-
     items = parse_weights(weights)
     try:
         cfg = load_config(config, data_root=data_root, train_list=train_list, val_list=val_list, boxes_root=boxes_root,

@@ -1,6 +1,6 @@
 """``talkbench train-observer lipreader|syncnet``: train the mini observers on a synthetic corpus (CPU).
 
-Thin layer over :mod:`talkbench.mini.train_observers`; the lead wires it with ``register(app)`` (or mounts
+Thin layer over :mod:`talkbench.train.mini_observers`; the lead wires it with ``register(app)`` (or mounts
 ``app`` as the ``train-observer`` group).
 """
 
@@ -12,6 +12,8 @@ from pathlib import Path
 from typing import Optional
 
 import typer
+
+from talkbench.train.mini_observers import lipreader_from_corpus, syncnet_from_corpus
 
 app = typer.Typer(help="Train the mini observers (protocol `mini`) on a synthetic corpus, on CPU.",
                   no_args_is_help=True)
@@ -36,8 +38,6 @@ def lipreader_command(
     cache_dir: Optional[Path] = typer.Option(None, "--cache-dir", help="Keep the decoded corpus here for other runs."),
 ) -> None:
     """Train a mini lip reader (CTC + viseme loss) and print its test WER."""
-    from talkbench.mini.train_observers import lipreader_from_corpus
-
     _setup_logging()
     try:
         meta = lipreader_from_corpus(corpus, out, variant, seed, epochs, batch, lr, max_minutes, threads, n_train,
@@ -61,8 +61,6 @@ def syncnet_command(
     threads: int = typer.Option(2, "--threads"),
 ) -> None:
     """Train a mini SyncNet contrastively and print LSE-C/LSE-D in sync and shifted ±5 frames."""
-    from talkbench.mini.train_observers import syncnet_from_corpus
-
     _setup_logging()
     try:
         meta = syncnet_from_corpus(corpus, out, seed, steps, width, embed_dim, n_train, n_test, max_minutes, threads)

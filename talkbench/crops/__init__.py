@@ -3,7 +3,6 @@
 Modules (each crop is cut by exactly one function; the observers, ``generate``, training and the metrics call
 these):
 
-* :mod:`talkbench.crops.boxes` — THE validation of per-frame face boxes (suites, generation, face crops).
 * :mod:`talkbench.crops.face` — 96×96 face-box crops (PSNR/SSIM/``fd_colour`` and TalkLip's generator input).
 * :mod:`talkbench.crops.mouth` — the lip readers' gray 88×88 mouth crops by recipe (``centre88``,
   ``landmark-aligned``) and the dlib landmarks the second one is aligned with.
@@ -19,8 +18,11 @@ for kinds that have several recipes, the recipe. Keys are made only by the per-k
 ``face_detections``), each of which computes its crop once per clip through :func:`cached`; an unknown kind,
 side or recipe is a ``ValueError``, so two observers cannot keep the same crop under two names.
 
-Layer: below the observers, beside :mod:`talkbench.nets`; imports only the bottom layer (media, faces, jpeg_compat)
-and never observers, protocols, evaluate or the CLI.
+Face boxes are validated by :mod:`talkbench.boxes` (bottom layer: suites read box files with it too).
+
+Layer: below the observers and :mod:`talkbench.lse`, above :mod:`talkbench.faces` (detectors, landmarks, tracks);
+imports faces and the bottom layer (media, boxes, jpeg_compat, reference_ffmpeg), never nets, observers,
+protocols, evaluate or the CLI (the contracts in pyproject.toml).
 """
 
 from __future__ import annotations

@@ -3,7 +3,7 @@
 One operation, used twice by the references and once here: TalkLip's ``evaluation/visual_quality.py`` crops the
 generated and the ground-truth frames with it before PSNR/SSIM, and its ``inf_test.py`` / ``train.py`` crop the
 generator's input faces with it (then scale by 1/255). Boxes are validated by
-:func:`talkbench.crops.boxes.check_boxes`.
+:func:`talkbench.boxes.check_boxes`.
 """
 
 from __future__ import annotations
@@ -13,8 +13,8 @@ import logging
 import cv2
 import numpy as np
 
+from talkbench.boxes import check_boxes
 from talkbench.crops import ClipCache, CropKey, Kind, cached
-from talkbench.crops.boxes import check_boxes
 
 logger = logging.getLogger(__name__)
 
@@ -33,7 +33,7 @@ def face_crops(frames_bgr: np.ndarray, boxes: np.ndarray | None, size: int = FAC
     Returns:
         uint8 ``N×size×size×3``.
     Raises:
-        ValueError: frames that are not uint8 ``N×H×W×3``; :class:`talkbench.crops.boxes.BoxError` for boxes
+        ValueError: frames that are not uint8 ``N×H×W×3``; :class:`talkbench.boxes.BoxError` for boxes
             that :func:`check_boxes` refuses.
     """
     if not isinstance(frames_bgr, np.ndarray) or frames_bgr.dtype != np.uint8 or frames_bgr.ndim != 4 \

@@ -13,7 +13,7 @@ cluster loses at most the clips in flight, and a re-run computes only what is mi
 Failures:
 
 - an observer failing on a clip is an error in that clip's :class:`Measurement`, exactly as in
-  :class:`~talkbench.engines.LocalEngine` (:func:`~talkbench.measure.measure_clip`);
+  :class:`~talkbench.measure.LocalEngine` (:func:`~talkbench.measure.measure_clip`);
 - a worker that dies (killed, out of memory, a crash in native code) is restarted by Ray and its batch is
   retried once (``max_task_retries=1``); a batch that loses its worker twice is dropped from the dataset
   (``DataContext.max_errored_blocks``) instead of failing the run, and its clips are measured again, one
@@ -38,8 +38,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator, Mapping, Sequence
 
-from talkbench.engines import EngineError, OnBuilt
-from talkbench.measure import Measurement, ObserverSetup, measure_clip, provenance
+from talkbench.engines import EngineError
+from talkbench.measure import Measurement, ObserverSetup, OnBuilt, measure_clip, provenance
 from talkbench.suites import ClipPair
 
 logger = logging.getLogger(__name__)
@@ -61,7 +61,7 @@ def import_ray() -> Any:
     """The ``ray`` module with Ray Data, or a :class:`EngineError` naming the pip command."""
     try:
         import ray  # noqa: PLC0415 - optional extra, imported only when this engine runs
-        import ray.data  # noqa: F401,PLC0415
+        import ray.data  # noqa: F401,PLC0415 - optional extra: Ray Data is needed too
     except ImportError as err:
         raise EngineError(f"--engine ray needs Ray Data, which is not installed ({err}); "
                           f"install it with: {INSTALL_HINT}") from None

@@ -7,7 +7,7 @@ Three networks share this file because they share their parts:
   ``encoder.*``, ``mask_emb``, ``label_embs_concat``, ``final_proj.*``). TalkLip's generator uses it audio-only.
 * :class:`TransformerDecoder` — av_hubert's ``decoder.py`` seq2seq decoder (``decoder.*``), with an
   incremental one-token step whose cross-attention keys/values are projected once per clip and shared by
-  every beam of that clip (:mod:`talkbench.decoding` drives it).
+  every beam of that clip (:mod:`talkbench.nets.avhubert_decoding` drives it).
 * :class:`AVHubertSeq2Seq` — ``encoder.w2v_model`` + ``decoder``: the fine-tuned lip reader of WER1.
 
 Sizes come from :class:`AVHubertConfig` (read from a checkpoint's ``cfg`` with
@@ -29,7 +29,7 @@ import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Mapping
+from typing import Any, Mapping
 
 import numpy as np
 import torch
@@ -37,10 +37,10 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 
+from talkbench.audio_features import avhubert_audio_features
+from talkbench.nets.avhubert_tokenizer import Tokenizer, TokenizerError
 from talkbench.nets.checkpoint_keys import CheckpointError, check_state_tensors, key_mismatch, require_shape
-
-if TYPE_CHECKING:
-    from talkbench.tokenizer import Tokenizer
+from talkbench.safe_unpickle import ForeignObject, load_checkpoint
 
 logger = logging.getLogger(__name__)
 
@@ -240,8 +240,6 @@ def _as_plain_dict(obj: Any) -> dict[str, Any]:
         return dict(obj)
     if isinstance(obj, argparse.Namespace):
         return dict(vars(obj))
-    from talkbench.safe_unpickle import ForeignObject
-
     if isinstance(obj, ForeignObject):  # e.g. a pickled omegaconf DictConfig: its content, node values unwrapped
         value = obj.content()
         if isinstance(value, Mapping):
@@ -1061,8 +1059,6 @@ def audio_input(samples_int16: np.ndarray, num_frames: int | None = None, align:
     Returns:
         float32 ``[1, 104, T]``.
     """
-    from talkbench.audio_features import avhubert_audio_features
-
     feats = avhubert_audio_features(np.asarray(samples_int16))
     if num_frames is not None:
         feats = align_audio_to_video(feats, num_frames, align)
@@ -1169,8 +1165,6 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
     Raises:
         CheckpointError: the file holds no ``model`` state dict.
     """
-    from talkbench.safe_unpickle import load_checkpoint
-
     ckpt = load_checkpoint(path, map_location="cpu", mmap=True)
     if not isinstance(ckpt, Mapping) or not isinstance(ckpt.get("model"), Mapping):
         raise CheckpointError(f"{path}: not a fairseq checkpoint (expected a dict with a 'model' state dict, as "
@@ -1275,8 +1269,6 @@ def load_avhubert_seq2seq(path: str | Path, device: str | torch.device = "cpu",
     Raises:
         CheckpointError: not an AV-HuBERT seq2seq file (missing/unexpected keys listed), or no tokenizer.
     """
-    from talkbench.tokenizer import Tokenizer, TokenizerError
-
     ckpt = read_checkpoint(path)
     cfg = seq2seq_config_from_checkpoint(ckpt, path)
     _, task_cfg = checkpoint_cfg(ckpt, path)

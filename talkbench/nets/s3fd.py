@@ -34,6 +34,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from talkbench.nets.checkpoint_keys import check_state_tensors, require_matching_keys
+from talkbench.safe_unpickle import load_checkpoint
 
 logger = logging.getLogger(__name__)
 
@@ -263,8 +264,6 @@ def load_s3fd(path: str | Path, device: str | torch.device = "cpu", variant: str
     Raises:
         ValueError: the file is not an S3FD state dict (missing/unexpected keys listed), or has NaN/Inf weights.
     """
-    from talkbench.safe_unpickle import load_checkpoint
-
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"S3FD checkpoint {path} does not exist; pass --weights s3fd=PATH or use the dlib detector.")

@@ -25,6 +25,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from talkbench.nets.checkpoint_keys import CheckpointError, check_state_tensors, require_matching_keys
+from talkbench.safe_unpickle import load_checkpoint
 
 logger = logging.getLogger(__name__)
 
@@ -274,8 +275,6 @@ def load_syncnet(path: str | Path, device: str | torch.device = "cpu") -> SyncNe
         FileNotFoundError: no such file.
         CheckpointError: not a SyncNet v2 state dict (keys listed), or NaN/Inf weights.
     """
-    from talkbench.safe_unpickle import load_checkpoint
-
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"SyncNet checkpoint {path} does not exist; pass --weights syncnet-v2=PATH.")

@@ -34,7 +34,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from talkbench.nets import avhubert
 from talkbench.nets.checkpoint_keys import CheckpointError, check_state_tensors, key_mismatch
+from talkbench.safe_unpickle import load_checkpoint
 
 logger = logging.getLogger(__name__)
 
@@ -563,8 +565,6 @@ def infer_generator_spec(state_dict: Mapping[str, Tensor], attention_heads: int 
 
 def build_generator(spec: GeneratorSpec) -> TalkLipGenerator:
     """An (untrained) generator of the given sizes, audio encoder included."""
-    from talkbench.nets import avhubert
-
     if spec.audio_kind == "local":
         audio_encoder: nn.Module = LocalAudioEncoder(spec.audio_dim)
     else:
@@ -574,8 +574,6 @@ def build_generator(spec: GeneratorSpec) -> TalkLipGenerator:
 
 def avhubert_config(encoder: Mapping[str, Any]) -> Any:
     """:class:`talkbench.nets.avhubert.AVHubertConfig` from :class:`GeneratorSpec` ``encoder`` sizes."""
-    from talkbench.nets import avhubert
-
     return avhubert.AVHubertConfig.for_talklip(**encoder)
 
 
@@ -625,8 +623,6 @@ def load_talklip_generator(path: str | Path, device: str | torch.device = "cpu",
     Raises:
         CheckpointError: the file is not a TalkLip generator (missing/unexpected keys are listed).
     """
-    from talkbench.safe_unpickle import load_checkpoint
-
     # memory-mapped and assigned: the weights are not held twice while loading
     state_dict = unwrap_state_dict(load_checkpoint(path, map_location="cpu", mmap=True), path)
     return generator_from_state_dict(state_dict, attention_heads, path).to(device).eval()
@@ -634,8 +630,6 @@ def load_talklip_generator(path: str | Path, device: str | torch.device = "cpu",
 
 def load_talklip_discriminator(path: str | Path, device: str | torch.device = "cpu") -> TalkLipDiscriminator:
     """Load the official TalkLip discriminator file (same layout as the generator's); ``eval()`` mode."""
-    from talkbench.safe_unpickle import load_checkpoint
-
     state_dict = unwrap_state_dict(load_checkpoint(path, map_location="cpu"), path)
     check_state_tensors(state_dict, path, "Pass the TalkLip discriminator file (talklip-disc).")
     first = state_dict.get("face_encoder_blocks.0.0.conv_block.0.weight")

@@ -6,7 +6,7 @@ Per clip (as av_hubert's ``infer_s2s.py`` with ``conf/s2s_decode.yaml``, video o
    the full frame (``talklip2023``, the paper's Table 1); ``landmark-aligned`` = dlib-landmark-aligned 96×96
    mouth patches, gray, centre 88 (``avhubert-official``);
 2. ``(x/255 − 0.421)/0.165``, ``[1, 1, T, 88, 88]``;
-3. beam search (:func:`talkbench.decoding.beam_search`: beam 50, lenpen 1, max length = frames);
+3. beam search (:func:`talkbench.nets.avhubert_decoding.beam_search`: beam 50, lenpen 1, max length = frames);
 4. the best hypothesis detokenised; the reference = the transcript lowercased and round-tripped through the
    tokenizer (sentencepiece pieces → dictionary ids → text), exactly what infer_s2s compares against;
 5. word edits (editdistance over whitespace-split words) and character edits.
@@ -34,9 +34,13 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 import torch
 
+from talkbench import weights
 from talkbench.crops import Kind
 from talkbench.crops.mouth import mouth88
 from talkbench.devices import resolve_device
+from talkbench.metrics.text import char_edits, corpus_rate, word_edits
+from talkbench.nets.avhubert import IMAGE_MEAN, IMAGE_STD, load_avhubert_seq2seq, video_input
+from talkbench.nets.avhubert_decoding import S2S_DECODE, beam_search
 from talkbench.observers.base import ClipData, ClipSkipped, ObserverContext, Row
 
 logger = logging.getLogger(__name__)
@@ -52,8 +56,6 @@ def word_and_char_edits(ref: str, hyp: str) -> tuple[int, int, int, int]:
     Words: editdistance over ``str.split()`` lists (infer_s2s). Characters: editdistance over the strings
     with runs of whitespace collapsed to one space (spaces count). Uses :mod:`talkbench.metrics.text`.
     """
-    from talkbench.metrics.text import char_edits, word_edits
-
     edits, n_words = word_edits(ref, hyp)
     chars, n_chars = char_edits(" ".join(ref.split()), " ".join(hyp.split()))
     return int(edits), int(n_words), int(chars), int(n_chars)
@@ -61,8 +63,6 @@ def word_and_char_edits(ref: str, hyp: str) -> tuple[int, int, int, int]:
 
 def summarize(rows: Sequence[Row]) -> dict[str, float]:
     """Corpus WER1/CER1 in percent over stored per-clip rows (NaN without rows or reference words)."""
-    from talkbench.metrics.text import corpus_rate
-
     rows = [r for r in rows if r.get("edits1") is not None]
 
     def rate(edits: str, units: str) -> float:
@@ -107,7 +107,7 @@ class AVHubertObserver:
 
     Attributes:
         model: the seq2seq lip reader (eval mode, on ``device``).
-        tokenizer: its :class:`talkbench.tokenizer.Tokenizer`.
+        tokenizer: its :class:`talkbench.nets.avhubert_tokenizer.Tokenizer`.
         crop_recipe: the mouth crop recipe (``centre88`` or ``landmark-aligned``, ``talkbench.crops.Kind.MOUTH88.recipes``).
         max_frames: longer clips are error rows.
         beam: beam width (50 in the reference).
@@ -131,9 +131,6 @@ class AVHubertObserver:
 
     def transcribe(self, crops: np.ndarray) -> tuple[str, float, list[int]]:
         """Best beam hypothesis of gray crops ``T×88×88``: ``(text, normalised score, tokens)``."""
-        from talkbench.decoding import S2S_DECODE, beam_search
-        from talkbench.nets.avhubert import IMAGE_MEAN, IMAGE_STD, video_input
-
         spec = getattr(self.model, "task_spec", {}) or {}
         video = video_input(crops, spec.get("image_mean", IMAGE_MEAN), spec.get("image_std", IMAGE_STD)).to(self.device)
         settings = dataclasses.replace(S2S_DECODE, beam=self.beam)
@@ -185,9 +182,6 @@ def build(ctx: ObserverContext) -> AVHubertObserver:
     Raises:
         ValueError: unknown crop recipe, bad options, or CUDA asked for but absent.
     """
-    from talkbench import weights
-    from talkbench.nets.avhubert import load_avhubert_seq2seq
-
     if ctx.mouth_roi not in Kind.MOUTH88.recipes:
         raise ValueError(f"Unknown mouth crop recipe `{ctx.mouth_roi}` for WER1; choose from "
                          f"{', '.join(Kind.MOUTH88.recipes)}.")

@@ -19,17 +19,10 @@ import numpy as np
 
 from talkbench.crops import ClipCache
 from talkbench.media import Clip
+from talkbench.statistics import Aggregation, Direction
 
 #: A per-clip measurement: column name -> raw value (float, int, str or None).
 Row = dict[str, Any]
-
-#: Which value of a metric is best: the highest, the lowest, or the one closest to zero (an offset).
-Direction = Literal["higher", "lower", "zero"]
-#: How a metric's dataset value is made from the clips (the protocol's aggregation):
-#: ``clip-mean`` mean over clips; ``frame-mean`` mean over all frames of all clips; ``corpus`` Σ edits / Σ reference
-#: units over the corpus; ``utterance-mean`` mean of per-utterance ratios; ``accuracy`` share of clips right;
-#: ``set`` a statistic of features pooled over the whole suite (e.g. a Fréchet distance).
-Aggregation = Literal["clip-mean", "frame-mean", "corpus", "utterance-mean", "accuracy", "set"]
 
 
 @dataclass(frozen=True)
@@ -38,9 +31,10 @@ class MetricSpec:
 
     Attributes:
         column: the summary column (and, for per-clip metrics, the per-clip column), e.g. ``"lse_c"``.
-        direction: ``higher``, ``lower`` or ``zero`` (best at 0, ranked by absolute value).
+        direction: ``higher``, ``lower`` or ``zero`` (best at 0, ranked by absolute value;
+            :data:`talkbench.statistics.Direction`).
         unit: unit of the value (``"%"``, ``"dB"``, ``"frames"``, ``""``).
-        aggregation: see :data:`Aggregation`.
+        aggregation: see :data:`talkbench.statistics.Aggregation`.
         description: one line for the README, charts and ``--help``.
         per_clip: the per-clip column whose presence says that a clip was scored for this metric (None for a
             set-level metric, which has per-clip features instead).

@@ -23,6 +23,7 @@ import editdistance
 import numpy as np
 import torch
 
+from talkbench import weights
 from talkbench.crops.lipreader_inputs import conformer112
 from talkbench.devices import resolve_device
 from talkbench.metrics.text import corpus_rate, mean_utterance_rate
@@ -197,8 +198,6 @@ def build(ctx: ObserverContext) -> ConformerObserver:
     Option ``conformer_frame_chunk`` (int, default 0 = all frames at once) runs the ResNet front end on that
     many frames at a time, to bound memory on long clips; results do not change.
     """
-    from talkbench import weights
-
     device = resolve_device(ctx.device)
     path, sha = weights.resolve_with_sha(CARD, ctx.weights)
     model = load_conformer(path, device)

@@ -30,6 +30,7 @@ from typing import Mapping, Sequence
 import numpy as np
 import torch
 
+from talkbench import weights
 from talkbench.crops.lipreader_inputs import LRW_SIZE, mvm_lrw112
 from talkbench.devices import resolve_device
 from talkbench.nets.mvm import MAX_FRAMES, NUM_CLASSES, MVMClassifier, load_mvm
@@ -168,8 +169,6 @@ def build(ctx: ObserverContext) -> MVMObserver:
     Options: ``mvm_test_aug`` (bool, default True: add the mirrored clip's logits, as ``--test_aug``);
     ``mvm_long_clips`` (``skip`` | ``center`` | ``first``, default ``skip``) for clips over 29 frames.
     """
-    from talkbench import weights
-
     policy = str(ctx.options.get("mvm_long_clips", "skip"))
     if policy not in LONG_CLIP_POLICIES:
         raise ValueError(f"option mvm_long_clips must be one of {', '.join(LONG_CLIP_POLICIES)}, got {policy!r}.")

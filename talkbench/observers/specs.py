@@ -103,13 +103,13 @@ MVM = ObserverSpec(
                         choices=("skip", "center", "first")),
              OptionSpec("mvm_test_aug", "bool", True, "add the mirrored clip's logits (MVM's --test_aug)")))
 MINI_LIPREADER = ObserverSpec(
-    name="mini-lipreader", module="talkbench.mini.observer_lipreader", cards=("mini-lipreader-b", "mini-lipreader-a"),
+    name="mini-lipreader", module="talkbench.observers.mini_lipreader", cards=("mini-lipreader-b", "mini-lipreader-a"),
     metrics=(WER1, CER1), clip_columns=_WER1_COLUMNS,
     options=(OptionSpec("mini_lexicon", "bool", True, "snap each decoded word to the corpus' 51-word vocabulary"),
              OptionSpec("mini_lipreader", "str", "b", "which mini lip reader scores: b (default) or a",
                         choices=("a", "b"))))
 MINI_SYNCNET = ObserverSpec(
-    name="mini-syncnet", module="talkbench.mini.observer_syncnet", cards=("mini-syncnet", "s3fd"),
+    name="mini-syncnet", module="talkbench.observers.mini_syncnet", cards=("mini-syncnet", "s3fd"),
     metrics=(LSE_C, LSE_D, AV_OFFSET), clip_columns=SYNCNET.clip_columns, options=LSE_OPTIONS)
 COLOUR_STATS = ObserverSpec(
     name="colour_stats", module="talkbench.observers.colour_stats", cards=(),

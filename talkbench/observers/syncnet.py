@@ -43,9 +43,10 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 import torch
 
-from talkbench import faces, jpeg_compat, lse
+from talkbench import faces, jpeg_compat, lse, weights
 from talkbench.crops.syncnet import crop_track, face_detections, syncnet224
 from talkbench.devices import resolve_device
+from talkbench.nets.syncnet import load_syncnet
 from talkbench.observers.base import ClipData, ClipSkipped, ObserverContext, Row
 from talkbench.reference_ffmpeg import ReferenceFFmpegError
 
@@ -229,8 +230,6 @@ def observer_around(model: Any, card: str, sha: str, ctx: ObserverContext, name:
     and records the provenance: the network's (``card`` = ``sha``) and the detector's sha256 prefixes and the
     JPEG route.
     """
-    from talkbench import weights
-
     options = LSEOptions.from_mapping(ctx.options)
     provenance = {card: sha}
     s3fd_path = None
@@ -248,9 +247,6 @@ def observer_around(model: Any, card: str, sha: str, ctx: ObserverContext, name:
 
 def build(ctx: ObserverContext) -> SyncNetObserver:
     """Load ``syncnet-v2`` (and ``s3fd`` when pipeline mode uses it) on ``ctx.device``."""
-    from talkbench import weights
-    from talkbench.nets.syncnet import load_syncnet
-
     LSEOptions.from_mapping(ctx.options)  # bad options fail before a checkpoint is looked for
     path, sha = weights.resolve_with_sha(CARD, ctx.weights)
     return observer_around(load_syncnet(path, resolve_device(ctx.device)), CARD, sha, ctx)

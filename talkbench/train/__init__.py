@@ -2,7 +2,16 @@
 
 ``load_config`` gives the reference settings (``talklip_reference.toml``) with overrides; ``train`` runs a
 resumable training; :class:`TalkLipTrainer` exposes single steps and validation for scripts and tests.
-The losses themselves are public in :mod:`talkbench.losses`.
+
+Everything training lives in this package:
+
+- :mod:`talkbench.train.config` / :mod:`talkbench.train.loop` — settings and the TalkLip training loop;
+- :mod:`talkbench.train.losses` — the losses (lip reading, contrastive, GAN, L1) and hybrid-video helpers, public;
+- :mod:`talkbench.train.mini_expert` — a mini lip reader as the frozen expert (TalkLip-mini);
+- :mod:`talkbench.train.ablation` — the paper's ablation in miniature (train, generate, evaluate, report);
+- :mod:`talkbench.train.mini_observers` — training of the mini observers' networks on the synthetic corpus.
+
+Layer: above evaluate and generate (the ablation runs both; validation scores with an observer), below the CLI.
 """
 
 from talkbench.train.config import TrainConfig, load_config

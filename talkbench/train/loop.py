@@ -45,17 +45,25 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from talkbench import media, weights
 from talkbench.audio_features import avhubert_audio_features
-from talkbench.crops.boxes import check_boxes
+from talkbench.boxes import check_boxes
 from talkbench.crops.face import face_crops
-from talkbench.generate import generator_inputs
-from talkbench.losses import (LipReadingLoss, pick_rows, collate_targets, compose_hybrid_video,
-                              expert_video_input, gan_discriminator_loss, gan_generator_loss, l1_reconstruction,
-                              sample_span_starts, span_frames)
+from talkbench.generate import generator_inputs, synthesize
+from talkbench.media import Clip
+from talkbench.nets.avhubert import AVHubertConfig, AVHubertModel, load_avhubert_seq2seq, read_checkpoint
+from talkbench.nets.mini_lipreader import MiniLipReader, load_lipreader
 from talkbench.nets.talklip import (LocalAudioEncoder, TalkLipAudioEncoder, TalkLipDiscriminator, TalkLipGenerator,
-                                    UNetChannels, encoder_heads, load_talklip_generator, save_talklip_checkpoint,
-                                    unwrap_state_dict)
+                                    UNetChannels, encoder_heads, load_talklip_discriminator, load_talklip_generator,
+                                    save_talklip_checkpoint, unwrap_state_dict)
+from talkbench.observers import ClipData, ClipSkipped, ObserverContext
+from talkbench.protocols import build_observers
+from talkbench.safe_unpickle import load_checkpoint
 from talkbench.train.config import TrainConfig
+from talkbench.train.losses import (LipReadingLoss, collate_targets, compose_hybrid_video, expert_video_input,
+                                    gan_discriminator_loss, gan_generator_loss, l1_reconstruction, pick_rows,
+                                    sample_span_starts, span_frames)
+from talkbench.train.mini_expert import CharTokenizer, MiniLipReadingLoss, is_mini_lipreader
 
 logger = logging.getLogger(__name__)
 
@@ -153,7 +161,6 @@ class ClipLoader:
     def __call__(self, clip: TrainClip) -> LoadedClip:
         if clip.clip_id in self._cache:
             return self._cache[clip.clip_id]
-        from talkbench import media
 
         decoded = media.decode_clip(clip.video, need_audio=clip.audio is None)
         frames = decoded.frames
@@ -258,8 +265,6 @@ AUDIO_ENCODERS = ("expert", "transformer", "local")
 
 def expert_feature_dim(expert: nn.Module) -> int:
     """Width of the expert's visual features (the contrastive head's target width)."""
-    from talkbench.mini.lipreader import MiniLipReader
-
     if isinstance(expert, MiniLipReader):
         return int(expert.cfg.dim)
     return int(expert.encoder.w2v_model.cfg.encoder_embed_dim)
@@ -268,8 +273,6 @@ def expert_feature_dim(expert: nn.Module) -> int:
 def new_generator(config: TrainConfig, expert: nn.Module) -> TalkLipGenerator:
     """A generator with a newly initialised audio encoder (``audio_encoder`` = transformer or local) and
     U-Net widths divided by ``generator_width``; every parameter trains."""
-    from talkbench.nets.avhubert import AVHubertConfig, AVHubertModel
-
     channels = UNetChannels.scaled(config.generator_width)
     if config.audio_encoder == "local":
         audio: nn.Module = LocalAudioEncoder(config.audio_dim)
@@ -284,9 +287,6 @@ def new_generator(config: TrainConfig, expert: nn.Module) -> TalkLipGenerator:
 
 def build_lip_loss(expert: nn.Module, label_smoothing: float) -> nn.Module:
     """The lip-reading loss for this expert: seq2seq cross-entropy (AV-HuBERT) or CTC (mini lip reader)."""
-    from talkbench.mini.expert import MiniLipReadingLoss
-    from talkbench.mini.lipreader import MiniLipReader
-
     if isinstance(expert, MiniLipReader):
         return MiniLipReadingLoss(expert)
     return LipReadingLoss(expert, label_smoothing, pad=getattr(expert, "pad", 1))
@@ -310,8 +310,6 @@ DEFAULT_LABEL_SMOOTHING = 0.1   # av_hubert conf/finetune/*.yaml
 def expert_label_smoothing(path: Path) -> float:
     """The label smoothing of the expert's own training criterion (``cfg.criterion.label_smoothing``), as the
     reference builds its criterion from it; 0.1 (av_hubert's fine-tuning configs) when the file has none."""
-    from talkbench.nets.avhubert import read_checkpoint
-
     cfg = read_checkpoint(path).get("cfg")
     try:
         value = cfg["criterion"]["label_smoothing"]  # type: ignore[index]
@@ -323,20 +321,13 @@ def expert_label_smoothing(path: Path) -> float:
 def load_expert(config: TrainConfig) -> tuple[nn.Module, Any, float]:
     """The frozen lip-reading expert, its tokenizer and the label smoothing to use, from a card name or a file.
 
-    An AV-HuBERT seq2seq file (the reference) or a mini lip reader (:mod:`talkbench.mini.expert`; label
+    An AV-HuBERT seq2seq file (the reference) or a mini lip reader (:mod:`talkbench.train.mini_expert`; label
     smoothing does not apply to its CTC loss and is reported as 0).
     """
-    from talkbench.mini.expert import CharTokenizer, is_mini_lipreader
-    from talkbench.nets.avhubert import load_avhubert_seq2seq
-
     path = Path(config.expert)
     if not path.is_file():
-        from talkbench import weights
-
         path = weights.resolve(config.expert, config.weights)
     if is_mini_lipreader(str(path)):
-        from talkbench.mini.lipreader import load_lipreader
-
         mini, _ = load_lipreader(path, device=config.device)
         return mini.eval(), CharTokenizer(), 0.0
     model, tokenizer = load_avhubert_seq2seq(path, device=config.device)
@@ -452,7 +443,7 @@ class TalkLipTrainer:
         Args:
             faces: generated faces in [0, 1] of all picked frames of the batch, clip after clip (``ΣP×3×96×96``).
         Returns:
-            ``B×1×T×88×88``, T = the batch's audio length (:func:`talkbench.losses.expert_video_input`).
+            ``B×1×T×88×88``, T = the batch's audio length (:func:`talkbench.train.losses.expert_video_input`).
         """
         hybrids, start = [], 0
         for frames, boxes, picked in zip(batch.frames, batch.boxes, batch.picked):
@@ -547,11 +538,6 @@ class TalkLipTrainer:
     def observer_wer(self, clips: Sequence[TrainClip]) -> dict[str, float]:
         """Corpus WER of fully generated validation clips (inf_test procedure: identity = frame 0, every
         frame generated) as the WER1 lip-reading observer scores them (beam search)."""
-        from talkbench.generate import synthesize
-        from talkbench.media import Clip
-        from talkbench.observers import ClipData, ClipSkipped, ObserverContext
-        from talkbench.protocols import build_observers
-
         if self._observer is None:
             ctx = ObserverContext(device=self.config.device, protocol="talklip2023", weights=dict(self.config.weights),
                                   options={"avhubert_beam": self.config.val_observer_beam})
@@ -589,8 +575,6 @@ class TalkLipTrainer:
 
     def resume(self) -> bool:
         """Continue from ``latest.json`` in ``out_dir``; returns False when there is nothing to resume."""
-        from talkbench.safe_unpickle import load_checkpoint
-
         latest = self.out_dir / "latest.json"
         if not latest.is_file():
             return False
@@ -688,8 +672,6 @@ def build_trainer(config: TrainConfig, train_clips: Sequence[TrainClip] | None =
         generator = new_generator(config, expert)
     discriminator = TalkLipDiscriminator(config.generator_width)
     if config.discriminator_init is not None:
-        from talkbench.nets.talklip import load_talklip_discriminator
-
         discriminator = load_talklip_discriminator(config.discriminator_init)
     if train_clips is None:
         if config.data_root is None or config.train_list is None:

@@ -28,7 +28,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from talkbench.mini.speech import PhonemeEvent, strip_stress
+from talkbench.synthetic.speech import PhonemeEvent, strip_stress
 
 logger = logging.getLogger(__name__)
 
@@ -131,7 +131,7 @@ def visemes_of(symbol: str) -> tuple[str, ...]:
     if key.startswith("_"):  # every pause variant is silence
         return ("sil",)
     raise UnknownPhoneme(f"No viseme for espeak-ng phoneme {symbol!r}; add it to PHONEME_TO_VISEMES "
-                         f"in talkbench/mini/visemes.py and to docs/VISEMES.md.")
+                         f"in talkbench/synthetic/visemes.py and to docs/VISEMES.md.")
 
 
 @dataclass(frozen=True)

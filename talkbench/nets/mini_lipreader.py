@@ -1,6 +1,6 @@
 """The mini lip reader: a small video front-end + AV-HuBERT's transformer encoder + CTC over characters.
 
-Built for the synthetic corpus (:mod:`talkbench.mini.corpus`) and trainable on 2 CPU cores in minutes.
+Built for the synthetic corpus (:mod:`talkbench.synthetic.corpus`) and trainable on 2 CPU cores in minutes.
 It is NOT the AV-HuBERT lip reader: AV-HuBERT's ResNet-18 video trunk (11 M parameters) is replaced by a
 narrow front-end of our own, and its seq2seq decoder by a CTC head; what is kept is the transformer
 encoder (:class:`talkbench.nets.avhubert.TransformerEncoder`, convolutional positions + pre-LN layers)
@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
+import editdistance
 import numpy as np
 import torch
 import torch.nn as nn
@@ -37,6 +38,7 @@ import torch.nn.functional as F
 from talkbench.nets.avhubert import IMAGE_MEAN, IMAGE_STD, AVHubertConfig, TransformerEncoder
 from talkbench.nets.checkpoint_keys import (CheckpointError, bounded_int, check_state_tensors, config_value,
                                             require_matching_keys, require_shape)
+from talkbench.safe_unpickle import load_checkpoint
 
 logger = logging.getLogger(__name__)
 
@@ -45,7 +47,7 @@ FORMAT_VERSION = 1
 #: CTC output alphabet: index 0 = blank, 1 = space, 2.. = letters.
 ALPHABET: str = " abcdefghijklmnopqrstuvwxyz"
 BLANK = 0
-N_VISEMES = 16                  # len(talkbench.mini.visemes.VISEMES)
+N_VISEMES = 16                  # len(talkbench.synthetic.visemes.VISEMES)
 N_MOUTH_PARAMS = 6
 #: Upper bounds of a mini lip reader's config fields. The shipped readers are 96-128 wide with 2-3 layers
 #: (0.2-0.5 M parameters); these bounds (AV-HuBERT Base's encoder at most: 12 layers × 512, FFN 2048, a
@@ -173,8 +175,6 @@ def greedy_decode(log_probs: torch.Tensor) -> tuple[str, float]:
 
 def snap_to_lexicon(text: str, lexicon: Sequence[str]) -> str:
     """Replace each word by the nearest lexicon word (character edit distance; ties: lexicon order)."""
-    import editdistance
-
     words = []
     for word in text.split():
         words.append(min(lexicon, key=lambda w: editdistance.eval(w, word)))
@@ -201,15 +201,13 @@ def load_lipreader(path: str | Path, device: str | torch.device = "cpu") -> tupl
         CheckpointError: (a ValueError) a missing config entry, a size beyond :data:`MINI_LIPREADER_BOUNDS` or not
             matching the stored tensors (checked before the model is built), or non-finite weights.
     """
-    from talkbench.safe_unpickle import load_checkpoint
-
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"Mini lip-reader checkpoint {path} does not exist; train one with "
                                 "`talkbench train-observer lipreader` or pass --weights NAME=PATH.")
     obj = load_checkpoint(path, map_location="cpu", mmap=False)
     if not isinstance(obj, Mapping) or obj.get("format") != FORMAT:
-        raise ValueError(f"{path} is not a {FORMAT} checkpoint (written by talkbench.mini.lipreader.save_lipreader).")
+        raise ValueError(f"{path} is not a {FORMAT} checkpoint (written by talkbench.nets.mini_lipreader.save_lipreader).")
     cfg, state = _checked_config(obj, path)
     model = MiniLipReader(cfg)
     require_matching_keys(model.state_dict(), state, path, "a state dict that matches its config", _FIX)

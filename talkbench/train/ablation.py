@@ -30,7 +30,15 @@ from multiprocessing import get_context
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
+import torch
+
+from talkbench.evaluate import EvaluateConfig, evaluate
+from talkbench.generate import generate_reference_folder
+from talkbench.nets.talklip import unwrap_state_dict
+from talkbench.safe_unpickle import load_checkpoint
 from talkbench.summary import write_csv
+from talkbench.train import load_config
+from talkbench.train.loop import build_trainer
 
 logger = logging.getLogger(__name__)
 
@@ -86,9 +94,6 @@ def run_dir(out: Path, config: str, seed: int) -> Path:
 def train_generator(corpus: Path, out: Path, config: str, seed: int, steps: int = DEFAULT_STEPS,
                     threads: int = 1) -> Path:
     """Train (or resume / reuse) one configuration; returns the generator checkpoint of step ``steps``."""
-    from talkbench.train import load_config
-    from talkbench.train.loop import build_trainer
-
     train_dir = run_dir(out, config, seed) / "train"
     final = train_dir / f"checkpoint_step{steps:09d}.pth"
     if final.is_file():
@@ -106,8 +111,6 @@ def train_generator(corpus: Path, out: Path, config: str, seed: int, steps: int 
 
 def evaluate_split(generated: Path, reference: Path, out: Path, model: str) -> dict[str, Any]:
     """Score ``generated`` against ``reference`` under protocol ``mini``; returns the summary row."""
-    from talkbench.evaluate import EvaluateConfig, evaluate
-
     # no metrics named: the mini protocol's default metrics (WER/CER, LSE, PSNR/SSIM)
     config = EvaluateConfig(generated=Path(generated), reference=Path(reference), out=Path(out), metrics=(),
                             suite="lrs2", model=model, split="mini-test", protocol="mini")
@@ -117,10 +120,6 @@ def evaluate_split(generated: Path, reference: Path, out: Path, model: str) -> d
 def run_one(corpus: Path, out: Path, config: str, seed: int, steps: int = DEFAULT_STEPS, threads: int = 1,
             ) -> dict[str, Any]:
     """Train, generate and evaluate one (configuration, seed); returns the summary row."""
-    import torch
-
-    from talkbench.generate import generate_reference_folder
-
     torch.set_num_threads(threads)
     _worker_logging()
     checkpoint = train_generator(corpus, out, config, seed, steps, threads)
@@ -133,8 +132,6 @@ def run_one(corpus: Path, out: Path, config: str, seed: int, steps: int = DEFAUL
 
 def evaluate_ground_truth(corpus: Path, out: Path, threads: int = 1) -> dict[str, Any]:
     """The test split scored against itself (the ceiling row)."""
-    import torch
-
     torch.set_num_threads(threads)
     _worker_logging()
     reference = Path(corpus) / "test"
@@ -260,7 +257,7 @@ def markdown(table: Sequence[Mapping[str, Any]]) -> str:
 
 def plot(table: Sequence[Mapping[str, Any]], path: Path) -> None:
     """One panel per metric: bars = mean over seeds, error bars = standard deviation."""
-    import matplotlib
+    import matplotlib  # lazy: matplotlib (~0.5 s to import) only when the report draws its chart
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -322,11 +319,6 @@ def best_run(out: Path, config: str | None = None, metric: str = "wer1") -> Path
 
 def export_generator(checkpoint: Path, dest: Path) -> Path:
     """Copy a trained generator as a small inference file (TalkLip layout, no optimizer state)."""
-    import torch
-
-    from talkbench.nets.talklip import unwrap_state_dict
-    from talkbench.safe_unpickle import load_checkpoint
-
     obj = load_checkpoint(checkpoint, map_location="cpu")
     state = {k: v.detach().clone() for k, v in unwrap_state_dict(obj, checkpoint).items()}
     payload = {"state_dict": state, "optimizer": None, "global_step": int(obj.get("global_step", 0)),

@@ -18,6 +18,7 @@ import torch
 from talkbench.nets.checkpoint_keys import (CheckpointError, bounded_int, check_state_tensors, config_value,
                                             require_matching_keys, require_shape)
 from talkbench.nets.syncnet import EMBED_DIM, SyncNet, _scaled
+from talkbench.safe_unpickle import load_checkpoint
 
 logger = logging.getLogger(__name__)
 
@@ -57,15 +58,13 @@ def load_mini_syncnet(path: str | Path, device: str | torch.device = "cpu") -> t
         CheckpointError: (a ValueError) a missing entry, a width/embed_dim beyond the bounds or not matching the
             stored tensors (checked before the model is built), or non-finite weights.
     """
-    from talkbench.safe_unpickle import load_checkpoint
-
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"Mini SyncNet checkpoint {path} does not exist; train one with "
                                 "`talkbench train-observer syncnet` or pass --weights mini-syncnet=PATH.")
     obj = load_checkpoint(path, map_location="cpu", mmap=False)
     if not isinstance(obj, Mapping) or obj.get("format") != FORMAT:
-        raise ValueError(f"{path} is not a {FORMAT} checkpoint (written by talkbench.mini.syncnet_mini).")
+        raise ValueError(f"{path} is not a {FORMAT} checkpoint (written by talkbench.nets.mini_syncnet).")
     width, embed_dim, state = _checked_config(obj, path)
     model = build_mini_syncnet(width, embed_dim)
     require_matching_keys(model.state_dict(), state, path, f"a width-{width} SyncNet state", _FIX)

@@ -1,7 +1,8 @@
 """The one validation of per-frame face boxes (TalkLip's bbx files, detector output, a suite's ``.npy`` files).
 
 Used by :func:`talkbench.suites.load_boxes`, :func:`talkbench.generate.face_boxes`, training's clip loader
-and :func:`talkbench.crops.face.face_crops`, so that a bad box gives the same error wherever it is met.
+and :func:`talkbench.crops.face.face_crops`, so that a bad box gives the same error wherever it is met. In the
+bottom layer (numpy only) so that suites, which read box files, need nothing above them.
 """
 
 from __future__ import annotations

@@ -26,10 +26,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+import cv2
 import numpy as np
 
 from talkbench import __version__
-from talkbench.mini import grammar, render, speech, visemes
+from talkbench.media import write_clip
+from talkbench.synthetic import grammar, render, speech, visemes
 
 logger = logging.getLogger(__name__)
 
@@ -169,8 +171,6 @@ def write_clip_files(clip: SynthClip, split_dir: Path, codec: str = "h264", crf:
     The sidecars come first and the video last (written atomically by :func:`talkbench.media.write_clip`),
     so an interrupted run never leaves a video without its transcript and boxes.
     """
-    from talkbench.media import write_clip  # media imports PyAV; only needed when writing
-
     folder = split_dir / "main" / clip.speaker
     folder.mkdir(parents=True, exist_ok=True)
     (folder / f"{clip.utt}.txt").write_text(transcript_text(clip), encoding="utf-8")
@@ -199,11 +199,7 @@ def _run_job(job: _Job) -> tuple[str, str, float, int]:
 
 def _worker_init() -> None:
     # Each worker is one of `workers` processes: keep OpenCV and BLAS from starting threads of their own.
-    try:
-        import cv2
-        cv2.setNumThreads(1)
-    except ImportError:  # pragma: no cover
-        pass
+    cv2.setNumThreads(1)
 
 
 def synthesize_corpus(out_dir: Path | str, n_train: int, n_test: int, seed: int = 0, workers: int = 1, *,
@@ -216,13 +212,13 @@ def synthesize_corpus(out_dir: Path | str, n_train: int, n_test: int, seed: int 
         n_train, n_test: number of clips per split.
         seed: the corpus seed; the same seed gives identical frames and audio.
         workers: processes to use (1 = in this process).
-        n_identities: how many faces/voices to draw from (see :mod:`talkbench.mini.render`).
+        n_identities: how many faces/voices to draw from (see :mod:`talkbench.synthetic.render`).
         codec, crf: video encoding, passed to :func:`talkbench.media.write_clip`.
         progress: called as ``progress(done, total)`` after each clip.
 
     Raises:
         ValueError: a count is negative, workers < 1 or n_identities < 1.
-        talkbench.mini.speech.EspeakError: espeak-ng is not installed (the message says how to install it).
+        talkbench.synthetic.speech.EspeakError: espeak-ng is not installed (the message says how to install it).
     """
     for name, value, low in (("n_train", n_train, 0), ("n_test", n_test, 0), ("workers", workers, 1),
                              ("n_identities", n_identities, 1)):

@@ -8,6 +8,9 @@ clip cache), references normalised as the protocol says (``mini``: lowercased); 
 
 Options: ``mini_lexicon`` (default true): snap each decoded word to the nearest word of the corpus' 51-word
 vocabulary; ``mini_lipreader`` (``b`` default, or ``a``): which card to score with.
+
+The network is :mod:`talkbench.nets.mini_lipreader`; its weights were trained by
+:mod:`talkbench.train.mini_observers` on the synthetic corpus (:mod:`talkbench.synthetic`).
 """
 
 from __future__ import annotations
@@ -18,10 +21,13 @@ from typing import Any, Mapping, Sequence
 
 import torch
 
+from talkbench import weights
 from talkbench.devices import resolve_device
 from talkbench.metrics.text import normalize_text
+from talkbench.nets.mini_lipreader import load_lipreader, transcribe
 from talkbench.observers.avhubert import lipreader_crops, summarize, wer1_row
 from talkbench.observers.base import ClipData, ClipSkipped, ObserverContext, Row
+from talkbench.synthetic import grammar
 
 logger = logging.getLogger(__name__)
 
@@ -51,8 +57,6 @@ class MiniLipReaderObserver:
 
     def transcribe(self, crops: Any) -> tuple[str, float, list[int]]:
         """Greedy CTC reading of gray crops ``T×88×88``: ``(text, mean best-path log-probability, [])``."""
-        from talkbench.mini.lipreader import transcribe
-
         text, score = transcribe(self.model, crops, self.device, self.lexicon)
         return text, score, []
 
@@ -76,10 +80,6 @@ def build(ctx: ObserverContext) -> MiniLipReaderObserver:
     Raises:
         ValueError: bad option values, or CUDA asked for but absent.
     """
-    from talkbench import weights
-    from talkbench.mini import grammar
-    from talkbench.mini.lipreader import load_lipreader
-
     which = str(ctx.options.get("mini_lipreader", "b")).lower()
     if which not in CARDS:
         raise ValueError(f"Option `mini_lipreader` must be one of {sorted(CARDS)}, got {which!r}.")

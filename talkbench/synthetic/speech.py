@@ -148,7 +148,7 @@ class Espeak:
 
     def __init__(self) -> None:
         try:
-            import espeakng_loader
+            import espeakng_loader  # lazy: optional extra (talkbench[synth]), needed only to speak
         except ImportError as exc:  # pragma: no cover - depends on the environment
             raise EspeakError(INSTALL_HINT) from exc
         try:

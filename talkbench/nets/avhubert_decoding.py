@@ -1,4 +1,4 @@
-"""Beam search and teacher forcing for the AV-HuBERT seq2seq lip reader.
+"""Beam search and teacher forcing for the AV-HuBERT seq2seq lip reader (:mod:`talkbench.nets.avhubert`).
 
 :func:`beam_search` gives the hypotheses of av_hubert's ``infer_s2s.py`` with its ``s2s_decode.yaml``
 settings (av_hubert ``sequence_generator.py`` + fairseq ``search.BeamSearch``): beam 50, length penalty 1,
@@ -13,6 +13,8 @@ the clip's beams (the reference copies the encoder output 50 times and projects 
 self-attention caches are reordered between steps.
 
 :func:`teacher_forced_nll` scores a given transcript (``</s>`` + target[:-1] fed to the decoder).
+
+AV-HuBERT only: the WER1 observer (:mod:`talkbench.observers.avhubert`) decodes with it.
 """
 
 from __future__ import annotations
@@ -310,7 +312,7 @@ def teacher_forced_nll(model: AVHubertSeq2Seq, video: Tensor | None, padding_mas
     Args:
         model: the seq2seq lip reader.
         video: ``[B, 1, T, 88, 88]`` or None; padding_mask: ``[B, T]`` bool or None; audio: ``[B, 104, T]`` or None.
-        target_tokens: per clip, token ids ending with ``</s>`` (:meth:`talkbench.tokenizer.Tokenizer.encode`),
+        target_tokens: per clip, token ids ending with ``</s>`` (:meth:`talkbench.nets.avhubert_tokenizer.Tokenizer.encode`),
             or a right-padded ``[B, L]`` tensor.
     Returns:
         ``[B]`` summed NLL over each target's tokens (``</s>`` included, pads excluded). Differentiable

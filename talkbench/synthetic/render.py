@@ -13,7 +13,7 @@ from its index. (The other sample images were checked: ``camera`` is a profile h
 camcorder, ``chelsea`` is a cat whose picture ends just under its nose, ``lfw_subset`` faces are
 25×25 px with no clear licence; the rest need a download or are not faces.) Per clip we add small head motion, lighting
 changes and sensor noise; per frame we draw the mouth from the six parameters of
-:mod:`talkbench.mini.visemes` and open the jaw (the chin moves down with the lower lip).
+:mod:`talkbench.synthetic.visemes` and open the jaw (the chin moves down with the lower lip).
 
 Coordinates are (x, y) pixels of the 160×160 output frame unless a name says ``canvas``.
 """
@@ -104,7 +104,7 @@ class Identity:
 
 def _load_skimage(name: str) -> np.ndarray:
     try:
-        import skimage.data
+        import skimage.data  # lazy: optional extra (talkbench[synth]), needed only to draw the portraits
     except ImportError as exc:  # pragma: no cover - depends on the environment
         raise ImportError("The mini corpus draws faces from scikit-image's sample images; "
                           "install it with `pip install scikit-image`.") from exc
@@ -469,7 +469,7 @@ def render_frames(ident: Identity, params: np.ndarray, style: ClipStyle, noise_r
 
     Args:
         ident: the face.
-        params: float ``T×6`` mouth parameters per frame (see :data:`talkbench.mini.visemes.PARAMS`).
+        params: float ``T×6`` mouth parameters per frame (see :data:`talkbench.synthetic.visemes.PARAMS`).
         style: head motion and lighting of the clip.
         noise_rng: generator of the sensor noise.
         fps: frame rate (sets the speed of head motion and lighting changes).

@@ -8,6 +8,8 @@ fairseq's ``SentencepieceBPE.decode`` (remove spaces, ``▁`` → space, strip).
 Both halves come either from a checkpoint's ``task_state`` (``target_dictionary`` = a pickled fairseq
 Dictionary, ``s2s_tokenizer`` = a pickled SentencepieceBPE holding a SentencePieceProcessor whose state
 is the serialized model) or from files: the sentencepiece ``.model`` and a fairseq ``dict.txt``.
+
+AV-HuBERT only: loaded with the seq2seq model by :func:`talkbench.nets.avhubert.load_avhubert_seq2seq`.
 """
 
 from __future__ import annotations
@@ -17,6 +19,10 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
+
+import sentencepiece as spm
+
+from talkbench.safe_unpickle import load_checkpoint
 
 logger = logging.getLogger(__name__)
 
@@ -119,8 +125,6 @@ class Tokenizer:
     """
 
     def __init__(self, dictionary: Dictionary, model_proto: bytes) -> None:
-        import sentencepiece as spm
-
         self.dictionary = dictionary
         try:
             self.sp = spm.SentencePieceProcessor(model_proto=model_proto)
@@ -160,8 +164,6 @@ class Tokenizer:
     @classmethod
     def from_task_state_file(cls, path: str | Path) -> "Tokenizer":
         """From a standalone pickled task_state (e.g. TalkLip's ``task_state.pt``), read with the restricted unpickler."""
-        from talkbench.safe_unpickle import load_checkpoint
-
         return cls.from_task_state(load_checkpoint(path), str(path))
 
     # -- text <-> ids ----------------------------------------------------------------------------------

@@ -1,11 +1,11 @@
 """A mini lip reader as the frozen lip-reading expert of ``talkbench train`` (the TalkLip-mini ablation).
 
 TalkLip's expert is an AV-HuBERT seq2seq model scored by teacher-forced cross-entropy
-(:class:`talkbench.losses.LipReadingLoss`). The mini lip readers (:mod:`talkbench.mini.lipreader`) are CTC
+(:class:`talkbench.train.losses.LipReadingLoss`). The mini lip readers (:mod:`talkbench.nets.mini_lipreader`) are CTC
 models, so the mini expert's loss is the CTC loss of the hybrid video against the transcript, summed over the
 batch (like the reference's loss, summed over target tokens). Everything else of the training step stays as it
-is: the same hybrid video (:func:`talkbench.losses.compose_hybrid_video`), the same expert input
-(:func:`talkbench.losses.expert_video_input`: grey, centre 88×88, AV-HuBERT normalisation — the crop and
+is: the same hybrid video (:func:`talkbench.train.losses.compose_hybrid_video`), the same expert input
+(:func:`talkbench.train.losses.expert_video_input`: grey, centre 88×88, AV-HuBERT normalisation — the crop and
 normalisation the mini lip readers were trained with), and the expert's encoder output as the visual side of
 the contrastive loss.
 
@@ -18,12 +18,14 @@ from __future__ import annotations
 
 from typing import Sequence
 
+import editdistance
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from talkbench.losses import EOS, PAD, FrozenExpertLoss, LipReadingOutput
-from talkbench.mini.lipreader import BLANK, encode_text, greedy_decode
+from talkbench.nets.mini_lipreader import ALPHABET, BLANK, FORMAT, encode_text, greedy_decode
+from talkbench.safe_unpickle import UnsafeCheckpointError, load_checkpoint
+from talkbench.train.losses import EOS, PAD, FrozenExpertLoss, LipReadingOutput
 
 #: token id = CTC id + TOKEN_OFFSET (CTC ids: 1 = space, 2.. letters; 0 = blank is never a target)
 TOKEN_OFFSET = 2
@@ -41,8 +43,6 @@ class CharTokenizer:
 
     def decode(self, ids: Sequence[int]) -> str:
         """Shifted ids (pad/eos ignored) -> text."""
-        from talkbench.mini.lipreader import ALPHABET
-
         return "".join(ALPHABET[i - TOKEN_OFFSET - 1] for i in ids if i > EOS)
 
 
@@ -53,8 +53,8 @@ def ctc_targets(target: Tensor) -> tuple[Tensor, Tensor]:
 
 
 class MiniLipReadingLoss(FrozenExpertLoss):
-    """CTC loss of a frozen :class:`talkbench.mini.lipreader.MiniLipReader` on (hybrid) videos; same call
-    and output as :class:`talkbench.losses.LipReadingLoss`.
+    """CTC loss of a frozen :class:`talkbench.nets.mini_lipreader.MiniLipReader` on (hybrid) videos; same call
+    and output as :class:`talkbench.train.losses.LipReadingLoss`.
 
     Args:
         expert: the mini lip reader (kept in eval mode, parameters frozen; BatchNorm statistics stay fixed).
@@ -65,7 +65,7 @@ class MiniLipReadingLoss(FrozenExpertLoss):
         """Score videos against transcripts.
 
         Args:
-            video: ``B×1×T×88×88`` normalised expert input (:func:`talkbench.losses.expert_video_input`).
+            video: ``B×1×T×88×88`` normalised expert input (:func:`talkbench.train.losses.expert_video_input`).
             padding_mask: ``B×T`` bool, True on padded frames.
             target: ``B×L`` ids from :class:`CharTokenizer` (collated); ``prev_output_tokens`` is unused (CTC).
         Returns:
@@ -86,8 +86,6 @@ class MiniLipReadingLoss(FrozenExpertLoss):
 
     @staticmethod
     def _edits(log_probs: Tensor, lengths: Tensor, target: Tensor) -> int:
-        import editdistance
-
         tokenizer = CharTokenizer()
         edits = 0
         for row, n, ids in zip(log_probs, lengths.tolist(), target.tolist()):
@@ -99,14 +97,11 @@ class MiniLipReadingLoss(FrozenExpertLoss):
 def is_mini_lipreader(path: str) -> bool:
     """Whether ``path`` is a mini lip-reader checkpoint (its ``format`` entry), read with the safe unpickler.
 
-    Its config and weights are checked when it is loaded (:func:`talkbench.mini.lipreader.load_lipreader`).
+    Its config and weights are checked when it is loaded (:func:`talkbench.nets.mini_lipreader.load_lipreader`).
 
     Raises:
         UnsafeCheckpointError: the file is hostile (refused by the restricted unpickler).
     """
-    from talkbench.mini.lipreader import FORMAT
-    from talkbench.safe_unpickle import UnsafeCheckpointError, load_checkpoint
-
     try:
         obj = load_checkpoint(path, map_location="cpu", mmap=True)
     except UnsafeCheckpointError:

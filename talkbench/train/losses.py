@@ -34,7 +34,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from talkbench.generate import paste_faces_float
+from talkbench.generate import resize_faces
 from talkbench.nets.talklip import AVSyncHead
 
 #: AV-HuBERT's video normalisation (hubert_dataset / TalkLip data_avhubert.transform)
@@ -83,14 +83,23 @@ def span_frames(starts: Sequence[int], span: int = 5) -> list[int]:
 def compose_hybrid_video(frames: Tensor, boxes: Tensor | np.ndarray, faces: Tensor, frame_index: Sequence[int]) -> Tensor:
     """Paste generated faces into a real video (differentiable; TalkLip ``emb_roi2im`` without truncation).
 
+    The training twin of :func:`talkbench.generate.paste_faces` (same resize, :func:`talkbench.generate.resize_faces`),
+    on float frames, before the grey conversion.
+
     Args:
         frames: ``T×H×W×3`` video, uint8 or float pixel values, BGR.
         boxes: ``T×4`` face boxes (x1, y1, x2, y2).
         faces: ``N×3×96×96`` generated faces in [0, 1] for frames ``frame_index``.
     Returns:
-        float ``T×H×W×3`` pixel values; gradients reach ``faces``.
+        float ``T×H×W×3`` pixel values: each box replaced by its resized face (no truncation); gradients
+        reach ``faces``.
     """
-    return paste_faces_float(frames.float(), boxes, faces, frame_index)
+    boxes = np.asarray(boxes)
+    out = frames.float().clone()
+    for j, t in enumerate(frame_index):
+        x1, y1, x2, y2 = (int(v) for v in boxes[t])
+        out[t, y1:y2, x1:x2] = resize_faces(faces[j:j + 1], y2 - y1, x2 - x1)[0].permute(1, 2, 0)
+    return out
 
 
 def expert_video_input(videos: Sequence[Tensor], length: int | None = None) -> tuple[Tensor, Tensor]:

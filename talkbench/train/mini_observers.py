@@ -1,6 +1,6 @@
-"""Train the mini observers on a synthetic corpus (:mod:`talkbench.mini.corpus`), on CPU, reproducibly.
+"""Train the mini observers on a synthetic corpus (:mod:`talkbench.synthetic.corpus`), on CPU, reproducibly.
 
-* :func:`train_lipreader`: a :class:`talkbench.mini.lipreader.MiniLipReader` with CTC over characters plus a
+* :func:`train_lipreader`: a :class:`talkbench.nets.mini_lipreader.MiniLipReader` with CTC over characters plus a
   per-frame loss on the renderer's viseme class and mouth parameters; scored by WER on the test split.
 * :func:`train_syncnet`: a width-reduced SyncNet, trained so that each 5-frame video window is nearest to
   the audio window at offset 0 among the offsets -15..15 of the same clip (a softmax over negative
@@ -12,7 +12,9 @@ Both are deterministic for a seed and a thread count (one process, fixed samplin
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
+import pickle
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,9 +24,15 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from talkbench.mini import grammar
-from talkbench.mini.lipreader import LipReaderConfig, MiniLipReader, encode_text, greedy_decode, save_lipreader, \
-    snap_to_lexicon
+from talkbench import lse, media
+from talkbench.audio_features import syncnet_mfcc
+from talkbench.crops.mouth import bgr_to_gray, center_crop
+from talkbench.crops.syncnet import resize_frames
+from talkbench.metrics.text import char_edits, word_edits
+from talkbench.nets.mini_lipreader import (LipReaderConfig, MiniLipReader, encode_text, greedy_decode, save_lipreader,
+                                           snap_to_lexicon)
+from talkbench.nets.mini_syncnet import build_mini_syncnet, save_mini_syncnet
+from talkbench.synthetic import grammar, visemes
 
 logger = logging.getLogger(__name__)
 
@@ -64,8 +72,6 @@ def read_split(corpus_dir: str | Path, split: str, limit: int | None = None, kee
     Raises:
         FileNotFoundError: no ``<corpus_dir>/<split>/filelist.txt``.
     """
-    import pickle
-
     if cache is not None and Path(cache).is_file():
         with open(cache, "rb") as fh:
             items = pickle.load(fh)
@@ -80,10 +86,6 @@ def read_split(corpus_dir: str | Path, split: str, limit: int | None = None, kee
 
 
 def _decode_split(corpus_dir: str | Path, split: str, limit: int | None, keep_frames: bool) -> list[CorpusItem]:
-    from talkbench import media
-    from talkbench.mini import visemes
-    from talkbench.crops.mouth import bgr_to_gray, center_crop
-
     root = Path(corpus_dir) / split
     filelist = root / "filelist.txt"
     if not filelist.is_file():
@@ -108,9 +110,7 @@ def _decode_split(corpus_dir: str | Path, split: str, limit: int | None, keep_fr
 
 
 def item_from_synth(clip: Any, keep_frames: bool = False) -> CorpusItem:
-    """A :class:`CorpusItem` straight from an in-memory :class:`talkbench.mini.corpus.SynthClip` (no codec)."""
-    from talkbench.crops.mouth import bgr_to_gray, center_crop
-
+    """A :class:`CorpusItem` straight from an in-memory :class:`talkbench.synthetic.corpus.SynthClip` (no codec)."""
     return CorpusItem(name=f"{clip.speaker}/{clip.utt}", text=" ".join(clip.words),
                       gray=np.ascontiguousarray(center_crop(bgr_to_gray(clip.frames), TRAIN_CROP)),
                       viseme=clip.track.viseme.astype(np.int64), mouth=clip.track.params.astype(np.float32),
@@ -182,8 +182,6 @@ def lipreader_loss(model: MiniLipReader, batch: tuple[torch.Tensor, ...], aux_we
 @torch.inference_mode()
 def evaluate_lipreader(model: MiniLipReader, items: Sequence[CorpusItem]) -> dict[str, Any]:
     """WER/CER in percent on clips (centre crops, greedy CTC), raw and snapped to the 51-word lexicon."""
-    from talkbench.metrics.text import char_edits, word_edits
-
     model.eval()
     totals = {"raw": [0, 0, 0, 0], "lexicon": [0, 0, 0, 0]}
     examples = []
@@ -293,17 +291,12 @@ def shift_audio(audio: np.ndarray, frames: int) -> np.ndarray:
 
 
 def _sync_clip_tensors(item: CorpusItem) -> tuple[torch.Tensor, int]:
-    from talkbench import lse
-    from talkbench.audio_features import syncnet_mfcc
-
     n = lse.count_windows(len(item.frames), len(item.audio))
     return lse.mfcc_windows(syncnet_mfcc(item.audio), n), n
 
 
 def _video_windows(frames: np.ndarray, starts: Sequence[int]) -> torch.Tensor:
     """(len(starts), 3, 5, 224, 224) float BGR 0..255 windows (reference layout)."""
-    from talkbench.crops.syncnet import resize_frames
-
     wins = np.stack([resize_frames(frames[s: s + 5]) for s in starts])        # (K,5,224,224,3)
     return torch.from_numpy(wins).permute(0, 4, 1, 2, 3).float()
 
@@ -335,8 +328,6 @@ def sync_loss(model: Any, videos: torch.Tensor, audios: torch.Tensor, rows: Sequ
 def evaluate_syncnet(model: Any, items: Sequence[CorpusItem], shifts: Sequence[int] = (0, SHIFT_FRAMES, -SHIFT_FRAMES)
                      ) -> dict[str, dict[str, float]]:
     """Mean LSE-C / LSE-D / offset over ``items`` (scored as :mod:`talkbench.lse`), per audio shift in frames."""
-    from talkbench import lse
-
     model.eval()
     out = {}
     for shift in shifts:
@@ -353,8 +344,6 @@ def train_syncnet(train: Sequence[CorpusItem], test: Sequence[CorpusItem], out_p
                   settings: SyncTrainSettings = SyncTrainSettings(), extra_meta: dict[str, Any] | None = None
                   ) -> dict[str, Any]:
     """Train a mini SyncNet on clips with ``frames``, evaluate on ``test``, save; returns the metadata."""
-    from talkbench.mini.syncnet_mini import build_mini_syncnet, save_mini_syncnet
-
     torch.set_num_threads(settings.threads)
     torch.manual_seed(settings.seed)
     rng = np.random.default_rng(settings.seed)
@@ -456,8 +445,6 @@ def syncnet_from_corpus(corpus_dir: str | Path, out_path: str | Path, seed: int 
 
 
 def _corpus_manifest(corpus_dir: str | Path) -> dict[str, Any]:
-    import json
-
     path = Path(corpus_dir) / "corpus.json"
     if not path.is_file():
         return {}
