@@ -31,9 +31,9 @@ from __future__ import annotations
 import logging
 import os
 import shutil
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Callable, Iterable, Sequence
+from typing import Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -63,6 +63,45 @@ class GenerateError(ValueError):
 # ----------------------------------------------------------------------------------------------------
 # Generator inputs and paste-back (boxes and crops: talkbench.crops)
 # ----------------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class GenerateConfig:
+    """How ``talkbench generate`` makes its videos (single clip or a suite), like ``EvaluateConfig`` for evaluate.
+
+    Attributes:
+        checkpoint: card name or file of a TalkLip generator (ignored when a loaded generator is passed).
+        reference_frame: identity frame index (0 = inf_test) or None (each frame unmasked, inf_demo).
+        codec: ``h264`` (.mp4/.mov/.mkv) or ``ffv1`` (lossless, .mkv/.avi).
+        crf: libx264 quality (h264 only; None = 23).
+        device: ``cpu``, ``cuda`` or ``cuda:N``.
+        detector: face detector when no boxes are given: ``dlib`` (no download) or ``s3fd``.
+        s3fd_weights: the S3FD checkpoint (``detector="s3fd"``).
+        align: ``video`` (inf_test) or ``audio`` (frames repeated to the speech's length, inf_demo).
+        batch_size: frames per generator call.
+        weights: card name -> local checkpoint (``--weights NAME=PATH``).
+    """
+
+    checkpoint: str | Path = "talklip-gc"
+    reference_frame: int | None = 0
+    codec: str = "h264"
+    crf: int | None = None
+    device: str = "cpu"
+    detector: str = "dlib"
+    s3fd_weights: Path | None = None
+    align: str = "video"
+    batch_size: int = 32
+    weights: Mapping[str, Path] = field(default_factory=dict)
+
+    def check(self, needs_detector: bool = True) -> None:
+        """Refuse bad options before anything is loaded or decoded (:func:`check_options`, the device).
+
+        Raises:
+            GenerateError: bad options; ValueError: an unusable device.
+        """
+        check_options(self.reference_frame, self.batch_size, self.align, self.detector if needs_detector else None,
+                      self.s3fd_weights)
+        resolve_device(self.device)
+
 
 def generator_inputs(crops: np.ndarray, reference_crops: np.ndarray) -> Tensor:
     """The 6-channel generator input ``N×6×96×96`` float32 in [0, 1].
@@ -426,10 +465,7 @@ def read_audio(path: Path) -> np.ndarray:
 
 
 def generate_video(video: str | Path, out: str | Path, audio: str | Path | None = None,
-                   checkpoint: str | Path = "talklip-gc", boxes: str | Path | None = None,
-                   reference_frame: int | None = 0, codec: str = "h264", crf: int | None = None,
-                   device: str = "cpu", detector: str = "dlib", s3fd_weights: str | Path | None = None,
-                   align: str = "video", batch_size: int = 32, weights: dict[str, Path] | None = None,
+                   boxes: str | Path | None = None, config: GenerateConfig = GenerateConfig(),
                    generator: torch.nn.Module | None = None) -> Path:
     """``talkbench generate``: make ``out`` from a face video and a speech track.
 
@@ -438,13 +474,9 @@ def generate_video(video: str | Path, out: str | Path, audio: str | Path | None 
         out: output video path (written to a temporary name, then renamed).
         audio: the driving speech (any audio or video file; converted to 16 kHz mono); default: the
             video's own audio track.
-        checkpoint: card name or file of a TalkLip generator (ignored when ``generator`` is given).
-        boxes: TalkLip bbx ``.npy`` (T×4 x1, y1, x2, y2); default: detect faces.
-        reference_frame: identity frame (default 0); None = the same frame (inf_demo).
-        codec: ``h264`` or ``ffv1`` (lossless).
-        device: ``cpu`` or ``cuda``.
-        detector: ``dlib`` (default, no download) or ``s3fd`` (needs ``s3fd_weights``).
-        align: ``video`` or ``audio`` (see :func:`synthesize`).
+        boxes: TalkLip bbx ``.npy`` (T×4 x1, y1, x2, y2); default: detect faces (``config.detector``).
+        config: the generator and how frames are made and written (:class:`GenerateConfig`).
+        generator: an already loaded generator (then ``config.checkpoint`` is not loaded again).
     Returns:
         The written path.
     Raises:
@@ -454,9 +486,8 @@ def generate_video(video: str | Path, out: str | Path, audio: str | Path | None 
         talkbench.weights.WeightsError: the checkpoint card's file is missing and cannot be downloaded.
     """
     video, out = Path(video), Path(out)
-    check_options(reference_frame, batch_size, align, detector if boxes is None else None, s3fd_weights)
-    check_output_file(out, codec, crf)
-    resolve_device(device)
+    config.check(needs_detector=boxes is None)
+    check_output_file(out, config.codec, config.crf)
     _check_input_file(video, "face video", "pass an existing video with --video.")
     if audio is not None:
         _check_input_file(Path(audio), "speech file", "pass an existing audio or video file with --audio.")
@@ -464,7 +495,7 @@ def generate_video(video: str | Path, out: str | Path, audio: str | Path | None 
         _check_input_file(Path(boxes), "boxes file", "pass a T×4 .npy of x1, y1, x2, y2 per frame with --boxes, or "
                                                      "leave it out to detect faces.")
     if generator is None:
-        generator, _ = load_generator(checkpoint, weights, device)
+        generator, _ = load_generator(config.checkpoint, dict(config.weights), config.device)
     clip = media.decode_clip(video, need_audio=audio is None)
     if clip.source_fps and abs(clip.source_fps - FPS) > 1e-3:
         logger.info("%s: %.3f fps converted to 25 fps (the reference accepts only 25 fps)", video, clip.source_fps)
@@ -476,12 +507,12 @@ def generate_video(video: str | Path, out: str | Path, audio: str | Path | None 
         samples = clip.audio_int16
     if len(samples) < 400:
         raise GenerateError(f"{audio or video}: the audio is shorter than one 25 ms window; give a longer speech.")
-    box_array = face_boxes(clip.frames, Path(boxes) if boxes else None, detector,
-                           Path(s3fd_weights) if s3fd_weights else None)
-    frames, _ = synthesize(generator, clip.frames, box_array, samples, reference_frame=reference_frame,
-                           batch_size=batch_size, align=align, device=device)
+    box_array = face_boxes(clip.frames, Path(boxes) if boxes else None, config.detector,
+                           Path(config.s3fd_weights) if config.s3fd_weights else None)
+    frames, _ = synthesize(generator, clip.frames, box_array, samples, reference_frame=config.reference_frame,
+                           batch_size=config.batch_size, align=config.align, device=config.device)
     out.parent.mkdir(parents=True, exist_ok=True)
-    media.write_clip(out, frames, samples, fps=FPS, codec=codec, crf=crf)
+    media.write_clip(out, frames, samples, fps=FPS, codec=config.codec, crf=config.crf)
     logger.info("wrote %s (%d frames)", out, len(frames))
     return out
 
@@ -530,10 +561,7 @@ def output_path(out_dir: Path, clip_id: str, codec: str = "h264") -> Path:
     return Path(out_dir) / (clip_id + (".mkv" if codec == "ffv1" else ".mp4"))
 
 
-def generate_suite(jobs: Iterable[GenerationJob], out_dir: str | Path, checkpoint: str | Path = "talklip-gc",
-                   reference_frame: int | None = 0, codec: str = "h264", crf: int | None = None,
-                   device: str = "cpu", detector: str = "dlib", s3fd_weights: str | Path | None = None,
-                   batch_size: int = 32, weights: dict[str, Path] | None = None,
+def generate_suite(jobs: Iterable[GenerationJob], out_dir: str | Path, config: GenerateConfig = GenerateConfig(),
                    generator: torch.nn.Module | None = None, strict: bool = False,
                    progress: Callable[[int, int, str], None] | None = None) -> BatchResult:
     """Generate every job into ``out_dir`` (same relative paths), resumably.
@@ -541,7 +569,8 @@ def generate_suite(jobs: Iterable[GenerationJob], out_dir: str | Path, checkpoin
     A clip whose output already exists is skipped: outputs are written under a temporary name and
     renamed when complete, so an existing file is always a finished one; the hidden partial files a killed
     run left beside the outputs are deleted first (:func:`remove_stale_parts`). A failing clip is logged and
-    recorded in :attr:`BatchResult.failed` (``strict`` re-raises instead).
+    recorded in :attr:`BatchResult.failed` (``strict`` re-raises instead). ``config.align`` is ``video``
+    for every clip (the suite's clips are re-generated from their own audio).
 
     Raises:
         GenerateError: bad options or ``out_dir`` (an existing file, an unknown codec), before any work.
@@ -550,11 +579,10 @@ def generate_suite(jobs: Iterable[GenerationJob], out_dir: str | Path, checkpoin
     """
     out_dir = Path(out_dir)
     jobs = list(jobs)
-    check_options(reference_frame, batch_size, "video", detector if any(j.boxes is None for j in jobs) else None,
-                  s3fd_weights)
-    check_output_dir(out_dir, codec, crf)
-    resolve_device(device)
-    targets = [output_path(out_dir, job.clip_id, codec) for job in jobs]
+    config = replace(config, align="video")
+    config.check(needs_detector=any(j.boxes is None for j in jobs))
+    check_output_dir(out_dir, config.codec, config.crf)
+    targets = [output_path(out_dir, job.clip_id, config.codec) for job in jobs]
     removed = remove_stale_parts(targets)
     if removed:
         logger.info("%s: removed %d stale partial file(s) left by an interrupted run", out_dir, removed)
@@ -564,11 +592,9 @@ def generate_suite(jobs: Iterable[GenerationJob], out_dir: str | Path, checkpoin
             result.skipped.append(job.clip_id)
         else:
             if generator is None:       # outside the per-clip handler: a missing checkpoint fails the run
-                generator, _ = load_generator(checkpoint, weights, device)
+                generator, _ = load_generator(config.checkpoint, dict(config.weights), config.device)
             try:
-                generate_video(job.video, target, audio=job.audio, boxes=job.boxes, reference_frame=reference_frame,
-                               codec=codec, crf=crf, device=device, detector=detector, s3fd_weights=s3fd_weights,
-                               batch_size=batch_size, generator=generator)
+                generate_video(job.video, target, audio=job.audio, boxes=job.boxes, config=config, generator=generator)
                 result.written.append(job.clip_id)
             except (ValueError, OSError, RuntimeError) as err:
                 if strict:
@@ -585,7 +611,7 @@ def generate_reference_folder(checkpoint: Path, reference: Path, out_dir: Path) 
     (``.npy`` beside each clip) are copied next to the outputs so image metrics crop the same faces."""
     jobs = suite_jobs(Path(reference), "lrs2")
     generator, _ = load_generator(checkpoint)
-    result = generate_suite(jobs, out_dir, checkpoint=checkpoint, generator=generator, strict=False)
+    result = generate_suite(jobs, out_dir, GenerateConfig(checkpoint=checkpoint), generator=generator, strict=False)
     if result.failed:
         logger.warning("%s: %d clip(s) failed to generate (first: %s)", checkpoint, len(result.failed),
                        next(iter(result.failed.items())))

@@ -11,8 +11,8 @@ import torch
 from talkbench import media
 from talkbench.boxes import BoxError, check_boxes
 from talkbench.crops.face import face_crops
-from talkbench.generate import (GenerateError, align_audio_features, generate_suite, generate_video, generator_inputs,
-                                paste_faces, repeat_frames_to_audio, resize_faces, suite_jobs)
+from talkbench.generate import (GenerateConfig, GenerateError, align_audio_features, generate_suite, generate_video,
+                                generator_inputs, paste_faces, repeat_frames_to_audio, resize_faces, suite_jobs)
 from test_talklip_support import TALKLIP, read_frames, read_wav, short_lrs2_folder, tiny_generator_file
 
 FULL = np.array([0, 0, 160, 160])
@@ -101,8 +101,8 @@ def test_generate_video_end_to_end_matches_reference(tmp_path, generator_path, e
     ex, js = expected
     boxes = tmp_path / "meeting.npy"
     np.save(boxes, np.tile(FULL, (73, 1)))
-    out = generate_video(TALKLIP / "meeting.mp4", tmp_path / "out.mkv", audio=TALKLIP / "meeting.wav",
-                         checkpoint=generator_path, boxes=boxes, codec="ffv1")
+    out = generate_video(TALKLIP / "meeting.mp4", tmp_path / "out.mkv", audio=TALKLIP / "meeting.wav", boxes=boxes,
+                         config=GenerateConfig(checkpoint=generator_path, codec="ffv1"))
     clip = media.decode_clip(out)
     assert clip.frames.shape == (73, 160, 160, 3) and clip.fps == 25.0
     assert np.abs(clip.frames[:3].astype(int) - ex["pasted_u8"]).max() <= 1
@@ -115,7 +115,7 @@ def test_generate_detects_faces_and_writes_h264(tmp_path, generator):
     frames = read_frames("meeting", 12)
     media.write_clip(tmp_path / "face.mp4", frames, read_wav("meeting")[:12 * 640])
     out = generate_video(tmp_path / "face.mp4", tmp_path / "gen.mp4", audio=TALKLIP / "another.wav",
-                         generator=generator, reference_frame=3)
+                         generator=generator, config=GenerateConfig(reference_frame=3))
     clip = media.decode_clip(out)
     assert clip.frames.shape == (12, 160, 160, 3)
     assert clip.audio_int16 is not None and abs(len(clip.audio_int16) - len(read_wav("another"))) < 2048
@@ -124,7 +124,8 @@ def test_generate_detects_faces_and_writes_h264(tmp_path, generator):
 
     wavfile.write(tmp_path / "speech.wav", 16000, read_wav("another")[:20 * 640])
     out2 = generate_video(tmp_path / "face.mp4", tmp_path / "gen2.mkv", audio=tmp_path / "speech.wav",
-                          generator=generator, align="audio", codec="ffv1", boxes=None, reference_frame=None)
+                          generator=generator, boxes=None,
+                          config=GenerateConfig(align="audio", codec="ffv1", reference_frame=None))
     assert media.decode_clip(out2).num_frames == 20
 
 

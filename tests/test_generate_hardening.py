@@ -17,7 +17,7 @@ from talkbench import generate as gen
 from talkbench import media, weights
 from talkbench.boxes import BoxError, check_boxes
 from talkbench.cli import app
-from talkbench.generate import GenerateError, generate_suite, suite_jobs, synthesize
+from talkbench.generate import GenerateConfig, GenerateError, generate_suite, suite_jobs, synthesize
 from test_talklip_support import read_frames, read_wav, short_lrs2_folder, tiny_generator_file
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -107,7 +107,7 @@ def test_batch_form_missing_checkpoint_stops_the_run_instead_of_failing_every_cl
     ref = tmp_path / "ref"
     short_lrs2_folder(ref, clips=("meeting",))
     with pytest.raises(weights.WeightsNotFoundError, match="--weights talklip-gc=PATH"):
-        generate_suite(suite_jobs(ref, "lrs2"), tmp_path / "gen", checkpoint="talklip-gc")
+        generate_suite(suite_jobs(ref, "lrs2"), tmp_path / "gen", GenerateConfig(checkpoint="talklip-gc"))
 
 
 # ------------------------------------------------------------------------------------------------------

@@ -192,3 +192,37 @@ def test_train_presets_resolve_by_name(tmp_path):
     assert load_config("reference") == load_config()
     with pytest.raises(ValueError, match="not found"):
         load_config(tmp_path / "missing.toml")
+
+
+def _fake_eval(out: Path, config: str, seed: int, wer_shift: int, rng: np.random.Generator) -> None:
+    """An ablation eval store: 40 test clips with WER1/CER1 counts and LSE values (lip: fewer edits)."""
+    from talkbench.store import ResultStore
+    from talkbench.train.ablation import run_dir
+
+    with ResultStore(run_dir(out, config, seed) / "eval", {"metrics": ["wer1", "cer1", "lse_c", "lse_d"],
+                                                            "protocol": "mini"}) as store:
+        for i in range(40):
+            edits = int(max(0, rng.integers(2, 6) - wer_shift))
+            store.put(f"main/spk{i % 5}/{i:05d}", {"edits1": edits, "ref_words1": 6, "char_edits1": 3 * edits,
+                                                   "ref_chars1": 30, "wer1": 100 * edits / 6, "cer1": 10.0 * edits,
+                                                   "lse_c": float(rng.normal(2 + wer_shift, 0.3)),
+                                                   "lse_d": float(rng.normal(7 - wer_shift, 0.3))})
+
+
+def test_paired_report_against_no_lip_per_seed_and_pooled(tmp_path):
+    from talkbench.summary import IntervalSettings
+    from talkbench.train.ablation import paired_against_baseline, paired_markdown
+
+    rng = np.random.default_rng(0)
+    for seed in (0, 1):
+        _fake_eval(tmp_path, "no-lip", seed, 0, rng)
+        _fake_eval(tmp_path, "lip", seed, 2, rng)
+    rows = paired_against_baseline(tmp_path, IntervalSettings(resamples=2000))
+    wer = {r["seed"]: r for r in rows if r["config"] == "lip" and r["metric"] == "wer1"}
+    assert set(wer) == {0, 1, "pooled"} and wer["pooled"]["n_clips"] == 80
+    assert wer["pooled"]["difference"] < 0 and wer["pooled"]["p_value"] < 0.01 and wer["pooled"]["hi"] < 0
+    assert wer["pooled"]["baseline"] == pytest.approx(np.mean([wer[0]["baseline"], wer[1]["baseline"]]), abs=3)
+    lse = next(r for r in rows if r["seed"] == "pooled" and r["metric"] == "lse_c")
+    assert lse["difference"] > 0 and lse["p_value"] < 0.01
+    text = paired_markdown(rows)
+    assert "| lip | wer1 |" in text and "lip+contrastive" not in text  # configurations that did not run: no rows

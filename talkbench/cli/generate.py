@@ -8,6 +8,7 @@ device and weights are checked before the model is loaded or a frame decoded; pr
 from __future__ import annotations
 
 import logging
+from dataclasses import replace
 from pathlib import Path
 from typing import List, Optional
 
@@ -18,7 +19,6 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from talkbench import generate as gen
 from talkbench import weights as weights_mod
 from talkbench.cli.root import fail, parse_weights, stderr, user_errors
-from talkbench.devices import resolve_device
 
 logger = logging.getLogger(__name__)
 
@@ -88,43 +88,38 @@ def generate_command(
         detector = "s3fd" if "s3fd" in weight_paths else "dlib"
     with user_errors(offline_hint=offline_hint(checkpoint)):
         # everything that can be refused is checked before the model is loaded or a frame decoded
-        gen.check_options(ref_frame, batch_size, align)
         if detector not in ("dlib", "s3fd"):
             fail(f"--detector {detector!r}: use dlib (no download), s3fd (official weights, --weights s3fd=PATH) "
                  "or auto.")
+        config = gen.GenerateConfig(checkpoint=checkpoint, reference_frame=ref_frame, codec=codec, crf=crf,
+                                    device=device, detector=detector, align=align, batch_size=batch_size,
+                                    weights=weight_paths)
+        config.check(needs_detector=False)
         if reference is not None:
             gen.check_output_dir(out, codec, crf)
         else:
             gen.check_output_file(out, codec, crf)
-        resolve_device(device)
-        s3fd = None
         if detector == "s3fd" and (reference is not None or boxes is None):     # given boxes need no detector
             with user_errors(offline_hint=S3FD_HINT):
-                s3fd = weights_mod.resolve("s3fd", weight_paths)
+                config = replace(config, s3fd_weights=weights_mod.resolve("s3fd", weight_paths))
         if reference is not None:
-            _generate_batch(out, reference, suite or "auto", filelist, boxes_dir, checkpoint, ref_frame, codec, crf,
-                            device, detector, s3fd, batch_size, weight_paths, strict)
+            _generate_batch(out, reference, suite or "auto", filelist, boxes_dir, config, strict)
             return
         if video is not None:
-            gen.generate_video(video, out, audio=audio, checkpoint=checkpoint, boxes=boxes,
-                               reference_frame=ref_frame, codec=codec, crf=crf, device=device, detector=detector,
-                               s3fd_weights=s3fd, align=align, batch_size=batch_size, weights=weight_paths)
+            gen.generate_video(video, out, audio=audio, boxes=boxes, config=config)
     typer.echo(str(out))
 
 
 def _generate_batch(out: Path, reference: Path, suite: str, filelist: Path | None, boxes_dir: Path | None,
-                    checkpoint: str, reference_frame: int | None, codec: str, crf: int | None, device: str,
-                    detector: str, s3fd: Path | None, batch_size: int, weight_paths: dict[str, Path],
-                    strict: bool) -> None:
+                    config: gen.GenerateConfig, strict: bool) -> None:
     """The batch form: every reference clip of the suite into ``out``; exit 1 when a clip failed."""
     jobs = gen.suite_jobs(reference, suite, filelist, boxes_dir)
-    generator, path = gen.load_generator(checkpoint, weight_paths, device)
+    generator, path = gen.load_generator(config.checkpoint, dict(config.weights), config.device)
     logger.info("generator %s; %d clip(s) -> %s", path, len(jobs), out)
     with Progress(TextColumn("[bold]generate"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[clip]}"),
                   TimeRemainingColumn(), console=stderr) as bar:
         task = bar.add_task("generate", total=len(jobs), clip="")
-        result = gen.generate_suite(jobs, out, checkpoint, reference_frame, codec, crf, device, detector, s3fd,
-                                    batch_size, weight_paths, generator, strict,
+        result = gen.generate_suite(jobs, out, config, generator, strict,
                                     progress=lambda done, total, clip: bar.update(task, completed=done, clip=clip))
     stderr.print(f"written {len(result.written)}, already there {len(result.skipped)}, failed {len(result.failed)}")
     for clip_id, message in list(result.failed.items())[:10]:

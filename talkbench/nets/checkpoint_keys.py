@@ -9,6 +9,8 @@ from typing import Any, Mapping
 import torch
 from torch import Tensor
 
+from talkbench.safe_unpickle import load_checkpoint
+
 
 class CheckpointError(ValueError):
     """A file is not a checkpoint of the expected kind; the message names the file and the fix."""
@@ -129,3 +131,22 @@ def check_state_tensors(state: Mapping[str, Any], path: str | Path, fix: str, ma
             if not bool(torch.isfinite(_distinct_elements(value)).all()):
                 raise CheckpointError(f"{path}: tensor `{key}` contains NaN or Inf values (the first such key in the "
                                       f"file); the weights are corrupt or diverged in training. {fix}")
+
+
+def load_talkbench_checkpoint(path: str | Path, file_format: str, missing_hint: str) -> Mapping[str, Any]:
+    """A checkpoint talkbench wrote itself (``{"format": file_format, ...}``), opened with the restricted unpickler.
+
+    Args:
+        path: the file.
+        file_format: the ``format`` entry it must hold (e.g. ``talkbench-mini-syncnet``).
+        missing_hint: what to do when the file does not exist (e.g. how to train one).
+    Raises:
+        FileNotFoundError: no file; ValueError: not a checkpoint of that format.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: checkpoint not found; {missing_hint}")
+    obj = load_checkpoint(path, map_location="cpu", mmap=False)
+    if not isinstance(obj, Mapping) or obj.get("format") != file_format:
+        raise ValueError(f"{path} is not a {file_format} checkpoint (talkbench writes them itself).")
+    return obj

@@ -37,8 +37,7 @@ import torch.nn.functional as F
 
 from talkbench.nets.avhubert import IMAGE_MEAN, IMAGE_STD, AVHubertConfig, TransformerEncoder
 from talkbench.nets.checkpoint_keys import (CheckpointError, bounded_int, check_state_tensors, config_value,
-                                            require_matching_keys, require_shape)
-from talkbench.safe_unpickle import load_checkpoint
+                                            load_talkbench_checkpoint, require_matching_keys, require_shape)
 
 logger = logging.getLogger(__name__)
 
@@ -202,12 +201,8 @@ def load_lipreader(path: str | Path, device: str | torch.device = "cpu") -> tupl
             matching the stored tensors (checked before the model is built), or non-finite weights.
     """
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"Mini lip-reader checkpoint {path} does not exist; train one with "
-                                "`talkbench train-observer lipreader` or pass --weights NAME=PATH.")
-    obj = load_checkpoint(path, map_location="cpu", mmap=False)
-    if not isinstance(obj, Mapping) or obj.get("format") != FORMAT:
-        raise ValueError(f"{path} is not a {FORMAT} checkpoint (written by talkbench.nets.mini_lipreader.save_lipreader).")
+    obj = load_talkbench_checkpoint(path, FORMAT, "train a mini lip reader with `talkbench train-observer lipreader` "
+                                                  "or pass --weights NAME=PATH.")
     cfg, state = _checked_config(obj, path)
     model = MiniLipReader(cfg)
     require_matching_keys(model.state_dict(), state, path, "a state dict that matches its config", _FIX)

@@ -16,9 +16,8 @@ from typing import Any, Mapping
 import torch
 
 from talkbench.nets.checkpoint_keys import (CheckpointError, bounded_int, check_state_tensors, config_value,
-                                            require_matching_keys, require_shape)
+                                            load_talkbench_checkpoint, require_matching_keys, require_shape)
 from talkbench.nets.syncnet import EMBED_DIM, SyncNet, _scaled
-from talkbench.safe_unpickle import load_checkpoint
 
 logger = logging.getLogger(__name__)
 
@@ -59,12 +58,8 @@ def load_mini_syncnet(path: str | Path, device: str | torch.device = "cpu") -> t
             stored tensors (checked before the model is built), or non-finite weights.
     """
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"Mini SyncNet checkpoint {path} does not exist; train one with "
-                                "`talkbench train-observer syncnet` or pass --weights mini-syncnet=PATH.")
-    obj = load_checkpoint(path, map_location="cpu", mmap=False)
-    if not isinstance(obj, Mapping) or obj.get("format") != FORMAT:
-        raise ValueError(f"{path} is not a {FORMAT} checkpoint (written by talkbench.nets.mini_syncnet).")
+    obj = load_talkbench_checkpoint(path, FORMAT, "train a mini SyncNet with `talkbench train-observer syncnet` or "
+                                                  "pass --weights mini-syncnet=PATH.")
     width, embed_dim, state = _checked_config(obj, path)
     model = build_mini_syncnet(width, embed_dim)
     require_matching_keys(model.state_dict(), state, path, f"a width-{width} SyncNet state", _FIX)

@@ -30,13 +30,17 @@ from multiprocessing import get_context
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
+import numpy as np
 import torch
 
 from talkbench.evaluate import EvaluateConfig, evaluate
 from talkbench.generate import generate_reference_folder
 from talkbench.nets.talklip import unwrap_state_dict
 from talkbench.safe_unpickle import load_checkpoint
-from talkbench.summary import write_csv
+from talkbench.observers import METRICS as METRIC_SPECS
+from talkbench.statistics import ClipStats, common_clips, paired_bootstrap
+from talkbench.store import ResultStore
+from talkbench.summary import IntervalSettings, clip_stats, write_csv
 from talkbench.train import load_config
 from talkbench.train.loop import build_trainer
 
@@ -278,8 +282,94 @@ def plot(table: Sequence[Mapping[str, Any]], path: Path) -> None:
     plt.close(fig)
 
 
-def report(out: Path, prefix: Path) -> list[dict[str, Any]]:
-    """Write ``<prefix>.csv`` (aggregated), ``<prefix>_runs.csv`` (per run), ``<prefix>.md`` and ``<prefix>.png``.
+#: The configuration every other one is compared with, and the metrics of the paired comparisons.
+BASELINE = "no-lip"
+PAIRED_METRICS: tuple[str, ...] = ("wer1", "cer1", "lse_c", "lse_d")
+
+
+def _eval_records(out: Path, config: str, seed: int) -> list[Any] | None:
+    store_dir = run_dir(out, config, seed) / "eval"
+    if not (store_dir / "store.sqlite").is_file():
+        return None
+    with ResultStore(store_dir) as store:
+        return list(store.records())
+
+
+def _concatenate(parts: Sequence[tuple[int, ClipStats]]) -> ClipStats:
+    """Per-seed clip arrays one after the other; clip ids become ``seed<k>/<clip id>``."""
+    fields = {}
+    for name in ("values", "weights", "edits", "units", "hits"):
+        arrays = [getattr(stats, name) for _, stats in parts]
+        if all(a is not None for a in arrays):
+            fields[name] = np.concatenate(arrays)
+    ids = tuple(f"seed{seed}/{clip_id}" for seed, stats in parts for clip_id in stats.clip_ids or ())
+    return ClipStats(**fields, clip_ids=ids)
+
+
+def paired_against_baseline(out: Path, ci: IntervalSettings = IntervalSettings(),
+                            metrics: Sequence[str] = PAIRED_METRICS) -> list[dict[str, Any]]:
+    """Every configuration against :data:`BASELINE` on the same test clips, per seed and pooled over seeds.
+
+    Per seed: the two runs of that seed, paired by clip (:func:`talkbench.statistics.paired_bootstrap`: the
+    difference configuration − baseline, its percentile interval, p = P(the configuration is not better)).
+    Pooled: the clips of every seed one after the other (Σ edits / Σ words over all of them for WER), resampled
+    with each test clip's seeds as one block (a clip is the same clip in every seed).
+
+    Returns:
+        rows ``{config, seed ("pooled" for the pooled row), metric, baseline, value, difference, lo, hi, p_value,
+        n_clips}``.
+    """
+    rows: list[dict[str, Any]] = []
+    seeds = sorted({int(p.name[4:]) for p in (Path(out) / BASELINE).glob("seed*")})
+    for config in CONFIG_NAMES:
+        if config == BASELINE:
+            continue
+        pairs = []
+        for seed in seeds:
+            base, other = _eval_records(out, BASELINE, seed), _eval_records(out, config, seed)
+            if base is not None and other is not None:
+                pairs.append((seed, base, other))
+        for metric in metrics:
+            spec = METRIC_SPECS[metric]
+            aligned = []
+            for seed, base, other in pairs:
+                a, b = common_clips(clip_stats(metric, base, "mini")[0], clip_stats(metric, other, "mini")[0])
+                aligned.append((seed, a, b))
+                rows.append(_paired_row(config, seed, metric, a, b, spec, ci))
+            if len(aligned) > 1:
+                a = _concatenate([(seed, a) for seed, a, _ in aligned])
+                b = _concatenate([(seed, b) for seed, _, b in aligned])
+                groups = [clip_id.split("/", 1)[1] for clip_id in a.clip_ids or ()]
+                rows.append(_paired_row(config, "pooled", metric, a, b, spec, ci, groups))
+    return rows
+
+
+def _paired_row(config: str, seed: Any, metric: str, a: ClipStats, b: ClipStats, spec: Any,
+                ci: IntervalSettings, groups: Sequence[str] | None = None) -> dict[str, Any]:
+    result = paired_bootstrap(a, b, spec.aggregation, spec.direction, ci.level or 0.95, ci.resamples, ci.seed,
+                              groups=groups)
+    return {"config": config, "seed": seed, "metric": metric, "baseline": result.a, "value": result.b,
+            "difference": result.difference, "lo": result.lo, "hi": result.hi, "p_value": result.p_value,
+            "n_clips": a.n}
+
+
+def paired_markdown(rows: Sequence[Mapping[str, Any]]) -> str:
+    """The pooled comparisons as Markdown, one line per configuration and metric (per-seed rows in the CSV)."""
+    lines = [f"| configuration | metric | {BASELINE} | configuration | difference (95 % interval) | p (not better) |",
+             "|---|---|---|---|---|---|"]
+    for row in rows:
+        if row["seed"] != "pooled":
+            continue
+        digits = DIGITS.get(row["metric"], 3)
+        lines.append(f"| {row['config']} | {row['metric']} | {row['baseline']:.{digits}f} | {row['value']:.{digits}f} | "
+                     f"{row['difference']:+.{digits}f} ({row['lo']:+.{digits}f}, {row['hi']:+.{digits}f}) | "
+                     f"{row['p_value']:.4f} |")
+    return "\n".join(lines) + "\n"
+
+
+def report(out: Path, prefix: Path, ci: IntervalSettings = IntervalSettings()) -> list[dict[str, Any]]:
+    """Write ``<prefix>.csv`` (aggregated), ``<prefix>_runs.csv`` (per run), ``<prefix>.md`` and ``<prefix>.png``,
+    and, when the baseline configuration ran, ``<prefix>_paired.csv`` / ``.md`` (:func:`paired_against_baseline`).
 
     Raises:
         ValueError: no finished run under ``out``.
@@ -294,6 +384,10 @@ def report(out: Path, prefix: Path) -> list[dict[str, Any]]:
     write_csv(prefix.with_suffix(".csv"), table, list(table[0]))
     prefix.with_suffix(".md").write_text(markdown(table))
     plot(table, prefix.with_suffix(".png"))
+    paired = paired_against_baseline(out, ci)
+    if paired:
+        write_csv(prefix.with_name(prefix.name + "_paired.csv"), paired, list(paired[0]))
+        prefix.with_name(prefix.name + "_paired.md").write_text(paired_markdown(paired))
     return table
 
 

@@ -35,10 +35,10 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from talkbench.generate import resize_faces
+from talkbench.nets.avhubert import IMAGE_MEAN, IMAGE_STD
 from talkbench.nets.talklip import AVSyncHead
 
-#: AV-HuBERT's video normalisation (hubert_dataset / TalkLip data_avhubert.transform)
-EXPERT_MEAN, EXPERT_STD = 0.421, 0.165
+#: The expert's centre crop (hubert_dataset / TalkLip data_avhubert.transform); its normalisation is AV-HuBERT's
 EXPERT_CROP = 88
 PAD, EOS = 1, 2
 
@@ -122,7 +122,7 @@ def expert_video_input(videos: Sequence[Tensor], length: int | None = None) -> t
         dy, dx = int(round(h - EXPERT_CROP) / 2.0), int(round(w - EXPERT_CROP) / 2.0)
         crop = v[:, dy:dy + EXPERT_CROP, dx:dx + EXPERT_CROP]
         grey = 0.299 * crop[..., 2] + 0.587 * crop[..., 1] + 0.114 * crop[..., 0]
-        x = (grey / 255.0 - EXPERT_MEAN) / EXPERT_STD
+        x = (grey / 255.0 - IMAGE_MEAN) / IMAGE_STD  # the expert's input: AV-HuBERT's normalisation
         if len(x) > length:
             raise ValueError(f"a video of {len(x)} frames is longer than the padded length {length}.")
         x = F.pad(x, (0, 0, 0, 0, 0, length - len(x)))
