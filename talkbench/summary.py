@@ -214,8 +214,9 @@ def summary_row(meta: Mapping[str, Any], records: Sequence[ClipRecord], features
     )
     for column, value in values.items():
         row[column] = value
-        if column in bounds:
-            row[f"{column}_lo"], row[f"{column}_hi"] = bounds[column]
+        lo, hi = bounds.get(column, (math.nan, math.nan))
+        if math.isfinite(lo) and math.isfinite(hi):  # no interval (e.g. one clip): the cells stay empty
+            row[f"{column}_lo"], row[f"{column}_hi"] = lo, hi
     return row
 
 

@@ -148,7 +148,7 @@ def test_every_card_measures_what_its_observer_spec_declares():
                 assert card.higher_is_better[metric] == METRICS[metric].higher_is_better, (name, metric)
 
 
-def test_demo_clip_copy_is_a_suite(tmp_path):
+def test_a_one_clip_folder_is_a_suite_scored_with_the_protocol_defaults(tmp_path):
     """evaluate with no --metrics scores the protocol's default metrics."""
     folder = tmp_path / "gen" / "main" / "s"
     folder.mkdir(parents=True)
@@ -156,3 +156,4 @@ def test_demo_clip_copy_is_a_suite(tmp_path):
     result = evaluate(EvaluateConfig(generated=tmp_path / "gen", reference=tmp_path / "gen", out=tmp_path / "run",
                                      metrics=(), suite="folder"))
     assert result.summary["psnr"] == 100.0 and result.summary["wer1"] == ""
+    assert result.summary["psnr_lo"] == "" and result.summary["psnr_hi"] == ""  # one clip: no interval, not NaN
