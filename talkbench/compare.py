@@ -62,12 +62,30 @@ class MetricComparison:
         return dict(self.__dict__)
 
 
-def _load(run_dir: Path) -> tuple[dict[str, Any], list[ClipRecord], Any]:
+@dataclass(frozen=True)
+class StoredRun:
+    """A run directory read once: its settings, its clips and its per-clip feature arrays."""
+
+    path: Path
+    meta: dict[str, Any]
+    records: list[ClipRecord]
+    features: dict[str, dict[str, Any]]
+
+    def feature_loader(self, names: Sequence[str]) -> dict[str, dict[str, Any]]:
+        """The stored feature arrays of ``names`` (as ``ResultStore.features``)."""
+        return {c: {n: a for n, a in f.items() if n in names} for c, f in self.features.items()}
+
+
+def load_run(run_dir: Path) -> StoredRun:
+    """Read a run directory's store once (to compare it with several others).
+
+    Raises:
+        CompareError: not a run directory.
+    """
     if not (Path(run_dir) / STORE_NAME).is_file():
         raise CompareError(f"{run_dir}: no {STORE_NAME} here; pass run directories written by `talkbench evaluate`.")
     with ResultStore(run_dir) as store:
-        meta, records, features = store.meta(), list(store.records()), store.features()
-    return meta, records, lambda names: {c: {n: a for n, a in f.items() if n in names} for c, f in features.items()}
+        return StoredRun(Path(run_dir), store.meta(), list(store.records()), store.features())
 
 
 def check_comparable(meta_a: dict[str, Any], meta_b: dict[str, Any], ids_a: set[str], ids_b: set[str],
@@ -98,17 +116,21 @@ def check_comparable(meta_a: dict[str, Any], meta_b: dict[str, Any], ids_a: set[
         raise CompareError(f"{names[0]} and {names[1]} cannot be compared clip by clip: " + "; ".join(problems) + ".")
 
 
-def compare_runs(run_a: Path, run_b: Path, ci: IntervalSettings = IntervalSettings(),
+def compare_runs(run_a: Path | StoredRun, run_b: Path | StoredRun, ci: IntervalSettings = IntervalSettings(),
                  metrics: Sequence[str] | None = None) -> list[MetricComparison]:
     """Compare run B with run A on their common clips, for every metric both computed (or ``metrics``).
 
+    Args:
+        run_a, run_b: run directories, or runs already read with :func:`load_run`.
     Raises:
         CompareError: not run directories, or runs that differ in suite, protocol, options or clips.
     """
-    meta_a, records_a, features_a = _load(run_a)
-    meta_b, records_b, features_b = _load(run_b)
+    a = run_a if isinstance(run_a, StoredRun) else load_run(run_a)
+    b = run_b if isinstance(run_b, StoredRun) else load_run(run_b)
+    meta_a, records_a, features_a = a.meta, a.records, a.feature_loader
+    meta_b, records_b, features_b = b.meta, b.records, b.feature_loader
     check_comparable(meta_a, meta_b, {r.clip_id for r in records_a}, {r.clip_id for r in records_b},
-                     (str(run_a), str(run_b)))
+                     (str(a.path), str(b.path)))
     protocol = meta_a.get("protocol", "talklip2023")
     shared = [m for m in meta_a["metrics"] if m in meta_b["metrics"]]
     wanted = list(metrics) if metrics else _with_companions(shared, protocol)
@@ -135,4 +157,4 @@ def _with_companions(metrics: Sequence[str], protocol: str) -> list[str]:
     return [m for m in METRICS if m in produced]
 
 
-__all__ = ["CompareError", "MetricComparison", "check_comparable", "compare_runs"]
+__all__ = ["CompareError", "MetricComparison", "StoredRun", "check_comparable", "compare_runs", "load_run"]

@@ -29,7 +29,7 @@ from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 
-from talkbench.compare import CompareError, compare_runs
+from talkbench.compare import CompareError, StoredRun, compare_runs, load_run
 from talkbench.observers import METRIC_COLUMNS, metric_spec
 from talkbench.statistics import holm
 from talkbench.suites import read_text_file
@@ -164,6 +164,7 @@ def markdown(rows: Sequence[dict[str, Any]], ci: IntervalSettings = IntervalSett
     """
     lines: list[str] = []
     groups = group_rows(rows)
+    runs: dict[Path, StoredRun] = {}  # each run directory read once for all its tie tests
     for (suite, protocol, options), group in groups.items():
         metrics = present_metrics(group)
         siblings = [k for k in groups if k[:2] == (suite, protocol)]
@@ -174,7 +175,7 @@ def markdown(rows: Sequence[dict[str, Any]], ci: IntervalSettings = IntervalSett
         lines.append("| model | source | n_clips | " + " | ".join(metrics) + " |")
         lines.append("|---|---|---|" + "---|" * len(metrics))
         best = {m: _best(group, m) for m in metrics}
-        tied = {m: ties(group, m, ci) for m in metrics} if ci.enabled else {}
+        tied = {m: ties(group, m, ci, runs) for m in metrics} if ci.enabled else {}
         for index, row in enumerate(group):
             cells = []
             for m in metrics:
@@ -206,14 +207,15 @@ def _with_interval(value: float, row: Mapping[str, Any], metric: str) -> str:
     return f"{text} ± {(hi - lo) / 2:.2g}"
 
 
-def ties(group: Sequence[Mapping[str, Any]], metric: str, ci: IntervalSettings = IntervalSettings()) -> set[int]:
+def ties(group: Sequence[Mapping[str, Any]], metric: str, ci: IntervalSettings = IntervalSettings(),
+         runs: dict[Path, StoredRun] | None = None) -> set[int]:
     """Positions of the rows of ``group`` whose ``metric`` is not significantly worse than the best row's.
 
     Each measured row read from a run directory is compared with the best row (also measured, from a run
     directory) on their common clips by a one-sided paired bootstrap (:func:`talkbench.compare.compare_runs`;
     p = P(the best is not better)); the p-values are Holm-corrected over the group; a row is tied when its
     corrected p is at least :data:`TIE_ALPHA`. Rows that cannot be paired (reported rows, other clip sets) are
-    never marked.
+    never marked.  ``runs`` caches the run directories read so far (one read per run for a whole table).
     """
     values = [_number(r.get(metric)) for r in group]
     best_value = _best(group, metric)
@@ -225,7 +227,8 @@ def ties(group: Sequence[Mapping[str, Any]], metric: str, ci: IntervalSettings =
         if i == best or values[i] is None or RUN_DIR_KEY not in row:
             continue
         try:
-            (result,) = compare_runs(row[RUN_DIR_KEY], group[best][RUN_DIR_KEY], ci, [metric])
+            (result,) = compare_runs(_stored(row[RUN_DIR_KEY], runs), _stored(group[best][RUN_DIR_KEY], runs), ci,
+                                     [metric])
         except (CompareError, ValueError) as err:
             logger.info("%s: no tie test of %s against %s (%s)", metric, row.get("model"), group[best].get("model"),
                         err)
@@ -273,6 +276,15 @@ def plot_metric(rows: Sequence[dict[str, Any]], metric: str, path: Path) -> None
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def _stored(run_dir: Path, runs: dict[Path, StoredRun] | None) -> StoredRun:
+    """The run directory read once (``runs`` caches it), for repeated paired tests."""
+    if runs is None:
+        return load_run(run_dir)
+    if run_dir not in runs:
+        runs[run_dir] = load_run(run_dir)
+    return runs[run_dir]
 
 
 def _error_bar(row: Mapping[str, Any], metric: str, value: float) -> tuple[float, float]:

@@ -178,6 +178,20 @@ def failures_by_metric(metrics: Sequence[str], records: Sequence[ClipRecord], pr
     return {m: counts[m] for m in metrics if m in counts}
 
 
+def _read_once(features: FeatureLoader) -> FeatureLoader:
+    """The loader, reading each set of feature arrays from the store once (the value, its interval and the failure
+    count all need them)."""
+    read: dict[tuple[str, ...], Mapping[str, Mapping[str, np.ndarray]]] = {}
+
+    def load(names: Iterable[str]) -> Mapping[str, Mapping[str, np.ndarray]]:
+        key = tuple(names)
+        if key not in read:
+            read[key] = features(key)
+        return read[key]
+
+    return load
+
+
 def summary_row(meta: Mapping[str, Any], records: Sequence[ClipRecord], features: FeatureLoader | None = None,
                 ci: IntervalSettings = IntervalSettings()) -> dict[str, Any]:
     """The one-row summary of a run, in :data:`SUMMARY_COLUMNS` order (metrics not run are empty).
@@ -190,6 +204,7 @@ def summary_row(meta: Mapping[str, Any], records: Sequence[ClipRecord], features
     """
     metrics = list(meta["metrics"])
     protocol = protocols.get(meta.get("protocol", "talklip2023"))
+    features = _read_once(features) if features is not None else None
     values = aggregate(metrics, records, protocol.name, features)
     bounds = intervals(list(values), records, protocol.name, features, ci)  # every computed metric gets one
     failures = failures_by_metric(metrics, records, protocol.name, features)

@@ -32,15 +32,20 @@ OFFLINE_HINT = ("Without a download: `--protocol mini` scores WER1/CER1, LSE and
                 "hand and passed with --weights NAME=PATH.")
 
 
-def parse_options(items: List[str] | None) -> dict[str, str]:
-    """``--option KEY=VALUE`` items -> {key: value} (typed and checked later by the observers' specs)."""
-    options: dict[str, str] = {}
+def parse_key_values(items: List[str] | None, flag: str, example: str) -> dict[str, str]:
+    """``KEY=VALUE`` items of a repeatable ``flag`` -> {key: value}; a malformed item is an ``error:``, exit 2."""
+    pairs: dict[str, str] = {}
     for item in items or []:
         key, sep, value = item.partition("=")
         if not sep or not key.strip():
-            fail(f"--option takes KEY=VALUE (e.g. --option mini_lexicon=false), got {item!r}.")
-        options[key.strip()] = value.strip()
-    return options
+            fail(f"{flag} takes KEY=VALUE (e.g. {flag} {example}), got {item!r}.")
+        pairs[key.strip()] = value.strip()
+    return pairs
+
+
+def parse_options(items: List[str] | None) -> dict[str, str]:
+    """``--option KEY=VALUE`` items -> {key: value} (typed and checked later by the observers' specs)."""
+    return parse_key_values(items, "--option", "mini_lexicon=false")
 
 
 def evaluate_command(
@@ -184,13 +189,8 @@ def _engine(name: str, workers: int | None, address: str | None, gpus_per_worker
 
 def _slurm_params(items: List[str] | None) -> dict[str, Any]:
     """``--slurm-param KEY=VALUE`` -> submitit parameters (integers typed as such)."""
-    params: dict[str, Any] = {}
-    for item in items or []:
-        key, sep, value = item.partition("=")
-        if not sep or not key.strip():
-            fail(f"--slurm-param takes KEY=VALUE (e.g. slurm_account=abc), got {item!r}.")
-        params[key.strip()] = int(value) if value.strip().lstrip("-").isdigit() else value.strip()
-    return params
+    return {key: int(value) if value.lstrip("-").isdigit() else value
+            for key, value in parse_key_values(items, "--slurm-param", "slurm_account=abc").items()}
 
 
 def merge_command(

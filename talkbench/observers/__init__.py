@@ -54,7 +54,6 @@ def _register(specs: Iterable[ObserverSpec]) -> tuple[dict[str, ObserverSpec], d
 SPECS, METRICS, OPTIONS = _register(ALL_SPECS)
 #: Every metric column, in summary order.
 METRIC_COLUMNS: tuple[str, ...] = tuple(METRICS)
-ALL_METRICS = METRIC_COLUMNS
 
 
 def metric_spec(column: str) -> MetricSpec:
@@ -121,6 +120,6 @@ def build(spec: ObserverSpec, ctx: ObserverContext) -> Observer:
     return module(spec).build(ctx)
 
 
-__all__ = ["ALL_METRICS", "ClipData", "ClipSkipped", "METRICS", "METRIC_COLUMNS", "MetricSpec", "OPTIONS", "Observer",
+__all__ = ["ClipData", "ClipSkipped", "METRICS", "METRIC_COLUMNS", "MetricSpec", "OPTIONS", "Observer",
            "ObserverContext", "ObserverSpec", "OptionSpec", "RegistryError", "Row", "SPECS", "build",
            "check_compatible", "metric_spec", "module", "option_spec", "parse_options"]
