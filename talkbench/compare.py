@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from talkbench import protocols, statistics
-from talkbench.observers import METRICS
+from talkbench.observers import METRICS, module
 from talkbench.store import STORE_NAME, ClipRecord, ResultStore
 from talkbench.summary import IntervalSettings, clip_stats, speaker_groups
 
@@ -138,6 +138,9 @@ def compare_runs(run_a: Path | StoredRun, run_b: Path | StoredRun, ci: IntervalS
     for metric in wanted:
         spec = METRICS[metric]
         stats_a, set_statistic = clip_stats(metric, records_a, protocol, features_a)
+        if spec.aggregation == "set" and set_statistic is None:
+            results.append(_without_resampling(metric, protocol, a, b))
+            continue
         stats_b, _ = clip_stats(metric, records_b, protocol, features_b)
         stats_a, stats_b = statistics.common_clips(stats_a, stats_b)
         groups = speaker_groups(stats_a.clip_ids or ()) if ci.block == "speaker" else None
@@ -149,6 +152,18 @@ def compare_runs(run_a: Path | StoredRun, run_b: Path | StoredRun, ci: IntervalS
         results.append(MetricComparison(metric, spec.direction, paired.a, paired.b, paired.difference, paired.lo,
                                         paired.hi, paired.p_value, stats_a.n, w, p))
     return results
+
+
+def _without_resampling(metric: str, protocol: str, a: StoredRun, b: StoredRun) -> MetricComparison:
+    """A set-level metric whose observer has no resampling statistic (FID, FVD: one ``sqrtm`` of a 2048² matrix
+    per value): both values on the common clips and their difference, without interval or p-value."""
+    spec = METRICS[metric]
+    observer = protocols.get(protocol).observer_specs([metric])[0]
+    common = {r.clip_id for r in a.records} & {r.clip_id for r in b.records}
+    values = [module(observer).summarize_features({c: f for c, f in run.feature_loader(observer.features).items()
+                                                   if c in common})[metric] for run in (a, b)]
+    return MetricComparison(metric, spec.direction, values[0], values[1], values[1] - values[0], math.nan, math.nan,
+                            math.nan, len(common), math.nan, math.nan)
 
 
 def _with_companions(metrics: Sequence[str], protocol: str) -> list[str]:

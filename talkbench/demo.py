@@ -12,7 +12,8 @@ It builds a small LRS2-layout suite from the sample clips shipped in ``talkbench
 
 With the mini observers that ship in the package (small lip reader B and SyncNet trained by talkbench on
 its synthetic corpus: ``protocol = mini``), the suite is a synthetic test split and every clip is scored
-for WER, LSE-C/LSE-D and PSNR/SSIM; without them, the shipped sample clips are scored for image quality.
+for WER, viseme error rate (VER), LSE-C/LSE-D and PSNR/SSIM (the protocol's default metrics); without them,
+the shipped sample clips are scored for image quality.
 The summary rows are merged into ``results/demo/leaderboard.csv`` (+ ``.md`` and one PNG per metric).
 """
 

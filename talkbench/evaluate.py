@@ -33,6 +33,8 @@ logger = logging.getLogger(__name__)
 _REPORT_NAMES = 5  # how many clip ids a log line names
 #: Meta key: how many clips this run (or shard) holds when finished; merge refuses a shard that holds fewer.
 CLIPS_KEY = "clips_in_run"
+#: Folder of the run directory where the clips' face tracks are cached (:func:`talkbench.tracks.cached_track`).
+TRACKS_DIR = "tracks"
 
 
 class EvaluationError(RuntimeError):
@@ -131,6 +133,8 @@ def run_meta(config: EvaluateConfig, suite: suites.Suite, protocol: protocols.Pr
         "generated": str(config.generated.resolve()),
         "suite_settings": suites.suite_settings(suite),
         "options": protocol.options(metrics, config.options),
+        # ASR transcripts (talkbench transcribe): recorded, and the summary's `transcripts` column says so
+        **({"transcripts": suite.transcripts_source} if suite.transcripts_source else {}),
     }
 
 
@@ -223,7 +227,8 @@ def evaluate(config: EvaluateConfig, progress: Callable[[int, int], Any] | None 
         logger.info("%d clip(s) in this run, %d already stored, %d to compute", total,
                     total - len(todo) - len(new_unmatched), len(todo) + len(new_unmatched))
         engine = config.engine or LocalEngine()
-        setup = ObserverSetup(protocol.name, metrics, config.device, dict(config.weights), dict(config.options))
+        setup = ObserverSetup(protocol.name, metrics, config.device, dict(config.weights), dict(config.options),
+                              tracks_dir=config.out / TRACKS_DIR, suite_kind=suite.kind)
 
         def store_unmatched() -> None:
             for clip_id in new_unmatched:

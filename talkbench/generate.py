@@ -2,10 +2,13 @@
 
 The procedure is the reference's ``inf_test.py`` (what the paper's test-set videos were made with):
 
-1. Frames as uint8 BGR (25 fps; other rates are converted by :func:`talkbench.media.decode_clip`),
+1. Frames as uint8 BGR (25 fps; other rates are converted as ``ffmpeg -r 25`` does, the rule of
+   :func:`talkbench.media.decode_clip`, on the stream's timeline :func:`talkbench.media.scan_video`),
    audio as 16 kHz mono int16 (any rate/format is converted by :func:`talkbench.media.read_wav_int16`).
-2. One face box per frame: given (TalkLip's bbx ``.npy``: x1, y1, x2, y2 per frame), else detected
-   (S3FD with official weights when given, else dlib's HOG detector, which needs no download).
+2. One face box per frame: given (TalkLip's bbx ``.npy``: x1, y1, x2, y2 per frame), else the clip's face track
+   (:mod:`talkbench.tracks`: S3FD with official weights when given, else dlib's HOG detector, which needs no
+   download, run on frames shrunk to at most 480 px on the long side, IoU-tracked and median-smoothed; the
+   reference detects on every full frame and does not smooth).
 3. Crops: ``cv2.resize(frame[y1:y2, x1:x2], (96, 96))`` (INTER_LINEAR on uint8; :func:`talkbench.crops.face.face_crops`,
    the crop PSNR/SSIM use), scaled by 1/255.
    Generator input = [target crop with rows 48..95 zeroed | reference crop] (6 channels, BGR).
@@ -16,8 +19,16 @@ The procedure is the reference's ``inf_test.py`` (what the paper's test-set vide
    ``align="audio"`` instead repeats frames to the audio length, as inf_demo does).
 5. The AV-HuBERT audio encoder runs once over the whole utterance; the U-Net runs in batches of frames.
 6. Paste back: each predicted face × 255 is resized to its box (bilinear, antialiased, as torchvision's
-   ``Resize``), written over the **whole** box, and the frame is truncated to uint8 (no rounding).
+   ``Resize``), written over the **whole** box, and the frame is truncated to uint8 (no rounding). This hard
+   paste is the default (parity with the reference); ``paste="feather"`` blends the face into the frame with a
+   mask that ramps from 0 at the box edge to 1 at ``feather`` × the box's shorter side inside it (identical to the
+   hard paste away from the edge).
 7. The video is written at 25 fps with the input audio muxed (PyAV; h264 or lossless ffv1).
+
+Memory: :func:`generate_video` never holds the clip: the video is streamed twice (:func:`talkbench.media.iter_frames`):
+once for the face track (when no boxes are given), once to crop, generate, paste back and encode a batch of frames
+at a time — at most ``batch_size`` full-size frames (and never more than :data:`MAX_HELD_BYTES` of them) are held,
+whatever the clip's length. The audio embedding of the whole utterance is computed first, from the audio alone.
 
 Differences from the reference, on purpose: boxes are checked by :func:`talkbench.boxes.check_boxes`
 (whole, finite, non-negative, non-empty) and clipped to the frame on both axes (the reference clips x2 and y2 by
@@ -40,13 +51,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from talkbench import media, suites
+from talkbench import media, suites, tracks
 from talkbench import weights as weights_mod
 from talkbench.audio_features import avhubert_audio_features
 from talkbench.boxes import BoxError, check_boxes
 from talkbench.crops.face import face_crops
 from talkbench.devices import resolve_device
-from talkbench.faces import DETECTORS, face_boxes_per_frame
+from talkbench.faces import DETECTORS
 from talkbench.nets.talklip import fuse_for_inference, load_talklip_generator
 
 logger = logging.getLogger(__name__)
@@ -54,6 +65,16 @@ logger = logging.getLogger(__name__)
 FPS = 25.0
 SAMPLE_RATE = 16000
 ALIGN_MODES = ("video", "audio")
+PASTE_MODES = ("hard", "feather")
+#: Default width of the feathered paste's ramp, as a fraction of the box's shorter side.
+FEATHER = 0.15
+
+#: Most bytes of full-size frames :func:`generate_video` holds at once (the batch is made smaller for large frames).
+MAX_HELD_BYTES = 96 * 2**20
+
+#: ``progress(stage, done, total)`` callback of :func:`generate_video`: stages ``faces`` (detection; total =
+#: the header's frame estimate, 0 when unknown) and ``generate`` (frames generated, pasted and written; exact).
+StageProgress = Callable[[str, int, int], None]
 
 
 class GenerateError(ValueError):
@@ -79,6 +100,11 @@ class GenerateConfig:
         align: ``video`` (inf_test) or ``audio`` (frames repeated to the speech's length, inf_demo).
         batch_size: frames per generator call.
         weights: card name -> local checkpoint (``--weights NAME=PATH``).
+        paste: ``hard`` (the reference's paste over the whole box, default, for parity) or ``feather``.
+        feather: ramp width of the feathered paste, fraction of the box's shorter side (0 < feather <= 0.5).
+        detect_max_side: long side of the detector's input in pixels (frames are shrunk to it, never enlarged).
+        detect_every: detect faces on every n-th frame, interpolate between (1 = every frame).
+        smooth: running-median length of the face track's boxes, frames (odd; 1 = no smoothing).
     """
 
     checkpoint: str | Path = "talklip-gc"
@@ -91,6 +117,24 @@ class GenerateConfig:
     align: str = "video"
     batch_size: int = 32
     weights: Mapping[str, Path] = field(default_factory=dict)
+    paste: str = "hard"
+    feather: float = FEATHER
+    detect_max_side: int = tracks.MAX_SIDE
+    detect_every: int = tracks.EVERY
+    smooth: int = tracks.SMOOTH
+
+    def track_settings(self) -> tracks.TrackSettings:
+        """The face-track settings of clips without boxes (:class:`talkbench.tracks.TrackSettings`).
+
+        Raises:
+            GenerateError: a setting out of range (the message names the option).
+        """
+        try:
+            return tracks.TrackSettings(detector=self.detector, max_side=self.detect_max_side,
+                                        every=self.detect_every, smooth=self.smooth)
+        except ValueError as err:
+            raise GenerateError(f"--detect-max-side {self.detect_max_side}, --detect-every {self.detect_every}, "
+                                f"--smooth {self.smooth}: {err}") from None
 
     def check(self, needs_detector: bool = True) -> None:
         """Refuse bad options before anything is loaded or decoded (:func:`check_options`, the device).
@@ -100,6 +144,9 @@ class GenerateConfig:
         """
         check_options(self.reference_frame, self.batch_size, self.align, self.detector if needs_detector else None,
                       self.s3fd_weights)
+        check_paste(self.paste, self.feather)
+        if needs_detector:
+            self.track_settings()
         resolve_device(self.device)
 
 
@@ -132,8 +179,36 @@ def resize_faces(faces: Tensor, height: int, width: int) -> Tensor:
     return F.interpolate(x, size=(height, width), mode="bilinear", align_corners=False, antialias=True)
 
 
+def feather_mask(height: int, width: int, feather: float = FEATHER) -> np.ndarray:
+    """Blend weights of the feathered paste for one box: float32 ``height×width`` in [0, 1].
+
+    The weight of a pixel is a smoothstep of its distance to the nearest box edge (pixel centres), 0 on the edge,
+    reaching 1 at ``ramp = max(1, feather × min(height, width))`` pixels inside the box; the interior is exactly 1.
+    """
+    ramp = max(1.0, feather * min(height, width))
+    ys = np.minimum(np.arange(height) + 0.5, height - np.arange(height) - 0.5)
+    xs = np.minimum(np.arange(width) + 0.5, width - np.arange(width) - 0.5)
+    distance = np.minimum(ys[:, None], xs[None, :]) - 0.5          # 0 for the outermost pixels
+    t = np.clip(distance / ramp, 0.0, 1.0)
+    return (t * t * (3.0 - 2.0 * t)).astype(np.float32)
+
+
+def check_paste(paste: str, feather: float = FEATHER) -> None:
+    """Refuse an unknown paste mode or a feather width outside (0, 0.5].
+
+    Raises:
+        GenerateError: the message names the option and its valid values.
+    """
+    if paste not in PASTE_MODES:
+        raise GenerateError(f"--paste {paste!r}: use hard (the reference's paste over the whole box, default) or "
+                            "feather (the face blended in near the box edge).")
+    if not 0.0 < float(feather) <= 0.5:
+        raise GenerateError(f"--feather {feather}: give the ramp width as a fraction of the box's shorter side, "
+                            "above 0 and at most 0.5 (default 0.15).")
+
+
 def paste_faces(frames: np.ndarray, boxes: np.ndarray, faces: Tensor, frame_index: Sequence[int] | None = None,
-                ) -> np.ndarray:
+                *, paste: str = "hard", feather: float = FEATHER) -> np.ndarray:
     """Write generated faces back into their frames (reference ``emb_roi2im`` + ``astype(uint8)``).
 
     Args:
@@ -141,9 +216,14 @@ def paste_faces(frames: np.ndarray, boxes: np.ndarray, faces: Tensor, frame_inde
         boxes: int ``T×4`` boxes of all frames.
         faces: ``N×3×96×96`` in [0, 1], BGR.
         frame_index: the frame of each face (default: 0..N-1).
+        paste: ``hard`` (the reference: the resized face replaces the whole box) or ``feather`` (blended by
+            :func:`feather_mask`: the frame shows through near the box edge; where the mask is 1, the same
+            pixels as ``hard``).
+        feather: ramp width of ``feather``, fraction of the box's shorter side.
     Returns:
         uint8 ``T×H×W×3``: a copy with each box replaced by its resized face, truncated (not rounded).
     """
+    check_paste(paste, feather)
     out = frames.copy()
     index = np.arange(len(faces)) if frame_index is None else np.asarray(frame_index)
     faces = faces.detach().float().cpu()
@@ -152,6 +232,11 @@ def paste_faces(frames: np.ndarray, boxes: np.ndarray, faces: Tensor, frame_inde
         group = np.flatnonzero(sizes == size)
         h, w = int(size // 100000), int(size % 100000)
         pixels = resize_faces(faces[torch.from_numpy(group)], h, w).permute(0, 2, 3, 1)
+        if paste == "feather":
+            mask = torch.from_numpy(feather_mask(h, w, feather))[None, :, :, None]
+            under = torch.from_numpy(np.stack([frames[index[g], boxes[index[g], 1]:boxes[index[g], 3],
+                                                      boxes[index[g], 0]:boxes[index[g], 2]] for g in group]))
+            pixels = under.float() * (1.0 - mask) + pixels * mask        # mask 1: the face's value, exactly
         pixels = pixels.to(torch.uint8).numpy()       # float -> uint8 truncates, as numpy's astype
         for j, g in enumerate(group):
             x1, y1, x2, y2 = boxes[index[g]]
@@ -353,11 +438,73 @@ def remove_stale_parts(targets: Iterable[str | Path]) -> int:
 # ----------------------------------------------------------------------------------------------------
 
 @torch.no_grad()
+def audio_embedding(generator: torch.nn.Module, audio_int16: np.ndarray, n_frames: int, align: str = "video",
+                    device: str | torch.device = "cpu") -> tuple[Tensor, np.ndarray]:
+    """Step 4-5's audio side: the generator's audio embedding per output frame, and which input frame each shows.
+
+    Returns:
+        (``T_out×D`` embedding on ``device``, int64 ``T_out`` input frame index per output frame: ``0..n-1`` for
+        ``align="video"``, frames repeated to the speech's length for ``"audio"``).
+    """
+    features = avhubert_audio_features(np.asarray(audio_int16))
+    if align == "video":
+        features = align_audio_features(features, n_frames)
+        order = np.arange(n_frames)
+    else:
+        order = repeat_frames_to_audio(n_frames, len(features))
+    audio = torch.from_numpy(np.ascontiguousarray(features.T))[None].to(device)          # 1×104×T
+    return generator.encode_audio(audio)[0], order                                       # T×D
+
+
+@torch.no_grad()
+def decode_batch(generator: torch.nn.Module, crops: np.ndarray, reference: np.ndarray | None, embedding: Tensor,
+                 device: str | torch.device = "cpu") -> Tensor:
+    """One U-Net call: faces ``B×3×96×96`` float32 in [0, 1] (CPU) for crops ``B×96×96×3`` uint8, the identity
+    crop ``96×96×3`` (None: each crop unmasked, inf_demo) and the embedding rows ``B×D`` of those frames."""
+    inputs = generator_inputs(crops, reference if reference is not None else crops).to(device)
+    return generator.decode_faces(inputs, embedding).float().cpu()
+
+
+@torch.no_grad()
+def generate_faces(generator: torch.nn.Module, crops: np.ndarray, audio_int16: np.ndarray,
+                   reference_frame: int | None = 0, batch_size: int = 32, align: str = "video",
+                   device: str | torch.device = "cpu", progress: Callable[[int, int], None] | None = None,
+                   ) -> tuple[Tensor, np.ndarray]:
+    """The generator's faces for a clip's 96×96 crops (steps 3-5 of the module docstring), without frames.
+
+    Args:
+        generator: a :class:`talkbench.nets.talklip.TalkLipGenerator` in eval mode on ``device``.
+        crops: uint8 ``T×96×96×3`` BGR face crops of the clip's frames (:func:`talkbench.crops.face.face_crops`).
+        audio_int16: 16 kHz mono samples.
+        reference_frame, batch_size, align, device, progress: as :func:`synthesize`.
+    Returns:
+        (float32 faces ``T_out×3×96×96`` in [0, 1] on the CPU, int64 ``T_out`` index of the input frame each
+        output frame shows: ``0..T-1`` for ``align="video"``, frames repeated for ``"audio"``).
+    Raises:
+        GenerateError: as :func:`synthesize`.
+    """
+    check_options(reference_frame=reference_frame, batch_size=batch_size, align=align)
+    n = len(crops)
+    if reference_frame is not None and reference_frame >= n:
+        raise GenerateError(f"--reference-frame {reference_frame} is outside the clip's {n} frames; give an index "
+                            f"within 0..{n - 1}, or 'same'.")
+    embedding, order = audio_embedding(generator, audio_int16, n, align, device)
+    reference = crops[reference_frame] if reference_frame is not None else None
+    faces = []
+    total = len(order)
+    for start in range(0, total, batch_size):
+        stop = min(start + batch_size, total)
+        faces.append(decode_batch(generator, crops[order[start:stop]], reference, embedding[start:stop], device))
+        if progress is not None:
+            progress(stop, total)
+    return torch.cat(faces), order
+
+
 def synthesize(generator: torch.nn.Module, frames: np.ndarray, boxes: np.ndarray, audio_int16: np.ndarray,
                reference_frame: int | None = 0, batch_size: int = 32, align: str = "video",
                device: str | torch.device = "cpu", progress: Callable[[int, int], None] | None = None,
-               ) -> tuple[np.ndarray, np.ndarray]:
-    """Generate a lip-synced clip (frames only).
+               *, paste: str = "hard", feather: float = FEATHER) -> tuple[np.ndarray, np.ndarray]:
+    """Generate a lip-synced clip (frames only) from frames held in memory (see :func:`generate_video` for files).
 
     Args:
         generator: a :class:`talkbench.nets.talklip.TalkLipGenerator` in eval mode on ``device``.
@@ -370,40 +517,22 @@ def synthesize(generator: torch.nn.Module, frames: np.ndarray, boxes: np.ndarray
         align: ``"video"`` (output has the video's length; audio features cut/padded, inf_test) or
             ``"audio"`` (frames repeated to the audio's length, inf_demo).
         progress: called with (frames done, total).
+        paste, feather: as :func:`paste_faces`.
     Returns:
         (uint8 frames ``T_out×H×W×3``, the boxes of those frames ``T_out×4``).
     Raises:
         GenerateError: a negative or too large ``reference_frame``, ``batch_size`` < 1, an unknown ``align``.
     """
     check_options(reference_frame=reference_frame, batch_size=batch_size, align=align)
-    n = len(frames)
-    if reference_frame is not None and reference_frame >= n:
-        raise GenerateError(f"--reference-frame {reference_frame} is outside the clip's {n} frames; give an index "
-                            f"within 0..{n - 1}, or 'same'.")
-    features = avhubert_audio_features(np.asarray(audio_int16))
-    reference = None
-    if reference_frame is not None:
-        reference = face_crops(frames[[reference_frame]], boxes[[reference_frame]])[0]
-    if align == "video":
-        features = align_audio_features(features, n)
-    else:
-        order = repeat_frames_to_audio(n, len(features))
-        frames, boxes = frames[order], boxes[order]
+    check_paste(paste, feather)
+    if reference_frame is not None and reference_frame >= len(frames):
+        raise GenerateError(f"--reference-frame {reference_frame} is outside the clip's {len(frames)} frames; give "
+                            f"an index within 0..{len(frames) - 1}, or 'same'.")
     crops = face_crops(frames, boxes)
-    if reference is None:
-        reference = crops
-    audio = torch.from_numpy(np.ascontiguousarray(features.T))[None].to(device)          # 1×104×T
-    embedding = generator.encode_audio(audio)[0]                                        # T×D
-    faces = []
-    total = len(frames)
-    for start in range(0, total, batch_size):
-        stop = min(start + batch_size, total)
-        ref = reference if reference_frame is not None else reference[start:stop]
-        inputs = generator_inputs(crops[start:stop], ref).to(device)
-        faces.append(generator.decode_faces(inputs, embedding[start:stop]).float().cpu())
-        if progress is not None:
-            progress(stop, total)
-    return paste_faces(frames, boxes, torch.cat(faces)), boxes
+    faces, order = generate_faces(generator, crops, audio_int16, reference_frame, batch_size, align, device, progress)
+    if align == "audio":
+        frames, boxes = frames[order], boxes[order]
+    return paste_faces(frames, boxes, faces, paste=paste, feather=feather), boxes
 
 
 def load_generator(checkpoint: str | Path, weights: dict[str, Path] | None = None,
@@ -425,14 +554,21 @@ def load_generator(checkpoint: str | Path, weights: dict[str, Path] | None = Non
 
 
 def face_boxes(frames: np.ndarray, boxes_path: Path | None = None, detector: str = "dlib",
-               s3fd_weights: Path | None = None) -> np.ndarray:
-    """Per-frame boxes: from a TalkLip bbx ``.npy`` if given, else detected (see :mod:`talkbench.faces`).
+               s3fd_weights: Path | None = None, *, settings: tracks.TrackSettings | None = None,
+               device: str = "cpu", progress: Callable[[int, int], object] | None = None) -> np.ndarray:
+    """Per-frame boxes: from a TalkLip bbx ``.npy`` if given, else the frames' face track (:mod:`talkbench.tracks`).
 
+    Args:
+        frames: uint8 ``T×H×W×3`` BGR.
+        boxes_path: a ``T×4`` ``.npy`` of x1, y1, x2, y2 per frame, or None (detect).
+        detector, s3fd_weights: the face detector (``settings.detector`` wins when ``settings`` is given).
+        settings: detector input size, stride and smoothing (default: :class:`talkbench.tracks.TrackSettings`).
+        progress: called as ``progress(frames_done, total)`` while detecting.
     Returns:
         int64 ``T×4`` checked by :func:`talkbench.boxes.check_boxes` and clipped to the frame.
     Raises:
-        GenerateError: the boxes file does not exist, or :func:`check_boxes` refuses the boxes (its message, which
-            names the file).
+        GenerateError: the boxes file does not exist, no face was found, or :func:`check_boxes` refuses the boxes
+            (its message, which names the file).
     """
     size = frames.shape[1:3]
     if boxes_path is not None:
@@ -441,9 +577,15 @@ def face_boxes(frames: np.ndarray, boxes_path: Path | None = None, detector: str
             raise GenerateError(f"{boxes_path}: boxes file not found (expected a T×4 .npy of x1, y1, x2, y2).")
         boxes, source = np.load(boxes_path), str(boxes_path)
     else:
-        logger.info("detecting faces in %d frames with %s", len(frames), detector)
-        boxes = face_boxes_per_frame(frames, detector=detector, s3fd_weights=s3fd_weights)
-        source = f"{detector} detections"
+        settings = settings or tracks.TrackSettings(detector=detector)
+        logger.info("detecting faces in %d frames with %s", len(frames), settings.detector)
+        total = len(frames)
+        try:
+            track = tracks.face_track(frames, settings, s3fd_weights=s3fd_weights, device=device,
+                                      progress=None if progress is None else lambda done, _: progress(done, total))
+        except tracks.NoFaceError as err:
+            raise GenerateError(str(err)) from None
+        boxes, source = track.int_boxes(), f"{settings.detector} face track"
     try:
         return check_boxes(boxes, len(frames), size, source)
     except BoxError as err:
@@ -466,28 +608,38 @@ def read_audio(path: Path) -> np.ndarray:
 
 def generate_video(video: str | Path, out: str | Path, audio: str | Path | None = None,
                    boxes: str | Path | None = None, config: GenerateConfig = GenerateConfig(),
-                   generator: torch.nn.Module | None = None) -> Path:
+                   generator: torch.nn.Module | None = None, *, save_boxes: str | Path | None = None,
+                   progress: StageProgress | None = None) -> Path:
     """``talkbench generate``: make ``out`` from a face video and a speech track.
 
+    The video is streamed, never held (module docstring, "Memory"): one pass finds the face track (or reads the
+    timeline when boxes are given), one crops, generates, pastes back and encodes a batch of frames at a time.
+
     Args:
-        video: the face video (any frame rate; converted to 25 fps).
+        video: the face video (any frame rate; converted to 25 fps as :func:`talkbench.media.decode_clip` does).
         out: output video path (written to a temporary name, then renamed).
         audio: the driving speech (any audio or video file; converted to 16 kHz mono); default: the
             video's own audio track.
-        boxes: TalkLip bbx ``.npy`` (T×4 x1, y1, x2, y2); default: detect faces (``config.detector``).
+        boxes: TalkLip bbx ``.npy`` (T×4 x1, y1, x2, y2); default: the video's face track (``config.detector``
+            on frames shrunk to ``config.detect_max_side``, smoothed over ``config.smooth`` frames).
         config: the generator and how frames are made and written (:class:`GenerateConfig`).
         generator: an already loaded generator (then ``config.checkpoint`` is not loaded again).
+        save_boxes: write the boxes used (int64 ``T×4`` per 25-fps frame of ``video``, the format ``boxes`` reads)
+            to this ``.npy`` file.
+        progress: ``progress(stage, done, total)`` (:data:`StageProgress`).
     Returns:
         The written path.
     Raises:
         GenerateError: bad options, output path or inputs — checked before the model is loaded and the video
-            decoded (see :func:`check_options`, :func:`check_output_file`).
+            decoded (see :func:`check_options`, :func:`check_output_file`); no face found.
         ValueError: an unusable ``device`` (:func:`talkbench.devices.resolve_device`), an undecodable file.
         talkbench.weights.WeightsError: the checkpoint card's file is missing and cannot be downloaded.
     """
     video, out = Path(video), Path(out)
     config.check(needs_detector=boxes is None)
     check_output_file(out, config.codec, config.crf)
+    if save_boxes is not None:
+        save_boxes = check_boxes_output(save_boxes)
     _check_input_file(video, "face video", "pass an existing video with --video.")
     if audio is not None:
         _check_input_file(Path(audio), "speech file", "pass an existing audio or video file with --audio.")
@@ -496,25 +648,94 @@ def generate_video(video: str | Path, out: str | Path, audio: str | Path | None 
                                                      "leave it out to detect faces.")
     if generator is None:
         generator, _ = load_generator(config.checkpoint, dict(config.weights), config.device)
-    clip = media.decode_clip(video, need_audio=audio is None)
-    if clip.source_fps and abs(clip.source_fps - FPS) > 1e-3:
-        logger.info("%s: %.3f fps converted to 25 fps (the reference accepts only 25 fps)", video, clip.source_fps)
+    header = media.probe_video(video)
+    if abs(header.source_fps - FPS) > 1e-3:
+        logger.info("%s: %.3f fps converted to 25 fps (the reference accepts only 25 fps)", video, header.source_fps)
     if audio is not None:
         samples = read_audio(Path(audio))
     else:
-        if clip.audio_int16 is None:
+        if not header.has_audio:
             raise GenerateError(f"{video}: no audio track; pass the speech with --audio.")
-        samples = clip.audio_int16
+        samples = media.read_wav_int16(video)
     if len(samples) < 400:
         raise GenerateError(f"{audio or video}: the audio is shorter than one 25 ms window; give a longer speech.")
-    box_array = face_boxes(clip.frames, Path(boxes) if boxes else None, config.detector,
-                           Path(config.s3fd_weights) if config.s3fd_weights else None)
-    frames, _ = synthesize(generator, clip.frames, box_array, samples, reference_frame=config.reference_frame,
-                           batch_size=config.batch_size, align=config.align, device=config.device)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    media.write_clip(out, frames, samples, fps=FPS, codec=config.codec, crf=config.crf)
-    logger.info("wrote %s (%d frames)", out, len(frames))
+
+    def stage(name: str) -> Callable[[int, int], None] | None:
+        return None if progress is None else (lambda done, total: progress(name, done, total))
+
+    if boxes is None:
+        try:
+            track = tracks.face_track(video, config.track_settings(), s3fd_weights=config.s3fd_weights,
+                                      device=config.device, progress=stage("faces"))
+            indices = list(track.indices)
+        except tracks.NoFaceError as err:
+            raise GenerateError(str(err)) from None
+        frame_size = track.frame_size
+        box_array = check_boxes(track.int_boxes(), len(indices), frame_size, f"{video}: {config.detector} face track")
+        logger.info("%s: face track over %d frames, %.0f%% detected", video, len(indices),
+                    100 * track.detected_fraction)
+    else:
+        timeline = media.scan_video(video)
+        indices, frame_size = list(timeline.indices), timeline.frame_size
+        try:
+            box_array = check_boxes(np.load(boxes), len(indices), frame_size, str(boxes))
+        except BoxError as err:
+            raise GenerateError(str(err)) from None
+    if save_boxes is not None:
+        save_boxes.parent.mkdir(parents=True, exist_ok=True)
+        np.save(save_boxes, box_array)
+        logger.info("wrote the face boxes to %s", save_boxes)
+    n = len(indices)
+    if config.reference_frame is not None and config.reference_frame >= n:
+        raise GenerateError(f"--reference-frame {config.reference_frame} is outside the clip's {n} frames; give an "
+                            f"index within 0..{n - 1}, or 'same'.")
+    with torch.no_grad():
+        embedding, order = audio_embedding(generator, samples, n, config.align, config.device)
+    reference = None
+    if config.reference_frame is not None:
+        k = config.reference_frame
+        for frame in media.iter_frames(video, [indices[k]]):
+            reference = face_crops(frame[None], box_array[k:k + 1], source=str(boxes or video))[0]
+    total = len(order)
+    out_indices = [indices[j] for j in order]
+    height, width = frame_size
+    chunk = max(1, min(config.batch_size, MAX_HELD_BYTES // (height * width * 3)))
+    held: list[np.ndarray] = []          # at most `chunk` full frames at a time
+
+    def flush(stop: int, writer: media.StreamWriter) -> None:
+        start = stop - len(held)
+        js = order[start:stop]
+        crops = np.stack([face_crops(f[None], box_array[j:j + 1], source=str(boxes or video))[0]
+                          for f, j in zip(held, js)])
+        faces = decode_batch(generator, crops, reference, embedding[start:stop], config.device)
+        for i, (frame, j) in enumerate(zip(held, js)):
+            writer.write(paste_faces(frame[None], box_array[j:j + 1], faces[i:i + 1], paste=config.paste,
+                                     feather=config.feather)[0])
+        held.clear()
+        if progress is not None:
+            progress("generate", stop, total)
+
+    with media.StreamWriter(out, height, width, samples, fps=FPS, codec=config.codec, crf=config.crf) as writer:
+        for k, frame in enumerate(media.iter_frames(video, out_indices)):
+            held.append(frame)
+            if len(held) == chunk or k + 1 == total:
+                flush(k + 1, writer)
+    logger.info("wrote %s (%d frames)", out, total)
     return out
+
+
+def check_boxes_output(path: str | Path) -> Path:
+    """Check a ``--save-boxes`` file path before any work: a ``.npy`` name in a writable folder.
+
+    Raises:
+        GenerateError: the message names the path and the fix.
+    """
+    path = Path(path)
+    if path.is_dir() or path.suffix.lower() != ".npy":
+        raise GenerateError(f"--save-boxes {path}: give a .npy file name (e.g. {path.with_suffix('.npy').name}); "
+                            "the boxes are saved as a T×4 array, the format --boxes reads.")
+    _check_writable_parent(path, "face boxes")
+    return path
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -563,8 +784,13 @@ def output_path(out_dir: Path, clip_id: str, codec: str = "h264") -> Path:
 
 def generate_suite(jobs: Iterable[GenerationJob], out_dir: str | Path, config: GenerateConfig = GenerateConfig(),
                    generator: torch.nn.Module | None = None, strict: bool = False,
-                   progress: Callable[[int, int, str], None] | None = None) -> BatchResult:
+                   progress: Callable[[int, int, str], None] | None = None, *,
+                   save_boxes_dir: str | Path | None = None, stage_progress: StageProgress | None = None,
+                   ) -> BatchResult:
     """Generate every job into ``out_dir`` (same relative paths), resumably.
+
+    ``save_boxes_dir``: write each clip's boxes as ``<save_boxes_dir>/<clip id>.npy`` (see :func:`generate_video`);
+    ``stage_progress``: passed to :func:`generate_video` for the clip being made.
 
     A clip whose output already exists is skipped: outputs are written under a temporary name and
     renamed when complete, so an existing file is always a finished one; the hidden partial files a killed
@@ -581,8 +807,33 @@ def generate_suite(jobs: Iterable[GenerationJob], out_dir: str | Path, config: G
     jobs = list(jobs)
     config = replace(config, align="video")
     config.check(needs_detector=any(j.boxes is None for j in jobs))
-    check_output_dir(out_dir, config.codec, config.crf)
-    targets = [output_path(out_dir, job.clip_id, config.codec) for job in jobs]
+    state = {"generator": generator}
+
+    def make(job: GenerationJob, target: Path) -> None:
+        boxes_file = None if save_boxes_dir is None else Path(save_boxes_dir) / f"{job.clip_id}.npy"
+        generate_video(job.video, target, audio=job.audio, boxes=job.boxes, config=config,
+                       generator=state["generator"], save_boxes=boxes_file, progress=stage_progress)
+
+    def load() -> None:
+        if state["generator"] is None:
+            state["generator"], _ = load_generator(config.checkpoint, dict(config.weights), config.device)
+
+    return run_jobs(jobs, out_dir, config.codec, config.crf, make, load, strict, progress)
+
+
+def run_jobs(jobs: Sequence[GenerationJob], out_dir: Path, codec: str, crf: int | None,
+             make: Callable[[GenerationJob, Path], None], load: Callable[[], None], strict: bool = False,
+             progress: Callable[[int, int, str], None] | None = None) -> BatchResult:
+    """The resumable batch loop shared by every generator: ``make(job, target)`` for each job whose output does not
+    exist yet, ``load()`` (the model) before the first one, outside the per-clip handler so that a missing
+    checkpoint fails the run; stale partial files of a killed run are removed first; a failing clip is logged and
+    recorded in :attr:`BatchResult.failed` (``strict`` re-raises).
+
+    Raises:
+        GenerateError: ``out_dir`` is an existing file or the codec is unknown, before any work.
+    """
+    check_output_dir(out_dir, codec, crf)
+    targets = [output_path(out_dir, job.clip_id, codec) for job in jobs]
     removed = remove_stale_parts(targets)
     if removed:
         logger.info("%s: removed %d stale partial file(s) left by an interrupted run", out_dir, removed)
@@ -591,10 +842,9 @@ def generate_suite(jobs: Iterable[GenerationJob], out_dir: str | Path, config: G
         if target.exists():
             result.skipped.append(job.clip_id)
         else:
-            if generator is None:       # outside the per-clip handler: a missing checkpoint fails the run
-                generator, _ = load_generator(config.checkpoint, dict(config.weights), config.device)
+            load()
             try:
-                generate_video(job.video, target, audio=job.audio, boxes=job.boxes, config=config, generator=generator)
+                make(job, target)
                 result.written.append(job.clip_id)
             except (ValueError, OSError, RuntimeError) as err:
                 if strict:

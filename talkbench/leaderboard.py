@@ -1,7 +1,7 @@
 """``talkbench leaderboard``: merge summary rows into the published CSV, a Markdown table and charts.
 
-Rows of different (suite, protocol, options) are never ranked together: the Markdown has one table per group
-and each chart one panel per group. Rows copied from papers keep ``source = reported``; measured rows
+Rows of different (suite, protocol, options, transcript source) are never ranked together: the Markdown has one
+table per group and each chart one panel per group. Rows copied from papers keep ``source = reported``; measured rows
 are ``measured``. Within a group, a newer row of the same (model, source) replaces an older one.
 
 Untrusted text is made safe for where it goes:
@@ -32,7 +32,7 @@ import numpy as np
 from talkbench.compare import CompareError, StoredRun, compare_runs, load_run
 from talkbench.observers import METRIC_COLUMNS, metric_spec
 from talkbench.statistics import holm
-from talkbench.suites import read_text_file
+from talkbench.suites import HUMAN_TRANSCRIPTS, read_text_file
 from talkbench.summary import SUMMARY_COLUMNS, IntervalSettings, write_csv
 
 logger = logging.getLogger(__name__)
@@ -134,20 +134,31 @@ def _number(value: Any) -> float | None:
 
 
 def deduplicate(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Keep the last row of each (suite, protocol, model, source, split)."""
+    """Keep the last row of each (suite, protocol, model, source, split, transcript source)."""
     kept: dict[tuple[str, ...], dict[str, Any]] = {}
     for row in rows:
-        key = tuple(str(row.get(c, "")) for c in ("suite", "protocol", "model", "source", "split"))
+        key = tuple(str(row.get(c, "")) for c in ("suite", "protocol", "model", "source", "split")) + (
+            transcripts_of(row),)
         kept[key] = row
     return list(kept.values())
 
 
+def transcripts_of(row: Mapping[str, Any]) -> str:
+    """A row's transcript source: ``human`` (also rows without the column: reported rows, older runs) or
+    ``asr:<card>`` (:func:`talkbench.suites.transcripts_label`)."""
+    return str(row.get("transcripts", "") or "") or HUMAN_TRANSCRIPTS
+
+
 def group_rows(rows: Sequence[dict[str, Any]]) -> dict[GroupKey, list[dict[str, Any]]]:
     """Rows by (suite, protocol, options), in order of first appearance: rows measured with other options that
-    change numbers (e.g. LSE in pipeline mode, without the JPEG step) are never ranked together."""
+    change numbers (e.g. LSE in pipeline mode, without the JPEG step) are never ranked together. Rows scored
+    against ASR transcripts have ``transcripts=asr:<card>`` added to their options part of the key."""
     groups: dict[GroupKey, list[dict[str, Any]]] = {}
     for row in rows:
-        key = (str(row.get("suite", "")), str(row.get("protocol", "")), str(row.get("options", "") or ""))
+        options = str(row.get("options", "") or "")
+        if transcripts_of(row) != HUMAN_TRANSCRIPTS:  # WER against ASR transcripts is never ranked with human ones
+            options = ";".join(filter(None, (options, f"transcripts={transcripts_of(row)}")))
+        key = (str(row.get("suite", "")), str(row.get("protocol", "")), options)
         groups.setdefault(key, []).append(row)
     return groups
 

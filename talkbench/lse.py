@@ -38,6 +38,9 @@ MFCC_PER_FRAME = 4            # 100 Hz MFCC / 25 fps video
 SAMPLES_PER_FRAME = 640       # 16 kHz / 25 fps
 DEFAULT_CHUNK = 4             # lip-network windows per step on CPU: fastest measured (activations stay in cache)
 PAIRWISE_EPS = 1e-6           # torch.nn.functional.pairwise_distance default, added to the difference
+#: Windows per step of the audio network and of the distance computation: bounds memory on long clips (a minute:
+#: 1500 windows; at once the audio activations took ~0.5 GB and the n×1024×31 differences ~0.6 GB).
+ROW_CHUNK = 256
 
 
 @dataclass
@@ -98,8 +101,12 @@ def shifted_distances(video_emb: torch.Tensor, audio_emb: torch.Tensor, vshift: 
     n = video_emb.shape[0]
     padded = F.pad(audio_emb, (0, 0, vshift, vshift))                     # (n + 2v, D)
     windows = padded.unfold(0, 2 * vshift + 1, 1)[:n]                      # (n, D, 2v+1), a view
-    diff = video_emb.unsqueeze(2) - windows + PAIRWISE_EPS                 # (n, D, 2v+1)
-    return torch.linalg.vector_norm(diff, dim=1)
+    out = []
+    for start in range(0, n, ROW_CHUNK):   # row by row the same arithmetic: chunks bound the (rows, D, 2v+1) copies
+        stop = min(n, start + ROW_CHUNK)
+        diff = video_emb[start:stop].unsqueeze(2) - windows[start:stop] + PAIRWISE_EPS
+        out.append(torch.linalg.vector_norm(diff, dim=1))
+    return torch.cat(out, 0) if out else video_emb.new_zeros((0, 2 * vshift + 1))
 
 
 def scores_from_distances(dists: torch.Tensor, vshift: int = VSHIFT) -> LSEResult:
@@ -124,7 +131,9 @@ def embed_clip(model: "SyncNet", frames224: np.ndarray, audio_int16: np.ndarray,
     """
     mfcc = syncnet_mfcc(np.asarray(audio_int16))
     with torch.inference_mode():
-        audio_emb = model.audio_embeddings(mfcc_windows(mfcc, n_windows).to(device))
+        windows = mfcc_windows(mfcc, n_windows).to(device)
+        audio_emb = torch.cat([model.audio_embeddings(windows[i:i + ROW_CHUNK])
+                               for i in range(0, n_windows, ROW_CHUNK)], 0)
         video = torch.from_numpy(np.ascontiguousarray(frames224[: n_windows + WINDOW_FRAMES - 1])).to(device)
         video_emb = model.lip_embeddings(video, n_windows, chunk=chunk)  # (T, 224, 224, 3) uint8 in
     return video_emb, audio_emb
@@ -151,5 +160,5 @@ def lse_scores(model: "SyncNet", frames_bgr: np.ndarray, audio_int16: np.ndarray
         return scores_from_distances(shifted_distances(video_emb, audio_emb, vshift), vshift)
 
 
-__all__ = ["LSEResult", "VSHIFT", "count_windows", "embed_clip", "lse_scores", "mfcc_windows",
+__all__ = ["LSEResult", "ROW_CHUNK", "VSHIFT", "count_windows", "embed_clip", "lse_scores", "mfcc_windows",
            "scores_from_distances", "shifted_distances"]

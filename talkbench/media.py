@@ -45,7 +45,7 @@ import tempfile
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Iterator, Sequence
 
 import av
 import numpy as np
@@ -584,6 +584,169 @@ def decode_clip(path: str | Path, need_audio: bool = True, *, fps_mode: str = "a
                 source_fps=source_fps)
 
 
+@dataclass
+class VideoHeader:
+    """What a video's header says, read without decoding (:func:`probe_video`).
+
+    Attributes:
+        path: the file.
+        width, height: coded frame size (a 90°/270° display matrix swaps them when decoding).
+        source_fps: the stream's frame rate (25.0 when unknown).
+        n_frames: frames at 25 fps (after ``ffmpeg -r 25`` conversion), estimated from the header (0: unknown).
+        has_audio: the file has an audio stream.
+    """
+
+    path: Path
+    width: int
+    height: int
+    source_fps: float
+    n_frames: int
+    has_audio: bool
+
+    @property
+    def frame_bytes(self) -> int:
+        """Bytes of one uint8 BGR frame."""
+        return self.width * self.height * 3
+
+
+def probe_video(path: str | Path) -> VideoHeader:
+    """The header of a video (frame size, rate, 25-fps frame count estimate, audio), without decoding.
+
+    Raises:
+        MediaError: missing/unreadable file, or no video stream.
+    """
+    path = Path(path)
+    with open_input(path) as container:
+        if not container.streams.video:
+            raise MediaError(f"{path}: has no video stream (audio only?). Give a video file.")
+        video = container.streams.video[0]
+        width, height = int(video.codec_context.width or 0), int(video.codec_context.height or 0)
+        rate = video.guessed_rate or video.average_rate
+        seconds = float(video.duration * video.time_base) if video.duration and video.time_base else None
+        if seconds is None and container.duration:
+            seconds = container.duration / 1_000_000
+        count = int(math.ceil(seconds * TARGET_FPS)) if seconds else int(video.frames or 0)
+        return VideoHeader(path=path, width=width, height=height, source_fps=float(rate) if rate else TARGET_FPS,
+                           n_frames=count, has_audio=bool(container.streams.audio))
+
+
+@dataclass
+class VideoTimeline:
+    """The frame timeline of a video after one streamed pass (:func:`scan_video`).
+
+    Attributes:
+        indices: for every output frame (25 fps, as :func:`decode_clip` returns them), the index of the decoded
+            frame it shows.
+        frame_size: ``(height, width)`` of the upright frames.
+        source_fps: the stream's frame rate.
+    """
+
+    indices: list[int]
+    frame_size: tuple[int, int]
+    source_fps: float
+
+
+def _video_frames(path: Path, container: av.container.InputContainer, video: av.video.stream.VideoStream,
+                  max_frame_pixels: int) -> Iterator[tuple[av.VideoFrame, list[str]]]:
+    """Decode the video stream one frame at a time: (the PyAV frame, the orientation ops of the clip)."""
+    ops: list[str] | None = None
+    try:
+        for packet in container.demux(video):
+            for frame in packet.decode():
+                if frame.width * frame.height > max_frame_pixels:
+                    raise _too_large_frames(path, frame.width, frame.height, max_frame_pixels)
+                if ops is None:
+                    ops = orientation_ops(display_matrix(frame), path)
+                yield frame, ops
+    except av.error.FFmpegError as err:
+        raise _corrupt(path, err) from err
+
+
+def _to_bgr(frame: av.VideoFrame, ops: Sequence[str], max_side: int | None = None) -> np.ndarray:
+    """An upright uint8 BGR array of a decoded frame; with ``max_side``, shrunk by swscale (area filter, in the
+    same step as the colour conversion) so that its long side is at most ``max_side``."""
+    if max_side is not None and max(frame.width, frame.height) > max_side:
+        scale = max_side / max(frame.width, frame.height)
+        width, height = max(2, round(frame.width * scale)), max(2, round(frame.height * scale))
+        return apply_orientation(frame.reformat(width=width, height=height, format="bgr24",
+                                                interpolation="AREA").to_ndarray(), ops)
+    return apply_orientation(frame.to_ndarray(format="bgr24"), ops)
+
+
+def scan_video(path: str | Path, on_frame: Callable[[int, np.ndarray], object] | None = None, *, every: int = 1,
+               max_side: int | None = None, fps_mode: str = "auto",
+               max_frame_pixels: int | None = None) -> VideoTimeline:
+    """One streamed pass over a video: the 25-fps timeline :func:`decode_clip` would apply and, on the way,
+    ``on_frame(decoded_index, frame)`` for every ``every``-th decoded frame (uint8 BGR, upright; shrunk by swscale
+    to at most ``max_side`` on its long side when given; never more than one held).
+
+    Raises:
+        MediaError: as :func:`decode_clip` (no video, corrupt stream, frames over ``max_frame_pixels``).
+    """
+    if fps_mode not in FPS_MODES:
+        raise ValueError(f"fps_mode must be one of {', '.join(FPS_MODES)}, got {fps_mode!r}.")
+    limit = MAX_FRAME_PIXELS if max_frame_pixels is None else int(max_frame_pixels)
+    path = Path(path)
+    pts: list[int | None] = []
+    durations: list[int | None] = []
+    size: tuple[int, int] | None = None
+    with open_input(path) as container:
+        if not container.streams.video:
+            raise MediaError(f"{path}: has no video stream (audio only?). Give a video file.")
+        video = container.streams.video[0]
+        rate = video.guessed_rate or video.average_rate
+        source_fps = float(rate) if rate else TARGET_FPS
+        converts = fps_mode == "cfr" or (fps_mode == "auto" and abs(source_fps - TARGET_FPS) > 1e-6)
+        for i, (frame, ops) in enumerate(_video_frames(path, container, video, limit)):
+            shape = (frame.height, frame.width) if len(ops) != 1 or ops[0] in ("hflip", "vflip") else \
+                (frame.width, frame.height)
+            if size is None:
+                size = shape
+            elif shape != size:
+                raise MediaError(f"{path}: the frame size changes inside the clip; re-encode it at one size.")
+            if on_frame is not None and i % every == 0:
+                on_frame(i, _to_bgr(frame, ops, max_side))
+            pts.append(frame.pts)
+            durations.append(frame.duration)
+        start_us = container.start_time
+        single_stream = len(container.streams) == 1
+        time_base = video.time_base
+    if size is None:
+        raise MediaError(f"{path}: the video stream has no decodable frames. Re-export the clip.")
+    indices = list(range(len(pts)))
+    if converts:
+        start_pts = _round_half_away(Fraction(start_us, 1_000_000) / time_base) if start_us is not None else 0
+        indices = cfr_frame_indices(_fill_missing_pts(pts, time_base, rate), time_base, durations, rate, start_pts,
+                                    TARGET_FPS, single_stream)
+    return VideoTimeline(indices=indices, frame_size=(int(size[0]), int(size[1])), source_fps=source_fps)
+
+
+def iter_frames(path: str | Path, indices: Sequence[int] | None = None, *,
+                max_frame_pixels: int | None = None) -> Iterator[np.ndarray]:
+    """Stream a video's upright uint8 BGR frames ``H×W×3``, one at a time: the decoded frames in order, or, given
+    ``indices`` (non-decreasing, e.g. :attr:`VideoTimeline.indices`), ``frame[indices[0]], frame[indices[1]], ...``
+    — the frames :func:`decode_clip` would return, without holding them."""
+    limit = MAX_FRAME_PIXELS if max_frame_pixels is None else int(max_frame_pixels)
+    path = Path(path)
+    with open_input(path) as container:
+        if not container.streams.video:
+            raise MediaError(f"{path}: has no video stream (audio only?). Give a video file.")
+        frames = _video_frames(path, container, container.streams.video[0], limit)
+        if indices is None:
+            for frame, ops in frames:
+                yield _to_bgr(frame, ops)
+            return
+        position = 0
+        for i, (frame, ops) in enumerate(frames):
+            if position < len(indices) and indices[position] == i:
+                image = _to_bgr(frame, ops)
+                while position < len(indices) and indices[position] == i:
+                    yield image
+                    position += 1
+            if position >= len(indices):
+                return
+
+
 def _fill_missing_pts(pts: Sequence[int | None], time_base: Fraction, rate: Fraction | None) -> list[int]:
     """Frames without a timestamp follow the previous one by one nominal frame period."""
     step = int(round(1 / (Fraction(rate) * time_base))) if rate else 1
@@ -684,6 +847,97 @@ def write_clip(path: str | Path, frames_bgr: np.ndarray, audio_int16: np.ndarray
     except BaseException:
         temp.unlink(missing_ok=True)
         raise
+
+
+class StreamWriter:
+    """Write a video frame by frame, atomically, with the settings of :func:`write_clip`.
+
+    The same encoders, options and audio interleaving as ``write_clip`` (h264: libx264 yuv420p with
+    talkbench's reproducible options + AAC; ffv1: ``bgr0`` + PCM), but frames are handed over one at a time, so a
+    long HD clip is never held. Written to a hidden ``.<name>.<random>.part`` file beside ``path`` and renamed on
+    a clean :meth:`close`; an exception inside the ``with`` block deletes it.
+
+    Use::
+
+        with StreamWriter(path, height, width, audio_int16, codec="h264") as writer:
+            for frame in frames:
+                writer.write(frame)
+    """
+
+    def __init__(self, path: str | Path, height: int, width: int, audio_int16: np.ndarray | None,
+                 fps: float = TARGET_FPS, codec: str = "h264", crf: int | None = None) -> None:
+        self.path = Path(path)
+        probe = np.zeros((1, height, width, 3), dtype=np.uint8)
+        _check_write_args(self.path, probe, audio_int16, fps, codec, crf)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        handle, temp_name = tempfile.mkstemp(dir=self.path.parent, prefix=f".{self.path.name}.", suffix=".part")
+        os.close(handle)
+        self._temp = Path(temp_name)
+        self._audio = audio_int16
+        self._rate = Fraction(fps).limit_denominator(100_000)
+        self._codec = codec
+        self._size = (height, width)
+        self._written_audio = 0
+        self.frames = 0
+        self._out = av.open(local_url(self._temp), mode="w",
+                            format=_WRITE_FORMATS[self.path.suffix.lower()])
+        if codec == "h264":
+            self._video = self._out.add_stream("libx264", rate=self._rate)
+            self._video.pix_fmt = "yuv420p"
+            self._video.options = {**_X264_OPTIONS, **({"crf": str(crf)} if crf is not None else {})}
+        else:
+            self._video = self._out.add_stream("ffv1", rate=self._rate)
+            self._video.pix_fmt = "bgr0"
+        self._video.height, self._video.width = height, width
+        self._audio_stream = None
+        if audio_int16 is not None:
+            self._audio_stream = self._out.add_stream("aac" if codec == "h264" else "pcm_s16le",
+                                                      rate=SAMPLE_RATE, layout="mono")
+
+    def write(self, frame_bgr: np.ndarray) -> None:
+        """Encode one uint8 ``H×W×3`` BGR frame (and the audio up to its end)."""
+        if frame_bgr.shape != (*self._size, 3) or frame_bgr.dtype != np.uint8:
+            raise ValueError(f"{self.path}: frame {self.frames} is {frame_bgr.dtype} {frame_bgr.shape}; every frame "
+                             f"must be uint8 {self._size[0]}×{self._size[1]}×3.")
+        picture = av.VideoFrame.from_ndarray(np.ascontiguousarray(frame_bgr), format="bgr24")
+        if self._codec == "h264":
+            picture = picture.reformat(format="yuv420p")
+        self._out.mux(self._video.encode(picture))
+        self.frames += 1
+        if self._audio_stream is not None:
+            until = min(len(self._audio), int(round(self.frames * SAMPLE_RATE / float(self._rate))))
+            self._written_audio = _mux_audio(self._out, self._audio_stream, self._audio,
+                                                   self._written_audio, until)
+
+    def close(self) -> Path:
+        """Flush the encoders and move the file into place; returns the path."""
+        if self.frames == 0:
+            raise ValueError(f"{self.path}: no frames were written.")
+        self._out.mux(self._video.encode(None))
+        if self._audio_stream is not None:
+            _mux_audio(self._out, self._audio_stream, self._audio, self._written_audio, len(self._audio))
+            self._out.mux(self._audio_stream.encode(None))
+        self._out.close()
+        os.chmod(self._temp, 0o666 & ~_UMASK)
+        os.replace(self._temp, self.path)
+        return self.path
+
+    def abort(self) -> None:
+        """Drop the partial file."""
+        try:
+            self._out.close()
+        except Exception:          # noqa: BLE001 - closing a half-written container may fail; the file goes anyway
+            pass
+        self._temp.unlink(missing_ok=True)
+
+    def __enter__(self) -> "StreamWriter":
+        return self
+
+    def __exit__(self, kind, value, traceback) -> None:
+        if kind is None:
+            self.close()
+        else:
+            self.abort()
 
 
 def _encode(target: Path, container_format: str, frames_bgr: np.ndarray, audio_int16: np.ndarray | None,

@@ -404,6 +404,22 @@ def check_zip_records(path: str | Path) -> dict[str, int] | None:
     return records
 
 
+def torchscript_archive(path: str | Path) -> bool:
+    """Whether ``path`` is a TorchScript archive (a zip holding ``code/`` or ``constants.pkl`` records).
+
+    ``torch.load`` hands such a file to ``torch.jit.load``, which runs its code; :func:`load_checkpoint` refuses
+    it before that. Loaders call this first to say which plain state dict to use instead.
+    """
+    if not zipfile.is_zipfile(path):
+        return False
+    with zipfile.ZipFile(path) as archive:
+        return _has_torchscript_records(n.split("/", 1)[1] if "/" in n else n for n in archive.namelist())
+
+
+def _has_torchscript_records(names: Any) -> bool:
+    return any(name.startswith("code/") or name == "constants.pkl" for name in names)
+
+
 class _RestrictedPickleModule:
     """What ``torch.load(pickle_module=...)`` needs: ``Unpickler`` and ``load``."""
 
@@ -434,6 +450,10 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu", 
     if not path.is_file():
         raise FileNotFoundError(f"{path}: checkpoint file not found; pass an existing file with --weights NAME=PATH.")
     records = check_zip_records(path)
+    if records is not None and _has_torchscript_records(records):
+        raise UnsafeCheckpointError(f"{path}: a TorchScript archive (code/ or constants.pkl records), not a torch.save "
+                                    "checkpoint; loading it would run its code, so talkbench never does. Pass the "
+                                    "plain state-dict file the card names.")
     token = _ZIP_RECORDS.set(records)
     try:
         return torch.load(path, map_location=map_location, pickle_module=_RestrictedPickleModule,

@@ -25,6 +25,8 @@ Layouts (``kind``):
     any folder; ``transcripts.csv`` (columns ``path,text``, ``path`` relative to the folder, with or
     without extension; LRW word labels go in ``text`` too) in the reference folder (in the generated
     folder when there is no reference folder). Without it, every clip is a pair without text.
+    A ``transcripts.json`` beside it (written by ``talkbench transcribe``, :mod:`talkbench.transcribe`) says
+    the texts come from speech recognition (:func:`transcripts_provenance`); the run records it.
 
 Face boxes: ``<boxes_dir>/<id>.npy`` when a boxes folder is given, else ``<stem>.npy`` beside the
 reference clip (TalkLip's ``bbx_root`` files): ``T×4`` integer ``x1, y1, x2, y2`` per frame.
@@ -61,12 +63,13 @@ from __future__ import annotations
 import csv
 import hashlib
 import io
+import json
 import logging
 import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path, PureWindowsPath
-from typing import Any
+from typing import Any, Mapping
 
 import numpy as np
 
@@ -77,6 +80,11 @@ logger = logging.getLogger(__name__)
 
 SUITE_KINDS: tuple[str, ...] = ("lrs2", "lrw", "talklip-filelist", "folder")
 TRANSCRIPTS_CSV = "transcripts.csv"
+#: Provenance of a ``transcripts.csv`` made by speech recognition (``talkbench transcribe``), beside it.
+TRANSCRIPTS_PROVENANCE = "transcripts.json"
+TRANSCRIPTS_FORMAT = "talkbench-transcripts-1"
+#: :func:`transcripts_label` of transcripts without ASR provenance (LRS2 ``.txt``, filelists, hand-made csv).
+HUMAN_TRANSCRIPTS = "human"
 LRS2_TEXT_PREFIX = "Text:"
 _LRW_ID = re.compile(r"^(?P<word>[^/]+)/(?P<split>[^/]+)/(?P=word)_\d+$")
 _REPORT_NAMES = 5  # how many ids a report names
@@ -121,6 +129,8 @@ class Suite:
         filelist: the list of a ``talklip-filelist`` suite, else None.
         transcripts: the ``transcripts.csv`` a ``folder`` suite read, else None.
         boxes_dir: the face-boxes folder, or None (boxes beside the reference clips).
+        transcripts_source: the ASR provenance of ``transcripts`` (:func:`transcripts_provenance`), or None
+            (human transcripts).
     """
 
     kind: str
@@ -134,6 +144,7 @@ class Suite:
     filelist: Path | None = None
     transcripts: Path | None = None
     boxes_dir: Path | None = None
+    transcripts_source: dict[str, Any] | None = None
 
     def report(self) -> list[str]:
         """Human-readable lines about clips that could not be paired (empty when all paired)."""
@@ -544,6 +555,7 @@ def load_suite(kind: str, generated: Path, reference: Path | None, filelist: Pat
         filelist=filelist,
         transcripts=transcripts,
         boxes_dir=boxes_dir,
+        transcripts_source=transcripts_provenance(transcripts) if transcripts is not None else None,
     )
     logger.info("suite %s: %d clip(s) from %s", kind, len(pairs), filelist or root)
     for line in suite.report():
@@ -592,6 +604,46 @@ def _sha256_file(path: Path) -> str:
         for block in iter(lambda: handle.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
+
+
+def sha256_text(text: str) -> str:
+    """sha256 of a text's UTF-8 bytes (hex)."""
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def transcripts_provenance(table: Path) -> dict[str, Any] | None:
+    """The ASR provenance of a ``transcripts.csv``: its ``transcripts.json`` sidecar, or None (human transcripts).
+
+    A table edited after ``talkbench transcribe`` wrote it (its sha256 differs from the recorded one) still counts
+    as ASR transcripts (a warning says so, and ``edited`` is set): corrected ASR output is not a human transcript
+    of the same standing.
+
+    Raises:
+        ValueError: the sidecar is not valid JSON or not a talkbench transcripts provenance (names the file).
+    """
+    sidecar = Path(table).with_suffix(".json")
+    if not sidecar.is_file():
+        return None
+    try:
+        data = json.loads(read_text_file(sidecar))
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{sidecar}: not valid JSON ({err}); delete it (human transcripts) or rerun "
+                         "`talkbench transcribe`.") from None
+    if not isinstance(data, dict) or data.get("format") != TRANSCRIPTS_FORMAT or not data.get("model"):
+        raise ValueError(f"{sidecar}: not a talkbench transcripts provenance (format {TRANSCRIPTS_FORMAT!r} with a "
+                         "`model`); delete it (human transcripts) or rerun `talkbench transcribe`.")
+    if data.get("csv_sha256") != _sha256_file(Path(table)):
+        logger.warning("%s was edited after `talkbench transcribe` wrote it; its rows still count as ASR transcripts "
+                       "(%s).", table, data["model"])
+        data = {**data, "edited": True}
+    return data
+
+
+def transcripts_label(provenance: Mapping[str, Any] | None) -> str:
+    """``human``, or ``asr:<card>`` (``asr:whisper-small.en``) for transcripts made by speech recognition."""
+    if not provenance:
+        return HUMAN_TRANSCRIPTS
+    return f"asr:{provenance.get('model', '?')}" + ("+edited" if provenance.get("edited") else "")
 
 
 def suite_settings(suite: Suite) -> dict[str, Any]:

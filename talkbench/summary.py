@@ -6,7 +6,9 @@ stored per-clip rows, without loading any network.
 
 Each metric's aggregate uses every clip whose row has that metric's per-clip column: a clip on which
 one observer failed still counts in the other observers' metrics. ``n_failed`` counts the clips with any
-error; ``n_failed_by_metric`` says, per requested metric, how many clips it could not score.
+error; ``n_failed_by_metric`` says, per requested metric, how many clips it could not score; ``n_flagged`` counts
+the clips that do not fit what the protocol expects (their ``input_flags`` column, see
+:class:`talkbench.protocols.Expects`).
 
 Every metric has a confidence interval next to it (``<metric>_lo``, ``<metric>_hi``): a percentile bootstrap
 over clips that respects the metric's aggregation (:mod:`talkbench.statistics`: corpus WER recomputed as
@@ -28,7 +30,7 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 
-from talkbench import __version__, protocols, statistics
+from talkbench import __version__, protocols, statistics, suites
 from talkbench.observers import METRIC_COLUMNS, METRICS, module
 from talkbench.store import ClipRecord
 
@@ -39,9 +41,9 @@ def metric_columns(metric: str) -> tuple[str, str, str]:
 
 #: Columns of ``summary.csv`` and of the leaderboard, in this order: the metric columns come from the specs.
 SUMMARY_COLUMNS: tuple[str, ...] = (
-    ("model", "suite", "split", "protocol", "options", "n_clips", "n_failed")
+    ("model", "suite", "split", "protocol", "options", "transcripts", "n_clips", "n_failed")
     + tuple(c for m in METRIC_COLUMNS for c in metric_columns(m))
-    + ("n_failed_by_metric", "partial", "ci", "observers", "talkbench_version", "date", "source", "citation")
+    + ("n_failed_by_metric", "n_flagged", "partial", "ci", "observers", "talkbench_version", "date", "source", "citation")
 )
 #: Block bootstrap choices: ``none`` (clips are independent) or ``speaker`` (clips of one LRS2 speaker folder,
 #: the clip id's parent, are resampled together).
@@ -109,8 +111,11 @@ def clip_stats(metric: str, records: Sequence[ClipRecord], protocol: str = "talk
         return statistics.ClipStats.from_rows([r.values for r in records], spec.inputs,
                                               clip_ids=[r.clip_id for r in records]), None
     observer = next(o for o in protocols.get(protocol).observer_specs([metric]))
+    set_statistic = getattr(module(observer), "set_statistic", None)
+    if set_statistic is None:  # no resampling statistic (FID, FVD: per-frame features): no interval, no paired test
+        return statistics.ClipStats(features=np.zeros((0, 0)), clip_ids=()), None
     stored = features(observer.features) if features is not None else {}
-    return statistics.ClipStats.from_features(stored, observer.features), module(observer).set_statistic
+    return statistics.ClipStats.from_features(stored, observer.features), set_statistic
 
 
 def intervals(metrics: Sequence[str], records: Sequence[ClipRecord], protocol: str = "talklip2023",
@@ -215,9 +220,11 @@ def summary_row(meta: Mapping[str, Any], records: Sequence[ClipRecord], features
         split=meta.get("split", "test"),
         protocol=protocol.name,
         options=protocols.options_label(protocol, meta.get("options", {})),
+        transcripts=suites.transcripts_label(meta.get("transcripts")),  # human, or asr:<card> (talkbench transcribe)
         n_clips=len(records),
         n_failed=sum(1 for r in records if r.error is not None),
         n_failed_by_metric=";".join(f"{m}={n}" for m, n in failures.items() if n),
+        n_flagged=sum(1 for r in records if r.values.get("input_flags")),  # measure.FLAGS_COLUMN
         partial="; ".join([f"shard {k} missing" for k in meta.get("partial_missing_shards") or ()]
                           + list(meta.get("partial_unfinished_shards") or ())),
         ci=ci.label(),

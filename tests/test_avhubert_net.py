@@ -184,3 +184,26 @@ def test_padding_does_not_change_real_frames() -> None:
         alone = model.extract_features(audio, None)
         batch = model.extract_features(padded, None, mask)
     close(batch[0, :6], alone[0].numpy(), atol=1e-5)
+
+
+def test_video_front_end_in_time_chunks_equals_one_pass() -> None:
+    # long clips run the ResNet front end in chunks (memory); the stem's ±2-frame Conv3d is fed from the neighbours
+    from talkbench.nets.avhubert import ResEncoder
+
+    torch.manual_seed(0)
+    encoder = ResEncoder().eval()
+    for module in encoder.modules():
+        if isinstance(module, (torch.nn.BatchNorm2d, torch.nn.BatchNorm3d)):
+            module.running_mean.uniform_(-0.1, 0.1)
+            module.running_var.uniform_(0.5, 1.5)
+    video = torch.randn(1, 1, 21, 88, 88)
+    with torch.no_grad():
+        whole = encoder(video)
+        encoder.chunk_frames = 4
+        chunked = encoder(video)
+    assert chunked.shape == whole.shape == (1, 512, 21)
+    torch.testing.assert_close(chunked, whole, rtol=0, atol=1e-6)
+    encoder.chunk_frames = 4
+    with torch.no_grad():  # a wrong halo (no neighbours) would differ at the chunk borders
+        cut = torch.cat([encoder._forward(video[:, :, s:s + 4]) for s in range(0, 21, 4)], dim=2)
+    assert (cut - whole).abs().max() > 1e-3

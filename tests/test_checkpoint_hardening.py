@@ -392,3 +392,24 @@ def test_expert_probe_reports_a_hostile_file(tmp_path, restore_globals):
     with pytest.raises(UnsafeCheckpointError, match="evil.pt"):
         is_mini_lipreader(str(path))
     assert is_mini_lipreader(str(DATA / "lipreader-a.pt"))
+
+
+def test_a_torchscript_archive_is_refused_before_torch_jit_runs_it(tmp_path, monkeypatch):
+    # torch.load hands a TorchScript zip to torch.jit.load, which runs the archive's code: refused before that
+    import torch
+
+    from talkbench.safe_unpickle import UnsafeCheckpointError, load_checkpoint, torchscript_archive
+
+    path = tmp_path / "scripted.pt"
+    torch.jit.save(torch.jit.script(torch.nn.Linear(2, 2)), str(path))
+    plain = tmp_path / "plain.pt"
+    torch.save(torch.nn.Linear(2, 2).state_dict(), plain)
+    assert torchscript_archive(path) and not torchscript_archive(plain)
+
+    def jit_load(*args, **kwargs):
+        raise AssertionError("torch.jit.load was reached")
+
+    monkeypatch.setattr(torch.jit, "load", jit_load)
+    with pytest.raises(UnsafeCheckpointError, match="TorchScript"):
+        load_checkpoint(path)
+    assert set(load_checkpoint(plain)) == {"weight", "bias"}

@@ -16,6 +16,7 @@ import torch
 from recipe import filled_state_dict
 from talkbench.crops.lipreader_inputs import conformer_crops
 from talkbench.media import Clip
+from talkbench.metrics import visemes
 from talkbench.nets.checkpoint_keys import CheckpointError
 from talkbench.nets.conformer import ConformerLipReader, load_conformer, pad_features, required_input_length
 from talkbench.nets.espnet_layers import RelPositionalEncoding, RelPositionMultiHeadedAttention, relative_positions
@@ -169,8 +170,15 @@ def test_observer_rows_and_summary(model: ConformerLipReader) -> None:
         assert row["hyp2"] == CASES[name]["pred_text"]
         assert (row["wer2"], row["edits2"], row["ref_words2"]) == (100 * CASES[name]["wer"], CASES[name]["word_edits"],
                                                                     CASES[name]["n_words"])
+        if visemes.available():  # ver2: the teacher-forced hypothesis against the transcript, in visemes
+            assert (row["viseme_edits2"], row["ref_visemes2"]) == visemes.viseme_edits(row["hyp2"], text[7:])
+            assert 0 < row["ref_visemes2"] and row["viseme_edits2"] <= max(row["ref_visemes2"],
+                                                                          len(visemes.visemes(row["hyp2"])))
         rows.append(row)
     summary = obs.summarize(rows)  # percent
+    if visemes.available():
+        assert summary["ver2"] == pytest.approx(100 * sum(r["viseme_edits2"] for r in rows)
+                                                / sum(r["ref_visemes2"] for r in rows))
     assert summary["wer2"] == 100 * EXPECTED["wer2_mean_of_per_utterance_wer"]
     assert summary["wer2_corpus"] == 100 * EXPECTED["corpus_wer"]
     assert summary["cer2"] == pytest.approx(100 * EXPECTED["cer_mean_of_per_utterance_cer"], abs=1e-12)

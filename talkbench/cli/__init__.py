@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import typer
 
-from talkbench.cli import ablation, avhubert, commands, compare, corpus, generate, models, train, train_observer
+from talkbench.cli import (ablation, avhubert, commands, compare, corpus, generate, models, prepare, train,
+                           train_observer, transcribe)
 from talkbench.cli.root import app, setup_logging, stderr
 
-for _module in (commands, compare, generate, avhubert, train, models, corpus, train_observer, ablation):
+for _module in (commands, compare, prepare, generate, avhubert, train, models, corpus, train_observer, ablation,
+                transcribe):
     _module.register(app)
 
 

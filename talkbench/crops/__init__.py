@@ -20,8 +20,9 @@ side or recipe is a ``ValueError``, so two observers cannot keep the same crop u
 
 Face boxes are validated by :mod:`talkbench.boxes` (bottom layer: suites read box files with it too).
 
-Layer: below the observers and :mod:`talkbench.lse`, above :mod:`talkbench.faces` (detectors, landmarks, tracks);
-imports faces and the bottom layer (media, boxes, jpeg_compat, reference_ffmpeg), never nets, observers,
+Layer: below the observers and :mod:`talkbench.lse`, above :mod:`talkbench.tracks` (a clip's face track) and
+:mod:`talkbench.faces` (detectors, landmarks, syncnet_python tracks); imports tracks, faces and the bottom layer
+(media, boxes, jpeg_compat, reference_ffmpeg), never nets, observers,
 protocols, evaluate or the CLI (the contracts in pyproject.toml).
 """
 
@@ -54,6 +55,8 @@ class Kind(enum.Enum):
       (:func:`talkbench.crops.syncnet.syncnet224`).
     * ``FACE_DETECTIONS``: per frame float64 ``K×5`` face detections; recipe = the detector
       (:func:`talkbench.crops.syncnet.face_detections`).
+    * ``FACE_TRACK``: the clip's :class:`talkbench.tracks.ClipTrack` in the coordinates of the measured frames, when
+      the clip was cut around its face track (:func:`talkbench.crops.face.clip_face_track`).
     """
 
     FACE96 = ("face96", ())
@@ -63,6 +66,7 @@ class Kind(enum.Enum):
     MVM_LRW112 = ("mvm_lrw112", ())
     SYNCNET224 = ("syncnet224", ("resize", "jpeg-compat"))
     FACE_DETECTIONS = ("face_detections", DETECTORS)
+    FACE_TRACK = ("face_track", ())
 
     def __init__(self, label: str, recipes: tuple[str, ...]) -> None:
         self.label = label

@@ -15,6 +15,7 @@ import numpy as np
 
 from talkbench.boxes import check_boxes
 from talkbench.crops import ClipCache, CropKey, Kind, cached
+from talkbench.tracks import ClipTrack
 
 logger = logging.getLogger(__name__)
 
@@ -90,4 +91,16 @@ def face96_pair(cache: ClipCache, generated: np.ndarray, reference: np.ndarray, 
     return crops_gen, crops_ref
 
 
-__all__ = ["FACE_SIZE", "face96_pair", "face_crops"]
+def clip_face_track(cache: ClipCache) -> ClipTrack | None:
+    """The clip's face track (in the coordinates of its measured frames) when the clip was cut around it
+    (:meth:`talkbench.protocols.Expects.routes`), else None."""
+    return cache.get(CropKey(Kind.FACE_TRACK))
+
+
+def set_clip_face_track(cache: ClipCache, track: ClipTrack) -> None:
+    """Record the clip's face track (once per clip, by :mod:`talkbench.measure`): every face-based crop of the clip
+    (face boxes, SyncNet pipeline crops) comes from it."""
+    cache[CropKey(Kind.FACE_TRACK)] = track
+
+
+__all__ = ["FACE_SIZE", "clip_face_track", "face96_pair", "face_crops", "set_clip_face_track"]

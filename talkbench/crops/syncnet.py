@@ -8,6 +8,8 @@
   :func:`face_detections`), tracked (:func:`talkbench.faces.track_faces`), then each track cropped by
   :func:`crop_track`: median-filtered box size and centre, grey padding, a crop with the chin shift, 224×224.
   Track crops depend on the observer's tracking options and have one user, so they are not cached.
+  A clip cut around its face track (:mod:`talkbench.tracks`) is not detected again: its one track is cropped
+  (:func:`talkbench.crops.face.clip_face_track`).
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ import cv2
 import numpy as np
 from scipy import signal
 
-from talkbench import jpeg_compat
+from talkbench import jpeg_compat, media
 from talkbench.crops import ClipCache, CropKey, Kind, Side, cached
 from talkbench.faces import FaceTrack, detect_faces_per_frame
 from talkbench.media import Clip
@@ -60,7 +62,7 @@ def jpeg_frames(clip: Clip, label: str = "clip") -> np.ndarray:
     approximation from the decoded BGR frames (logged with ``label``, the clip's id).
     """
     path = getattr(clip, "path", None)
-    if path is not None and Path(path).is_file():
+    if path is not None and Path(path).is_file() and _same_size(Path(path), clip.frames):
         try:
             frames = jpeg_compat.reference_frames(path=path, size=FRAME_SIZE)
             if len(frames) == clip.num_frames:
@@ -70,6 +72,16 @@ def jpeg_frames(clip: Clip, label: str = "clip") -> np.ndarray:
         except (ValueError, ReferenceFFmpegError) as err:
             logger.warning("%s: %s; JPEG round trip approximated from BGR frames.", label, err)
     return jpeg_compat.reference_frames(frames_bgr=clip.frames, size=FRAME_SIZE)
+
+
+def _same_size(path: Path, frames: np.ndarray) -> bool:
+    """True when the file's frames are the clip's (False for a clip cut around its face track: its frames are
+    the face-centred squares, so the file's whole frames must not be read)."""
+    try:
+        header = media.probe_video(path)
+    except media.MediaError:
+        return False
+    return (header.height, header.width) == tuple(frames.shape[1:3])
 
 
 def syncnet224(cache: ClipCache, clip: Clip, recipe: str = "resize", label: str = "clip",

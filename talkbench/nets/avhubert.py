@@ -399,7 +399,24 @@ class ResEncoder(nn.Module):
         )
         self.trunk = ResNetTrunk(relu_type)
 
+    #: frames per step of :meth:`forward` (bounds memory on long clips: one 60-s clip at once held 0.74 GB of
+    #: activations); exact, since only the stem's Conv3d looks across time (±2 frames, fed from the neighbours)
+    chunk_frames = 128
+
     def forward(self, x: Tensor) -> Tensor:
+        frames = x.shape[2]
+        if frames <= self.chunk_frames:
+            return self._forward(x)
+        halo = self.frontend3D[0].padding[0]
+        parts = []
+        for start in range(0, frames, self.chunk_frames):
+            stop = min(start + self.chunk_frames, frames)
+            lo, hi = max(0, start - halo), min(frames, stop + halo)
+            out = self._forward(x[:, :, lo:hi])                  # [B, 512, hi - lo]
+            parts.append(out[:, :, start - lo:stop - lo])
+        return torch.cat(parts, dim=2)
+
+    def _forward(self, x: Tensor) -> Tensor:
         batch = x.shape[0]
         x = self.frontend3D(x)                                   # [B, 64, T, H/4, W/4]
         frames = x.shape[2]

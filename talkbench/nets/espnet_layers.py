@@ -1,4 +1,5 @@
-"""ESPnet 0.10.6 transformer/conformer building blocks, as TalkLip's Conformer lip reader uses them.
+"""ESPnet 0.10.6 transformer/conformer building blocks, as TalkLip's Conformer lip reader uses them (and
+Auto-AVSR's vendored copy, :mod:`talkbench.nets.avsr`: ReLU feed-forward modules, ``ConvolutionModuleCov``).
 
 Written from the published architecture (ESPnet 0.10.6, ``espnet.nets.pytorch_backend``); attribute
 names follow ESPnet's so that official state-dict keys load unchanged. Only what inference needs is here
@@ -208,15 +209,41 @@ class ConvolutionModule(nn.Module):
         return self.pointwise_conv2(y).transpose(1, 2)
 
 
+class ConvolutionModuleCov(ConvolutionModule):
+    """:class:`ConvolutionModule` under the key names of Auto-AVSR's vendored ESPnet (mpc001/auto_avsr
+    ``encoder/conformer_encoder.py``): ``pointwise_cov1`` / ``pointwise_cov2`` (sic) instead of ``pointwise_conv1`` /
+    ``pointwise_conv2``; same maths (pointwise, GLU, depthwise, BatchNorm1d, Swish, pointwise)."""
+
+    def __init__(self, channels: int, kernel_size: int) -> None:
+        nn.Module.__init__(self)
+        if kernel_size % 2 != 1:
+            raise ValueError(f"conformer kernel size must be odd, got {kernel_size}")
+        self.pointwise_cov1 = nn.Conv1d(channels, 2 * channels, kernel_size=1)
+        self.depthwise_conv = nn.Conv1d(channels, channels, kernel_size, padding=(kernel_size - 1) // 2,
+                                        groups=channels)
+        self.norm = nn.BatchNorm1d(channels)
+        self.pointwise_cov2 = nn.Conv1d(channels, channels, kernel_size=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``B×T×C`` -> ``B×T×C``."""
+        y = F.glu(self.pointwise_cov1(x.transpose(1, 2)), dim=1)
+        y = F.silu(self.norm(self.depthwise_conv(y)))
+        return self.pointwise_cov2(y).transpose(1, 2)
+
+
 class ConformerEncoderLayer(nn.Module):
     """Macaron conformer block, pre-norm: FFN/2 -> rel-pos MHSA -> conv -> FFN/2 -> ``norm_final``."""
 
-    def __init__(self, size: int, heads: int, linear_units: int, kernel_size: int) -> None:
+    def __init__(self, size: int, heads: int, linear_units: int, kernel_size: int, swish_ffn: bool = True,
+                 conv_module: type[nn.Module] | None = None) -> None:
+        """``swish_ffn``: Swish (ESPnet 0.10.6) or ReLU (Auto-AVSR's vendored ESPnet) in both feed-forward modules;
+        ``conv_module``: the convolution module's class (default :class:`ConvolutionModule`; Auto-AVSR's checkpoints
+        name its pointwise convolutions differently, :class:`ConvolutionModuleCov`)."""
         super().__init__()
         self.self_attn = RelPositionMultiHeadedAttention(heads, size)
-        self.feed_forward = PositionwiseFeedForward(size, linear_units, swish=True)
-        self.feed_forward_macaron = PositionwiseFeedForward(size, linear_units, swish=True)
-        self.conv_module = ConvolutionModule(size, kernel_size)
+        self.feed_forward = PositionwiseFeedForward(size, linear_units, swish=swish_ffn)
+        self.feed_forward_macaron = PositionwiseFeedForward(size, linear_units, swish=swish_ffn)
+        self.conv_module = (conv_module or ConvolutionModule)(size, kernel_size)
         self.norm_ff = LayerNorm(size)
         self.norm_mha = LayerNorm(size)
         self.norm_ff_macaron = LayerNorm(size)

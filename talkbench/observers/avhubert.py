@@ -9,11 +9,13 @@ Per clip (as av_hubert's ``infer_s2s.py`` with ``conf/s2s_decode.yaml``, video o
 3. beam search (:func:`talkbench.nets.avhubert_decoding.beam_search`: beam 50, lenpen 1, max length = frames);
 4. the best hypothesis detokenised; the reference = the transcript lowercased and round-tripped through the
    tokenizer (sentencepiece pieces → dictionary ids → text), exactly what infer_s2s compares against;
-5. word edits (editdistance over whitespace-split words) and character edits.
+5. word edits (editdistance over whitespace-split words) and character edits;
+6. viseme edits (``ver``, not in the reference: :mod:`talkbench.metrics.visemes`, espeak-ng phonemes of the same
+   reference and hypothesis mapped to Neti et al.'s viseme classes, word boundaries dropped).
 
 Aggregation (:func:`summarize`): ``wer1`` = 100 · Σ word edits / Σ reference words over the clips (corpus
-WER in percent, as infer_s2s prints it); ``cer1`` likewise over characters. The per-clip ``wer1``/``cer1``
-columns are the per-utterance values in percent.
+WER in percent, as infer_s2s prints it); ``cer1`` likewise over characters, ``ver`` over visemes. The per-clip
+``wer1``/``cer1`` columns are the per-utterance values in percent.
 
 Clips longer than ``max_frames`` (option; default the checkpoint's ``max_sample_size``, 500 frames for the
 released models) become error rows: the reference's data loader drops them silently from the corpus.
@@ -38,6 +40,7 @@ from talkbench import weights
 from talkbench.crops import Kind
 from talkbench.crops.mouth import mouth88
 from talkbench.devices import resolve_device
+from talkbench.metrics.visemes import viseme_columns
 from talkbench.metrics.text import char_edits, corpus_rate, word_edits
 from talkbench.nets.avhubert import IMAGE_MEAN, IMAGE_STD, load_avhubert_seq2seq, video_input
 from talkbench.nets.avhubert_decoding import S2S_DECODE, beam_search
@@ -62,14 +65,17 @@ def word_and_char_edits(ref: str, hyp: str) -> tuple[int, int, int, int]:
 
 
 def summarize(rows: Sequence[Row]) -> dict[str, float]:
-    """Corpus WER1/CER1 in percent over stored per-clip rows (NaN without rows or reference words)."""
+    """Corpus WER1/CER1/VER in percent over stored per-clip rows (NaN without rows or reference words)."""
     rows = [r for r in rows if r.get("edits1") is not None]
 
     def rate(edits: str, units: str) -> float:
         counts = [(int(r[edits]), int(r[units])) for r in rows]
         return corpus_rate(counts) if sum(n for _, n in counts) else math.nan
 
-    return {"wer1": rate("edits1", "ref_words1"), "cer1": rate("char_edits1", "ref_chars1")}
+    ver_rows = [r for r in rows if r.get("viseme_edits1") is not None]
+    ver_counts = [(int(r["viseme_edits1"]), int(r["ref_visemes1"])) for r in ver_rows]
+    ver = corpus_rate(ver_counts) if sum(n for _, n in ver_counts) else math.nan
+    return {"wer1": rate("edits1", "ref_words1"), "cer1": rate("char_edits1", "ref_chars1"), "ver": ver}
 
 
 def wer1_row(ref: str, hyp: str, score: float) -> dict[str, Any]:
@@ -85,6 +91,7 @@ def wer1_row(ref: str, hyp: str, score: float) -> dict[str, Any]:
         "cer1": 100.0 * char_edits / n_chars if n_chars else math.nan,
         "char_edits1": char_edits,
         "ref_chars1": n_chars,
+        **viseme_columns(ref, hyp, "1"),
     }
 
 

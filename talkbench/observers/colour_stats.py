@@ -22,8 +22,8 @@ from dataclasses import dataclass, field
 from typing import Mapping
 
 import numpy as np
-from scipy import linalg
 
+from talkbench.metrics.frechet import frechet_distance
 from talkbench.observers.base import ClipData, ObserverContext, Row
 from talkbench.observers.image_quality import paired_face_crops
 
@@ -31,7 +31,6 @@ METRIC = "fd_colour"
 N_FEATURES = 8
 #: Per-clip feature arrays: ``[n, Σx (8), Σxxᵀ (64)]`` of the generated and of the reference frames.
 FEATURES: tuple[str, str] = ("colour_generated", "colour_reference")
-_EPS = 1e-6  # pytorch-fid's offset for a singular product of covariances
 
 
 def frame_features(crops_bgr: np.ndarray) -> np.ndarray:
@@ -57,26 +56,6 @@ def gaussian(stats: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     outer = stats[1 + N_FEATURES:].reshape(N_FEATURES, N_FEATURES)
     mu = total / n
     return mu, (outer - n * np.outer(mu, mu)) / (n - 1)
-
-
-def frechet_distance(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma2: np.ndarray) -> float:
-    """Fréchet distance of two Gaussians, as pytorch-fid's ``calculate_frechet_distance``: scipy's ``sqrtm`` of
-    Σ₁Σ₂; a non-finite result is recomputed with ``1e-6·I`` added to both covariances; an imaginary part above
-    1e-3 is an error, a smaller one is dropped.
-
-    Raises:
-        ValueError: the matrix square root has a large imaginary component.
-    """
-    diff = mu1 - mu2
-    covmean = linalg.sqrtm(sigma1.dot(sigma2))
-    if not np.isfinite(covmean).all():
-        offset = np.eye(sigma1.shape[0]) * _EPS
-        covmean = linalg.sqrtm((sigma1 + offset).dot(sigma2 + offset))
-    if np.iscomplexobj(covmean):
-        if not np.allclose(np.diagonal(covmean).imag, 0, atol=1e-3):
-            raise ValueError(f"imaginary component {np.max(np.abs(covmean.imag))} in the matrix square root")
-        covmean = covmean.real
-    return float(diff.dot(diff) + np.trace(sigma1) + np.trace(sigma2) - 2 * np.trace(covmean))
 
 
 def set_statistic(summed: np.ndarray) -> float:

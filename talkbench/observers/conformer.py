@@ -10,6 +10,8 @@ Aggregation (:func:`summarize`): ``wer2`` is the **mean of the per-utterance WER
 ``main()`` (batch size 1) prints it; ``wer2_corpus`` is total word edits / total reference words;
 ``cer2`` / ``cer2_corpus`` likewise for characters. All are in **percent** (the reference prints fractions,
 ``Val.WER: 0.273`` = 27.3 here), like WER1 and the paper's tables; the per-clip ``wer2``/``cer2`` too.
+``ver2`` (not in the reference) is the corpus viseme error rate of the same teacher-forced hypothesis against the
+transcript (:func:`talkbench.metrics.visemes.viseme_columns`).
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from talkbench import weights
 from talkbench.crops.lipreader_inputs import conformer112
 from talkbench.devices import resolve_device
 from talkbench.metrics.text import corpus_rate, mean_utterance_rate
+from talkbench.metrics.visemes import viseme_columns
 from talkbench.nets.conformer import BLANK, SOS_EOS, SPACE, ConformerLipReader, load_conformer
 from talkbench.observers.base import ClipData, ClipSkipped, ObserverContext, Row
 
@@ -144,11 +147,13 @@ def summarize(rows: Sequence[Row]) -> dict[str, float]:
     """
     rows = [r for r in rows if r.get("wer2") is not None]
     if not rows:
-        return {k: math.nan for k in ("wer2", "wer2_corpus", "cer2", "cer2_corpus")}
+        return {k: math.nan for k in ("wer2", "wer2_corpus", "cer2", "cer2_corpus", "ver2")}
     # recomputed from the integer counts so that no rounding of the stored per-clip rates creeps in
     words = [(int(r["edits2"]), int(r["ref_words2"])) for r in rows]
     chars = [(int(r["char_edits2"]), int(r["ref_chars2"])) for r in rows]
-    return {"wer2": mean_utterance_rate(words), "wer2_corpus": corpus_rate(words),
+    visemes = [(int(r["viseme_edits2"]), int(r["ref_visemes2"])) for r in rows if r.get("viseme_edits2") is not None]
+    return {"ver2": corpus_rate(visemes) if sum(n for _, n in visemes) else math.nan,
+            "wer2": mean_utterance_rate(words), "wer2_corpus": corpus_rate(words),
             "cer2": mean_utterance_rate(chars), "cer2_corpus": corpus_rate(chars)}
 
 
@@ -184,9 +189,10 @@ class ConformerObserver:
         crops = conformer112(clip.cache, frames)
         out = self.model.teacher_force(normalise(crops).to(self.device), target, frame_chunk=self.frame_chunk)
         score = score_utterance(out["argmax"].cpu().tolist(), target)
-        return {"wer2": 100.0 * score.wer, "hyp2": indices_text(score.hypothesis), "edits2": score.word_edits,
+        hyp = indices_text(score.hypothesis)
+        return {"wer2": 100.0 * score.wer, "hyp2": hyp, "edits2": score.word_edits,
                 "ref_words2": score.ref_words, "cer2": 100.0 * score.cer, "char_edits2": score.char_edits,
-                "ref_chars2": score.ref_chars}
+                "ref_chars2": score.ref_chars, **viseme_columns(indices_text(target), hyp, "2")}
 
     def summarize(self, rows: Sequence[Row]) -> dict[str, float]:
         return summarize(rows)

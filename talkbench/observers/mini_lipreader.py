@@ -3,14 +3,16 @@
 Same input and per-clip columns as :mod:`talkbench.observers.avhubert`: the protocol's mouth crops (``mini``:
 gray centre 88×88 of the whole frame, :func:`talkbench.observers.avhubert.lipreader_crops`, shared through the
 clip cache), references normalised as the protocol says (``mini``: lowercased); per-clip ``wer1``, ``hyp1``, ``ref1``, ``score1`` (mean best-path CTC log-probability),
-``edits1``, ``ref_words1``, ``cer1``, ``char_edits1``, ``ref_chars1``. Summary: corpus WER1/CER1 in percent
+``edits1``, ``ref_words1``, ``cer1``, ``char_edits1``, ``ref_chars1``, ``viseme_edits1``, ``ref_visemes1``. Summary:
+corpus WER1/CER1/VER in percent
 (:func:`talkbench.observers.avhubert.summarize`).
 
 Options: ``mini_lexicon`` (default true): snap each decoded word to the nearest word of the corpus' 51-word
 vocabulary; ``mini_lipreader`` (``b`` default, or ``a``): which card to score with.
 
 The network is :mod:`talkbench.nets.mini_lipreader`; its weights were trained by
-:mod:`talkbench.train.mini_observers` on the synthetic corpus (:mod:`talkbench.synthetic`).
+:mod:`talkbench.train.mini_observers` on the synthetic corpus (:mod:`talkbench.synthetic`); it warns on clips that are
+not corpus renders (:func:`talkbench.observers.mini_syncnet.outside_renders`).
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from talkbench.metrics.text import normalize_text
 from talkbench.nets.mini_lipreader import load_lipreader, transcribe
 from talkbench.observers.avhubert import lipreader_crops, summarize, wer1_row
 from talkbench.observers.base import ClipData, ClipSkipped, ObserverContext, Row
+from talkbench.observers.mini_syncnet import warn_outside_renders
 from talkbench.synthetic import grammar
 
 logger = logging.getLogger(__name__)
@@ -66,6 +69,7 @@ class MiniLipReaderObserver:
             raise ClipSkipped("no transcript for WER1")
         if int(clip.generated.frames.shape[0]) == 0:
             raise ClipSkipped("WER1: the generated clip has no frames")
+        warn_outside_renders(self.name, clip)
         hyp, score, _ = self.transcribe(self.crops(clip))
         ref = normalize_text(clip.text, self.text_normalisation)
         return wer1_row(ref, hyp, score)

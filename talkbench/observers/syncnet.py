@@ -8,7 +8,8 @@ Modes (option ``lse_mode``):
 * ``pipeline`` (syncnet_python's ``run_pipeline.py`` + ``run_syncnet.py`` for in-the-wild videos):
   faces detected on every frame, IoU-tracked, cropped (scale 0.4, chin shift, grey padding) to 224×224
   (:func:`talkbench.crops.syncnet.crop_track`); each track long enough is scored with its own audio span; the
-  clip value aggregates the tracks.
+  clip value aggregates the tracks. A clip cut around its face track (protocols expecting face-centred clips, see
+  :class:`talkbench.protocols.Expects`) is not detected again: its one track (:mod:`talkbench.tracks`) is cropped.
 
 Options (``ObserverContext.options``):
 
@@ -44,6 +45,7 @@ import numpy as np
 import torch
 
 from talkbench import faces, jpeg_compat, lse, weights
+from talkbench.crops.face import clip_face_track
 from talkbench.crops.syncnet import crop_track, face_detections, syncnet224
 from talkbench.devices import resolve_device
 from talkbench.nets.syncnet import load_syncnet
@@ -164,8 +166,12 @@ class SyncNetObserver:
         if n_frames <= opts.min_track:
             raise ClipSkipped(f"{clip.clip_id}: {n_frames} frames; pipeline mode needs a face track of more than "
                               f"{opts.min_track} detected frames (option lse_min_track, reference 100 = 4 s).")
-        dets = face_detections(clip.cache, frames, opts.detector, self.s3fd_weights, str(self.device))
-        tracks = faces.track_faces(dets, min_track=opts.min_track, min_face_size=opts.min_face_size)
+        shared = clip_face_track(clip.cache)
+        if shared is not None:   # the clip was cut around its face track: that one track, no second detection
+            tracks = [shared.as_shot_track()]
+        else:
+            dets = face_detections(clip.cache, frames, opts.detector, self.s3fd_weights, str(self.device))
+            tracks = faces.track_faces(dets, min_track=opts.min_track, min_face_size=opts.min_face_size)
         if not tracks:
             n_det = sum(1 for d in dets if len(d))
             raise ClipSkipped(f"{clip.clip_id}: no face track with more than {opts.min_track} detections and mean "

@@ -22,6 +22,7 @@ import threading
 from dataclasses import dataclass, field
 from math import gcd
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 from scipy.signal import resample_poly
@@ -48,6 +49,9 @@ _EVENT_PHONEME = 7
 #: Rates (words per minute) and pitches (0-100) espeak-ng accepts without distorting badly.
 RATE_RANGE = (80, 450)
 PITCH_RANGE = (0, 99)
+
+
+_CHARS_UTF8 = 1  # espeakCHARS_UTF8 (espeak_TextToPhonemes' text encoding)
 
 
 class EspeakError(RuntimeError):
@@ -143,6 +147,61 @@ def strip_stress(symbol: str) -> str:
     return symbol.lstrip("',=%")
 
 
+class _Phonemiser:
+    """A child process forked once, answering requests with ``work(request) -> bytes`` over two pipes.
+
+    Forked from the process's espeak-ng state; whatever ``work`` changes there stays in the child. It ends when
+    this process closes the request pipe (at exit); a process forked from this one starts its own
+    (:attr:`pid_of_parent`), so two processes never share one child.
+    """
+
+    def __init__(self, work: Callable[[bytes], bytes]) -> None:
+        request_r, request_w = os.pipe()
+        result_r, result_w = os.pipe()
+        pid = os.fork()
+        if pid == 0:  # child: serve until the parent closes the pipe, leave without any Python cleanup
+            try:
+                os.close(request_w)
+                os.close(result_r)
+                with os.fdopen(request_r, "rb") as requests, os.fdopen(result_w, "wb") as results:
+                    while len(head := requests.read(8)) == 8:
+                        body = requests.read(struct.unpack("<Q", head)[0])
+                        try:
+                            status, out = 0, work(body)
+                        except BaseException as exc:  # noqa: BLE001 - reported to the parent, which raises
+                            status, out = 1, str(exc).encode("utf-8", "replace")
+                        results.write(struct.pack("<BQ", status, len(out)) + out)
+                        results.flush()
+            finally:
+                os._exit(0)
+        os.close(request_r)
+        os.close(result_w)
+        self.pid = pid
+        self.pid_of_parent = os.getpid()
+        self._requests = os.fdopen(request_w, "wb")
+        self._results = os.fdopen(result_r, "rb")
+
+    def ask(self, request: bytes) -> bytes:
+        """Send one request and wait for its answer.
+
+        Raises:
+            EspeakError: ``work`` raised in the child (its message), or the child is gone.
+        """
+        try:
+            self._requests.write(struct.pack("<Q", len(request)) + request)
+            self._requests.flush()
+            head = self._results.read(9)
+        except OSError as exc:
+            raise EspeakError(f"The espeak-ng phonemiser process is gone ({exc}).") from exc
+        if len(head) < 9:
+            raise EspeakError("The espeak-ng phonemiser process died.")
+        status, size = struct.unpack("<BQ", head)
+        body = self._results.read(size)
+        if status:
+            raise EspeakError(body.decode("utf-8", "replace"))
+        return body
+
+
 class Espeak:
     """The process-wide espeak-ng instance. Use :func:`engine` to get it."""
 
@@ -172,6 +231,7 @@ class Espeak:
         self.native_rate = int(rate)
         self.data_path = Path(data_path)
         self._lock = threading.Lock()
+        self._phonemiser: _Phonemiser | None = None
         self._warned_state = False
         self._chunks: list[np.ndarray] = []
         self._events: list[_RawEvent] = []
@@ -224,16 +284,32 @@ class Espeak:
         samples different depending on what was spoken before. The parent never synthesises; each
         child starts from the same pristine state, so the audio depends on (text, voice, seed) only.
         """
+        def work() -> bytes:
+            audio, events = self._synth_here(data, voice, seed)
+            meta = json.dumps([[t, a, tp, n, sym.decode("latin-1")] for t, a, tp, n, sym in events]).encode()
+            return b"".join([struct.pack("<QQ", audio.nbytes, len(meta)), audio.tobytes(), meta])
+
+        payload = self._forked(work, repr(data))
+        if len(payload) < 16:
+            raise EspeakError(f"The espeak-ng child process sent no result on {data!r}.")
+        n_audio, n_meta = struct.unpack("<QQ", payload[:16])
+        audio = np.frombuffer(payload[16:16 + n_audio], np.int16).copy()
+        events = [(t, a, tp, n, sym.encode("latin-1"))
+                  for t, a, tp, n, sym in json.loads(payload[16 + n_audio:16 + n_audio + n_meta])]
+        return audio, events
+
+    @staticmethod
+    def _forked(work: Callable[[], bytes], what: str) -> bytes:
+        """``work()`` run in a forked child (so that espeak-ng's state in this process stays as initialised);
+        returns its bytes. A ValueError in the child is raised here as ValueError, anything else as EspeakError."""
         read_fd, write_fd = os.pipe()
         pid = os.fork()
-        if pid == 0:  # child: synthesise, send the result, leave without running any Python cleanup
+        if pid == 0:  # child: do the work, send the result, leave without running any Python cleanup
             code = 0
             try:
                 os.close(read_fd)
-                audio, events = self._synth_here(data, voice, seed)
-                meta = json.dumps([[t, a, tp, n, sym.decode("latin-1")] for t, a, tp, n, sym in events]).encode()
-                payload = b"".join([struct.pack("<QQ", audio.nbytes, len(meta)), audio.tobytes(), meta])
-            except ValueError as exc:  # a bad voice: the parent raises it as ValueError again
+                payload = work()
+            except ValueError as exc:  # e.g. a bad voice: the parent raises it as ValueError again
                 code, payload = 2, str(exc).encode("utf-8", "replace")
             except BaseException as exc:  # noqa: BLE001 - reported to the parent, which raises
                 code, payload = 1, repr(exc).encode("utf-8", "replace")
@@ -249,14 +325,10 @@ class Espeak:
         if os.WIFEXITED(status) and os.WEXITSTATUS(status) == 2:
             raise ValueError(payload.decode("utf-8", "replace"))
         if os.WIFEXITED(status) and os.WEXITSTATUS(status) == 1:
-            raise EspeakError(f"espeak-ng failed on {data!r}: {payload.decode('utf-8', 'replace')}")
-        if not (os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0) or len(payload) < 16:
-            raise EspeakError(f"The espeak-ng child process died (status {status}) on {data!r}.")
-        n_audio, n_meta = struct.unpack("<QQ", payload[:16])
-        audio = np.frombuffer(payload[16:16 + n_audio], np.int16).copy()
-        events = [(t, a, tp, n, sym.encode("latin-1"))
-                  for t, a, tp, n, sym in json.loads(payload[16 + n_audio:16 + n_audio + n_meta])]
-        return audio, events
+            raise EspeakError(f"espeak-ng failed on {what}: {payload.decode('utf-8', 'replace')}")
+        if not (os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0):
+            raise EspeakError(f"The espeak-ng child process died (status {status}) on {what}.")
+        return payload
 
     def synthesize(self, text: str, voice: Voice = Voice(), seed: int = 0) -> Utterance:
         """Speak ``text`` with ``voice``; returns 16 kHz audio with phoneme and word timings.
@@ -279,6 +351,40 @@ class Espeak:
                     self._warned_state = True
                 native, events = self._synth_here(data, voice, int(seed))
         return _to_utterance(text, native, self.native_rate, events)
+
+    def text_to_phonemes(self, text: str, voice_name: str, separator: str = "|") -> str:
+        """espeak-ng's phoneme mnemonics of ``text`` (``espeak_TextToPhonemes``): words separated by spaces,
+        phonemes within a word by ``separator``, stress marks kept.
+
+        ``espeak_TextToPhonemes`` changes C state that later syntheses inherit (measured: the corpus' word events
+        vanished after it ran in this process), so where the OS can fork it runs in one long-lived child forked
+        from this process (:class:`_Phonemiser`; a fork per text would cost tens of ms in a large process).
+
+        Raises:
+            EspeakError: espeak-ng has no voice ``voice_name``, or the child died.
+        """
+        request = json.dumps([text, voice_name, separator]).encode("utf-8")
+        with self._lock:
+            if not hasattr(os, "fork"):  # pragma: no cover - Windows: in this process
+                return self._phonemes_here(request).decode("utf-8", "replace")
+            if self._phonemiser is None or self._phonemiser.pid_of_parent != os.getpid():
+                self._phonemiser = _Phonemiser(self._phonemes_here)
+            return self._phonemiser.ask(request).decode("utf-8", "replace")
+
+    def _phonemes_here(self, request: bytes) -> bytes:
+        """``text_to_phonemes`` in this process; ``request`` = JSON ``[text, voice name, separator]``."""
+        text, voice_name, separator = json.loads(request)
+        lib = self._lib
+        lib.espeak_TextToPhonemes.restype = ctypes.c_char_p
+        lib.espeak_TextToPhonemes.argtypes = [ctypes.POINTER(ctypes.c_void_p), ctypes.c_int, ctypes.c_int]
+        if lib.espeak_SetVoiceByName(voice_name.encode()) != 0:
+            raise EspeakError(f"espeak-ng has no voice {voice_name!r}; reinstall espeakng-loader. {INSTALL_HINT}")
+        data = ctypes.create_string_buffer(text.encode("utf-8"))
+        pointer = ctypes.c_void_p(ctypes.addressof(data))
+        clauses: list[bytes] = []
+        while pointer.value:
+            clauses.append(lib.espeak_TextToPhonemes(ctypes.byref(pointer), _CHARS_UTF8, ord(separator) << 8) or b"")
+        return b" ".join(clauses)
 
     def _check_voice(self, voice: Voice) -> None:
         """Refuse a voice espeak-ng would not honour (it silently ignores an unknown variant)."""
