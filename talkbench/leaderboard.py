@@ -202,7 +202,7 @@ def markdown(rows: Sequence[dict[str, Any]], ci: IntervalSettings = IntervalSett
             lines.append(f"| {markdown_cell(row.get('model', ''))} | {markdown_cell(marker)} | "
                          f"{markdown_cell(row.get('n_clips', ''))} | " + " | ".join(cells) + " |")
         lines.append("")
-    arrows = ", ".join(f"{m} {_ARROWS[metric_spec(m).direction]}" for m in METRIC_COLUMNS)
+    arrows = ", ".join(f"{m} {_ARROWS[metric_spec(m).direction]}" for m in present_metrics(rows))
     lines.append(f"Higher or lower is better: {arrows}. Values are `value ± half-width` of the 95 % bootstrap "
                  "interval over clips (`summary.csv` has the exact bounds); **bold** = the best of its table; "
                  f"≈ = not significantly worse than the best (one-sided paired bootstrap on the same clips, "

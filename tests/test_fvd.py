@@ -160,3 +160,30 @@ def test_a_too_short_clip_is_an_fvd_error_row(tmp_path, weights_file, stand_in_n
     assert result.summary["n_failed_by_metric"] == "fvd=1"
     # the two long clips give one window a side each, the same two windows on both sides (make_suite swaps them)
     assert abs(result.summary["fvd"]) < 1e-6
+
+
+def test_default_intervals_leave_fvd_without_one_and_compare_gives_both_values(tmp_path, weights_file,
+                                                                              stand_in_network):
+    # no resampling statistic for FID/FVD: the summary's interval cells stay empty and compare reports the two
+    # values and their difference without a test (it used to raise "aggregation 'set' needs set_statistic")
+    from talkbench.compare import compare_runs
+
+    reference, _ = make_suite(tmp_path / "suite", n_speakers=1)
+    darker = tmp_path / "darker"
+    for clip in reference.rglob("*.mp4"):
+        frames = decode_clip(clip, need_audio=False).frames
+        write_clip(darker / clip.relative_to(reference), (frames // 2).astype(np.uint8), None)
+    runs = {}
+    for name, folder in (("a", reference), ("b", darker)):
+        result = evaluate(EvaluateConfig(generated=folder, reference=reference, out=tmp_path / name,
+                                         metrics=("fvd", "psnr"), suite="lrs2", model=name,
+                                         weights={fvd.CARD: weights_file}, options={"fvd_windows": "all"}))
+        assert math.isfinite(result.summary["fvd"]) and math.isfinite(result.summary["psnr_lo"])
+        assert result.summary["fvd_lo"] in ("", None) or math.isnan(result.summary["fvd_lo"])
+        runs[name] = result.summary
+    assert runs["a"]["fvd"] == pytest.approx(0.0, abs=1e-6) and runs["b"]["fvd"] > 1e-3
+    by_metric = {c.metric: c for c in compare_runs(tmp_path / "a", tmp_path / "b")}
+    row = by_metric["fvd"]
+    assert (row.a, row.b) == (runs["a"]["fvd"], runs["b"]["fvd"]) and row.difference == row.b - row.a
+    assert math.isnan(row.lo) and math.isnan(row.p_value) and row.n_clips == 2
+    assert math.isfinite(by_metric["psnr"].lo)

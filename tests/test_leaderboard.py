@@ -50,6 +50,8 @@ def test_bad_source_is_a_clear_error(tmp_path):
 
 def test_markdown_bolds_lowest_wer_and_highest_psnr():
     text = markdown([_row("a", wer1=30.0, psnr=25.0), _row("b", wer1=40.0, psnr=28.0)])
+    legend = next(line for line in text.splitlines() if line.startswith("Higher or lower is better"))
+    assert "psnr ↑, wer1 ↓." in legend and "fid" not in legend  # only the metrics of the tables
     assert "**28**" in text and "**30**" in text
 
 
