@@ -14,6 +14,7 @@ For reproducible audio every utterance is synthesised in a forked child of the i
 from __future__ import annotations
 
 import ctypes
+import gc
 import json
 import logging
 import os
@@ -160,6 +161,9 @@ class _Phonemiser:
         result_r, result_w = os.pipe()
         pid = os.fork()
         if pid == 0:  # child: serve until the parent closes the pipe, leave without any Python cleanup
+            # never collect objects inherited from the parent: a PyAV frame freed here waited forever for FFmpeg
+            # slice threads that exist only in the parent (seen: the phonemiser hung in sws_freeContext)
+            gc.disable()
             try:
                 os.close(request_w)
                 os.close(result_r)
@@ -305,6 +309,7 @@ class Espeak:
         read_fd, write_fd = os.pipe()
         pid = os.fork()
         if pid == 0:  # child: do the work, send the result, leave without running any Python cleanup
+            gc.disable()  # as in _Phonemiser: inherited objects are never freed here
             code = 0
             try:
                 os.close(read_fd)
