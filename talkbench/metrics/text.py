@@ -34,10 +34,11 @@ Conformer reads the ``Text:`` line as is (upper case; its alphabet is Aâ€“Z, 0â€
 
 from __future__ import annotations
 
+import math
 import re
 import unicodedata
 from dataclasses import dataclass
-from typing import Iterable
+from typing import Any, Iterable, Mapping
 
 import editdistance
 import numpy as np
@@ -116,6 +117,13 @@ def corpus_rate(counts: Iterable[tuple[int, int]]) -> float:
     if total == 0:
         raise ValueError(f"corpus rate: the {len(counts)} reference(s) hold no words/characters.")
     return 100.0 * sum(e for e, _ in counts) / total
+
+
+def corpus_rate_of(rows: Iterable[Mapping[str, Any]], edits: str, units: str) -> float:
+    """:func:`corpus_rate` of the stored per-clip counts ``rows[edits]``, ``rows[units]`` over the rows that hold
+    them (a clip not scored for this rate lacks the columns); NaN when they hold no reference units."""
+    counts = [(int(r[edits]), int(r[units])) for r in rows if r.get(edits) is not None]
+    return corpus_rate(counts) if sum(n for _, n in counts) else math.nan
 
 
 def mean_utterance_rate(counts: Iterable[tuple[int, int]]) -> float:

@@ -51,6 +51,16 @@ def require_matching_keys(expected: Mapping[str, Tensor], state: Mapping[str, Te
         raise CheckpointError(f"{path}: not {what}: {problem}. {fix}")
 
 
+def with_batch_counters(state: Mapping[str, Tensor], expected: Mapping[str, Tensor]) -> dict[str, Tensor]:
+    """``state`` with the ``*.num_batches_tracked`` entries of ``expected`` it lacks, as zeros (files saved before
+    torch 0.4.1, or by converters, have none; they take no part in eval-mode computation)."""
+    out = dict(state)
+    for key, value in expected.items():
+        if key.endswith("num_batches_tracked") and key not in out:
+            out[key] = torch.zeros_like(value)
+    return out
+
+
 def config_value(config: Mapping[str, Any], key: str, path: str | Path, fix: str, where: str = "") -> Any:
     """``config[key]``, or :class:`CheckpointError` naming the file and the missing key (never a bare KeyError).
 

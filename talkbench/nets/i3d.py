@@ -22,7 +22,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from talkbench.nets.checkpoint_keys import CheckpointError, check_state_tensors, require_matching_keys
+from talkbench.nets.checkpoint_keys import (CheckpointError, check_state_tensors, require_matching_keys,
+                                            with_batch_counters)
 from talkbench.safe_unpickle import load_checkpoint, torchscript_archive
 
 NUM_CLASSES = 400
@@ -155,11 +156,9 @@ def remap_state_dict(state: Mapping[str, Tensor], model: InceptionI3d, path: Pat
     Raises:
         CheckpointError: keys missing, unexpected or of the wrong shape (all listed).
     """
-    out = {(k[len("module."):] if k.startswith("module.") else k): v for k, v in state.items()}
     expected = model.state_dict()
-    for key, value in expected.items():
-        if key.endswith("num_batches_tracked") and key not in out:
-            out[key] = torch.zeros_like(value)
+    out = with_batch_counters({(k[len("module."):] if k.startswith("module.") else k): v for k, v in state.items()},
+                              expected)
     require_matching_keys(expected, out, path, "the FVD I3D weights (i3d_pretrained_400.pt)", _FIX)
     return out
 

@@ -24,7 +24,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from talkbench.nets.checkpoint_keys import CheckpointError, check_state_tensors, require_matching_keys
+from talkbench.nets.checkpoint_keys import (CheckpointError, check_state_tensors, require_matching_keys,
+                                            with_batch_counters)
 from talkbench.safe_unpickle import load_checkpoint, torchscript_archive
 
 INPUT_SIZE = 299
@@ -220,11 +221,9 @@ def remap_state_dict(state: Mapping[str, Tensor], model: FIDInception, path: Pat
     Raises:
         CheckpointError: keys missing, unexpected or of the wrong shape (all listed).
     """
-    out = dict(state)
-    for key, value in model.state_dict().items():
-        if key.endswith("num_batches_tracked") and key not in out:
-            out[key] = torch.zeros_like(value)
-    require_matching_keys(model.state_dict(), out, path,
+    expected = model.state_dict()
+    out = with_batch_counters(state, expected)
+    require_matching_keys(expected, out, path,
                           "the FID Inception weights (pt_inception-2015-12-05-6726825d.pth)", _FIX)
     return out
 

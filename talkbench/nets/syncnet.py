@@ -24,7 +24,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from talkbench.nets.checkpoint_keys import CheckpointError, check_state_tensors, require_matching_keys
+from talkbench.nets.checkpoint_keys import (CheckpointError, check_state_tensors, require_matching_keys,
+                                            with_batch_counters)
 from talkbench.safe_unpickle import load_checkpoint
 
 logger = logging.getLogger(__name__)
@@ -255,14 +256,9 @@ def remap_state_dict(state: Mapping[str, torch.Tensor], model: SyncNet, path: Pa
     Raises:
         CheckpointError: (a ``ValueError``) keys missing, unexpected or of the wrong shape (all listed).
     """
-    out: dict[str, torch.Tensor] = {}
-    for key, value in state.items():
-        new_key = key[len("__S__."):] if key.startswith("__S__.") else key
-        out[new_key] = value
     expected = model.state_dict()
-    for key, value in expected.items():
-        if key.endswith("num_batches_tracked") and key not in out:
-            out[key] = torch.zeros_like(value)
+    out = with_batch_counters({(k[len("__S__."):] if k.startswith("__S__.") else k): v for k, v in state.items()},
+                              expected)
     require_matching_keys(expected, out, path, "a SyncNet v2 checkpoint (syncnet_v2.model)",
                           "Pass the official syncnet_v2.model with --weights syncnet-v2=PATH.")
     return out

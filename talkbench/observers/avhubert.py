@@ -41,7 +41,7 @@ from talkbench.crops import Kind
 from talkbench.crops.mouth import mouth88
 from talkbench.devices import resolve_device
 from talkbench.metrics.visemes import viseme_columns
-from talkbench.metrics.text import char_edits, corpus_rate, word_edits
+from talkbench.metrics.text import char_edits, corpus_rate_of, word_edits
 from talkbench.nets.avhubert import IMAGE_MEAN, IMAGE_STD, load_avhubert_seq2seq, video_input
 from talkbench.nets.avhubert_decoding import S2S_DECODE, beam_search
 from talkbench.observers.base import ClipData, ClipSkipped, ObserverContext, Row
@@ -66,33 +66,33 @@ def word_and_char_edits(ref: str, hyp: str) -> tuple[int, int, int, int]:
 
 def summarize(rows: Sequence[Row]) -> dict[str, float]:
     """Corpus WER1/CER1/VER in percent over stored per-clip rows (NaN without rows or reference words)."""
-    rows = [r for r in rows if r.get("edits1") is not None]
+    return {"wer1": corpus_rate_of(rows, "edits1", "ref_words1"),
+            "cer1": corpus_rate_of(rows, "char_edits1", "ref_chars1"),
+            "ver": corpus_rate_of(rows, "viseme_edits1", "ref_visemes1")}
 
-    def rate(edits: str, units: str) -> float:
-        counts = [(int(r[edits]), int(r[units])) for r in rows]
-        return corpus_rate(counts) if sum(n for _, n in counts) else math.nan
 
-    ver_rows = [r for r in rows if r.get("viseme_edits1") is not None]
-    ver_counts = [(int(r["viseme_edits1"]), int(r["ref_visemes1"])) for r in ver_rows]
-    ver = corpus_rate(ver_counts) if sum(n for _, n in ver_counts) else math.nan
-    return {"wer1": rate("edits1", "ref_words1"), "cer1": rate("char_edits1", "ref_chars1"), "ver": ver}
+def lipreading_row(ref: str, hyp: str, score: float, suffix: str) -> dict[str, Any]:
+    """Per-clip columns of a lip reader's transcript, each named ``<column><suffix>`` (``wer1``, ``wer_avsr``, …):
+    WER/CER in percent, the texts, the decoder score, and the counts the corpus-level summary adds up (word,
+    character and viseme edits and reference units)."""
+    edits, n_words, char_edits, n_chars = word_and_char_edits(ref, hyp)
+    columns = {
+        "wer": 100.0 * edits / n_words if n_words else math.nan,
+        "hyp": hyp,
+        "ref": ref,
+        "score": float(score),
+        "edits": edits,
+        "ref_words": n_words,
+        "cer": 100.0 * char_edits / n_chars if n_chars else math.nan,
+        "char_edits": char_edits,
+        "ref_chars": n_chars,
+    }
+    return {**{name + suffix: value for name, value in columns.items()}, **viseme_columns(ref, hyp, suffix)}
 
 
 def wer1_row(ref: str, hyp: str, score: float) -> dict[str, Any]:
     """Per-clip WER1/CER1 columns (percent) with the counts the corpus-level summary adds up."""
-    edits, n_words, char_edits, n_chars = word_and_char_edits(ref, hyp)
-    return {
-        "wer1": 100.0 * edits / n_words if n_words else math.nan,
-        "hyp1": hyp,
-        "ref1": ref,
-        "score1": float(score),
-        "edits1": edits,
-        "ref_words1": n_words,
-        "cer1": 100.0 * char_edits / n_chars if n_chars else math.nan,
-        "char_edits1": char_edits,
-        "ref_chars1": n_chars,
-        **viseme_columns(ref, hyp, "1"),
-    }
+    return lipreading_row(ref, hyp, score, "1")
 
 
 def lipreader_crops(clip: ClipData, recipe: str) -> np.ndarray:

@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import functools
 import logging
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -42,11 +41,10 @@ import torch
 from talkbench import weights
 from talkbench.crops.mouth import mouth88
 from talkbench.devices import resolve_device
-from talkbench.metrics.text import corpus_rate
+from talkbench.metrics.text import corpus_rate_of
 from talkbench.nets.avsr import AutoAVSR, load_auto_avsr, text_transform, video_input
 from talkbench.nets.avsr_decoding import OFFICIAL, DecodeSettings, beam_search
-from talkbench.metrics.visemes import viseme_columns
-from talkbench.observers.avhubert import word_and_char_edits
+from talkbench.observers.avhubert import lipreading_row
 from talkbench.observers.base import ClipData, ClipSkipped, ObserverContext, Row
 
 logger = logging.getLogger(__name__)
@@ -59,29 +57,14 @@ CROP_RECIPE = "landmark-aligned"
 
 def summarize(rows: Sequence[Row]) -> dict[str, float]:
     """Corpus WER/CER/VER of Auto-AVSR in percent over stored per-clip rows (NaN without reference units)."""
-    def rate(edits: str, units: str) -> float:
-        counts = [(int(r[edits]), int(r[units])) for r in rows if r.get(edits) is not None]
-        return corpus_rate(counts) if sum(n for _, n in counts) else math.nan
-
-    return {"wer_avsr": rate("edits_avsr", "ref_words_avsr"), "cer_avsr": rate("char_edits_avsr", "ref_chars_avsr"),
-            "ver_avsr": rate("viseme_edits_avsr", "ref_visemes_avsr")}
+    return {"wer_avsr": corpus_rate_of(rows, "edits_avsr", "ref_words_avsr"),
+            "cer_avsr": corpus_rate_of(rows, "char_edits_avsr", "ref_chars_avsr"),
+            "ver_avsr": corpus_rate_of(rows, "viseme_edits_avsr", "ref_visemes_avsr")}
 
 
 def wer_avsr_row(ref: str, hyp: str, score: float) -> dict[str, Any]:
     """Per-clip columns (percent) with the counts the corpus-level summary adds up."""
-    edits, n_words, char_edits, n_chars = word_and_char_edits(ref, hyp)
-    return {
-        "wer_avsr": 100.0 * edits / n_words if n_words else math.nan,
-        "hyp_avsr": hyp,
-        "ref_avsr": ref,
-        "score_avsr": float(score),
-        "edits_avsr": edits,
-        "ref_words_avsr": n_words,
-        "cer_avsr": 100.0 * char_edits / n_chars if n_chars else math.nan,
-        "char_edits_avsr": char_edits,
-        "ref_chars_avsr": n_chars,
-        **viseme_columns(ref, hyp, "_avsr"),
-    }
+    return lipreading_row(ref, hyp, score, "_avsr")
 
 
 @functools.lru_cache(maxsize=1)

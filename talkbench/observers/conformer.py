@@ -28,7 +28,7 @@ import torch
 from talkbench import weights
 from talkbench.crops.lipreader_inputs import conformer112
 from talkbench.devices import resolve_device
-from talkbench.metrics.text import corpus_rate, mean_utterance_rate
+from talkbench.metrics.text import corpus_rate, corpus_rate_of, mean_utterance_rate
 from talkbench.metrics.visemes import viseme_columns
 from talkbench.nets.conformer import BLANK, SOS_EOS, SPACE, ConformerLipReader, load_conformer
 from talkbench.observers.base import ClipData, ClipSkipped, ObserverContext, Row
@@ -151,8 +151,7 @@ def summarize(rows: Sequence[Row]) -> dict[str, float]:
     # recomputed from the integer counts so that no rounding of the stored per-clip rates creeps in
     words = [(int(r["edits2"]), int(r["ref_words2"])) for r in rows]
     chars = [(int(r["char_edits2"]), int(r["ref_chars2"])) for r in rows]
-    visemes = [(int(r["viseme_edits2"]), int(r["ref_visemes2"])) for r in rows if r.get("viseme_edits2") is not None]
-    return {"ver2": corpus_rate(visemes) if sum(n for _, n in visemes) else math.nan,
+    return {"ver2": corpus_rate_of(rows, "viseme_edits2", "ref_visemes2"),
             "wer2": mean_utterance_rate(words), "wer2_corpus": corpus_rate(words),
             "cer2": mean_utterance_rate(chars), "cer2_corpus": corpus_rate(chars)}
 
