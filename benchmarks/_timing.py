@@ -189,7 +189,45 @@ def counted_gflop(fn: Callable[[], Any]) -> float:
     """GFLOP counted by ``torch.utils.flop_counter`` (matmuls and convolutions) during one call of ``fn``."""
     from torch.utils.flop_counter import FlopCounterMode
 
-    counter = FlopCounterMode(display=False)
+    counter = FlopCounterMode(display=False, custom_mapping=onednn_flop_formulas())
     with counter:
         fn()
     return counter.get_total_flops() / 1e9
+
+
+def matmul_rates(repeats: int = 10) -> dict[str, float]:
+    """fp32 2048³ matmul rates of this run, GFLOP/s (median of clean runs, as PERF_ANCHORS' row F1).
+
+    ``mkl``: ``torch.mm``, PyTorch's default path, which the reference scripts' linear layers take (the rate that
+    scales the anchors). ``onednn`` (when this PyTorch has it): the library of every PyTorch convolution and of
+    talkbench's linear layers (:mod:`talkbench.nets.onednn_linear`). FLOP floors use the faster of the two.
+    """
+    import torch
+
+    from talkbench.nets.onednn_linear import onednn_available, onednn_linear
+
+    a, b = torch.randn(2048, 2048), torch.randn(2048, 2048)
+    calls: dict[str, Callable[[], Any]] = {"mkl": lambda: torch.mm(a, b)}
+    if onednn_available():
+        calls["onednn"] = lambda: onednn_linear(a, b, None)
+    rates = {}
+    for name, call in calls.items():
+        runs = median_clean(lambda: [call() for _ in range(repeats)])
+        rates[name] = repeats * 2 * 2048 ** 3 / runs.median_s / 1e9
+    return rates
+
+
+def onednn_flop_formulas() -> dict[Any, Callable[..., int]]:
+    """FLOP formulas for the oneDNN linear op (``talkbench.nets.onednn_linear``), which the counter does not know:
+    2 · rows · in · out, as for ``addmm``."""
+    import torch
+
+    def linear_flops(x_shape: Any, w_shape: Any, *args: Any, out_shape: Any = None, **kwargs: Any) -> int:
+        rows = 1
+        for size in x_shape[:-1]:
+            rows *= int(size)
+        return 2 * rows * int(w_shape[0]) * int(w_shape[1])
+
+    if not hasattr(torch.ops.mkldnn, "_linear_pointwise"):
+        return {}
+    return {torch.ops.mkldnn._linear_pointwise: linear_flops}

@@ -128,7 +128,8 @@ def fairseq_style_state(model, encoder_out: torch.Tensor, beam: int):
 
     copies = encoder_out.repeat_interleave(beam, dim=0)                  # [B·beam, S, D]
     kv = [layer.encoder_attn.project_kv(copies) for layer in model.decoder.layers]
-    return DecoderState(enc_kv=kv, enc_mask=None, caches=[LayerCache() for _ in model.decoder.layers], beam=1)
+    return DecoderState(enc_kv=kv, enc_mask=None, caches=[LayerCache() for _ in model.decoder.layers], beam=1,
+                        stable=False)
 
 
 def run_search(model, video: torch.Tensor, max_len_a: float, max_len_b: int, style: str) -> list[int]:
@@ -150,7 +151,7 @@ def run_search(model, video: torch.Tensor, max_len_a: float, max_len_b: int, sty
         state.beam = 1
         return original_step(tokens, state)
 
-    decoder.init_state = lambda enc, mask, beam: fairseq_style_state(model, enc, beam)
+    decoder.init_state = lambda enc, mask, beam, max_steps=None: fairseq_style_state(model, enc, beam)
     decoder.step = step
     try:
         return avhubert_decoding.beam_search(model, video, None, beam=50, max_len_a=max_len_a, max_len_b=max_len_b)[0][0].tokens

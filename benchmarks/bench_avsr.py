@@ -8,9 +8,9 @@ layout and loaded through :func:`talkbench.nets.avsr.load_auto_avsr` in a fresh 
 
 - load: wall time and peak RSS of loading the 1.0 GB file.
 - encoder (what LipScore runs, twice per clip): ``AutoAVSR.encode``; its FLOPs counted by ``torch.utils.flop_counter``
-  (matmuls and convolutions) and the **FLOP floor** = counted FLOPs ÷ this machine's fp32 matmul rate (2048³
-  ``torch.mm``, measured in the same run): encoder time ÷ floor says how far from the machine's matmul speed the
-  network runs.
+  (matmuls and convolutions) and the **FLOP floor** = counted FLOPs ÷ this machine's fp32 matmul rate (2048³,
+  measured in the same run: the faster of ``torch.mm`` (MKL) and oneDNN, ``_timing.matmul_rates``): encoder
+  time ÷ floor says how far from the machine's matmul speed the network runs.
 - beam: the official search (beam 40, CTC 0.1, max length = 73 frames: the stand-in weights never end a hypothesis
   early, so all 73 steps run), and the same search capped at 20 tokens (a trained model ends LRS sentences after
   10–20 word pieces), with talkbench's strategy (encoder output, CTC posteriors and each decoder layer's
@@ -60,13 +60,6 @@ def median_clean(fn: Callable[[], Any], quick: bool = False) -> dict[str, Any]:
     return {"median_s": round(runs.median_s, 3), "cpu_s": round(runs.median_cpu_s, 3),
             "runs": [round(t.wall_s, 3) for t in runs.timings],
             "others_share": [round(t.others_share, 2) for t in runs.timings], "clean": not runs.noisy}
-
-
-def matmul_gflops() -> float:
-    """fp32 matmul rate now (2048³ ``torch.mm``, median of clean runs), GFLOP/s."""
-    a, b = torch.randn(2048, 2048), torch.randn(2048, 2048)
-    runs = _timing.median_clean(lambda: [torch.mm(a, b) for _ in range(5)])
-    return 5 * 2 * 2048 ** 3 / runs.median_s / 1e9
 
 
 def standin_checkpoint(directory: Path) -> Path:
@@ -144,7 +137,8 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
 
     torch.set_num_threads(args.threads)
     path = standin_checkpoint(Path(args.workdir))
-    rate = matmul_gflops()
+    rates = _timing.matmul_rates(repeats=5)
+    rate = max(rates.values())          # the floor: the faster of MKL and oneDNN
     load_avg = os.getloadavg()
     t0 = time.perf_counter()
     model = load_auto_avsr(path, "cpu")
@@ -172,7 +166,7 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
     return {
         "frames": int(crops.shape[0]), "threads": args.threads, "torch": torch.__version__,
         "loadavg_before": [round(v, 2) for v in load_avg], "loadavg_after": [round(v, 2) for v in os.getloadavg()],
-        "matmul_gflops": round(rate, 1),
+        "matmul_gflops": {k: round(v, 1) for k, v in rates.items()},
         "load_s": round(load_s, 2), "load_peak_mib": round(load_peak), "resident_after_load_mib": round(resident),
         "encoder": encoder, "encoder_gflop": round(gflop, 2), "encoder_flop_floor_s": round(floor_s, 3),
         "encoder_over_floor": round(encoder["median_s"] / floor_s, 2),

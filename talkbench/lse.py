@@ -27,6 +27,7 @@ import torch.nn.functional as F
 
 from talkbench.audio_features import syncnet_mfcc
 from talkbench.crops.syncnet import resize_frames
+from talkbench.devices import to_device
 from talkbench.nets.syncnet import SyncNet
 
 logger = logging.getLogger(__name__)
@@ -131,10 +132,10 @@ def embed_clip(model: "SyncNet", frames224: np.ndarray, audio_int16: np.ndarray,
     """
     mfcc = syncnet_mfcc(np.asarray(audio_int16))
     with torch.inference_mode():
-        windows = mfcc_windows(mfcc, n_windows).to(device)
+        windows = to_device(mfcc_windows(mfcc, n_windows), device)
         audio_emb = torch.cat([model.audio_embeddings(windows[i:i + ROW_CHUNK])
                                for i in range(0, n_windows, ROW_CHUNK)], 0)
-        video = torch.from_numpy(np.ascontiguousarray(frames224[: n_windows + WINDOW_FRAMES - 1])).to(device)
+        video = to_device(torch.from_numpy(np.ascontiguousarray(frames224[: n_windows + WINDOW_FRAMES - 1])), device)
         video_emb = model.lip_embeddings(video, n_windows, chunk=chunk)  # (T, 224, 224, 3) uint8 in
     return video_emb, audio_emb
 

@@ -25,6 +25,7 @@ from typing import Any, Callable, Iterator, Mapping, Protocol, Sequence
 import numpy as np
 
 from talkbench import media, protocols, suites, tracks
+from talkbench.boxes import MAX_REUSED_BOXES, BoxCountError, check_boxes
 from talkbench.crops.face import set_clip_face_track
 from talkbench.observers import ClipData, ClipSkipped, Observer, ObserverSpec, build, check_compatible
 
@@ -36,6 +37,9 @@ logger = logging.getLogger(__name__)
 MAX_WHOLE_CLIP_BYTES = 512 * 2**20
 #: Per-clip column listing how a clip does not fit its protocol (:meth:`talkbench.protocols.Expects.flags`).
 FLAGS_COLUMN = "input_flags"
+#: Input flag ``box-count=B/T``: the suite's box file has B < T boxes for the clip's T frames (T - B at most
+#: :data:`talkbench.boxes.MAX_REUSED_BOXES`), the last frames reuse the last box (:func:`suite_boxes`).
+BOX_COUNT_FLAG = "box-count"
 
 
 @dataclass(frozen=True)
@@ -143,15 +147,37 @@ def _clip_data(pair: suites.ClipPair, observers: Sequence[BuiltObserver], inputs
     flags = inputs.expects.flags(header, (pair.generated, pair.reference))
     try:
         if inputs.expects.routes(header):
-            return _face_centred_data(pair, header, needs_reference, inputs), flags
+            return _face_centred_data(pair, header, needs_reference, inputs, flags), flags
         generated = _decode_whole(pair.generated, header, inputs)
         reference = None
         if needs_reference:
             reference = _decode_whole(pair.reference, media.probe_video(pair.reference), inputs)
-        boxes = suites.load_boxes(pair.boxes, generated.num_frames) if pair.boxes is not None else None
+        boxes = suite_boxes(pair.boxes, generated.num_frames, flags) if pair.boxes is not None else None
     except (media.MediaError, ClipSkipped, OSError, ValueError) as err:
         raise FlaggedInputError(err, flags) from err
     return ClipData(clip_id=pair.clip_id, generated=generated, reference=reference, text=pair.text, boxes=boxes), flags
+
+
+def suite_boxes(path: Path, n_frames: int, flags: list[str]) -> np.ndarray:
+    """A suite's face boxes (``<id>.npy``, :func:`talkbench.suites.load_boxes`) for a clip of ``n_frames`` frames.
+
+    Extra rows are dropped (unchecked). A file short by at most :data:`talkbench.boxes.MAX_REUSED_BOXES` rows (a
+    generated clip a re-encode made a frame or two longer than its reference) gives its last box to the last frames:
+    one warning naming the file, the counts and the fix, and ``box-count=B/T`` appended to ``flags``.
+
+    Returns:
+        int64 ``n_frames×4``.
+    Raises:
+        ValueError: an unreadable file; :class:`talkbench.boxes.BoxError` for boxes it refuses (more frames missing:
+            the message names the file, both counts, the tolerance and the fix).
+    """
+    try:
+        return suites.load_boxes(path, n_frames)
+    except BoxCountError:
+        given = suites.load_boxes(path)      # shorter than the clip: every row is used, so every row is checked
+    boxes = check_boxes(given, n_frames, None, str(path), reuse_last=MAX_REUSED_BOXES)
+    flags.append(f"{BOX_COUNT_FLAG}={len(given)}/{n_frames}")
+    return boxes
 
 
 class FlaggedInputError(ValueError):
@@ -177,18 +203,19 @@ def _decode_whole(path: Path, header: media.VideoHeader, inputs: InputPolicy) ->
 
 
 def _face_centred_data(pair: suites.ClipPair, header: media.VideoHeader, needs_reference: bool,
-                       inputs: InputPolicy) -> ClipData:
+                       inputs: InputPolicy, flags: list[str]) -> ClipData:
     """The clip (and its reference) cut around its face track into face-centred squares, streamed.
 
     The track is the suite's boxes when it has them, else detected (:func:`talkbench.tracks.cached_track`, cached
     in :attr:`InputPolicy.tracks_dir`); the clip's boxes become the track's boxes in the squares, and the track
-    is shared with the observers (:func:`talkbench.crops.face.set_clip_face_track`).
+    is shared with the observers (:func:`talkbench.crops.face.set_clip_face_track`). A short box file adds its
+    flag to ``flags`` (:func:`suite_boxes`).
     """
     size = inputs.expects.route_size
     frame_size = (header.height, header.width)
     if pair.boxes is not None:   # one box per 25-fps frame, checked as for clips read whole
         indices = media.scan_video(pair.generated).indices
-        track = tracks.ClipTrack.from_boxes(suites.load_boxes(pair.boxes, len(indices)), frame_size)
+        track = tracks.ClipTrack.from_boxes(suite_boxes(pair.boxes, len(indices), flags), frame_size)
         track.indices = np.asarray(indices, dtype=np.int64)
     else:
         try:
@@ -218,15 +245,19 @@ _FLAG_MEANINGS = {
                   "them), not on its frames as they are",
     "not-synthetic": "not under a synthetic-corpus root: the mini observers, trained on the corpus' renders, give "
                      "noise on other faces",
+    BOX_COUNT_FLAG: "the suite's box file has fewer boxes than the clip has frames: the last frames reuse the last box",
 }
 
 
 def _flag(clip_id: str, flags: Sequence[str], inputs: InputPolicy) -> dict[str, Any]:
-    """Log a clip's input flags (one warning) and return its :data:`FLAGS_COLUMN` value (``{}`` without flags)."""
+    """Log how a clip does not fit its protocol (one warning; ``box-count`` has its own, from
+    :func:`talkbench.boxes.check_boxes`) and return its :data:`FLAGS_COLUMN` value (``{}`` without flags)."""
     if not flags:
         return {}
-    logger.warning("%s: does not fit protocol %s (%s): %s", clip_id, inputs.protocol, inputs.expects.summary,
-                   explain_flags(flags))
+    misfits = [f for f in flags if not f.startswith(BOX_COUNT_FLAG)]   # box-count: warned by talkbench.boxes
+    if misfits:
+        logger.warning("%s: does not fit protocol %s (%s): %s", clip_id, inputs.protocol, inputs.expects.summary,
+                       explain_flags(misfits))
     return {FLAGS_COLUMN: ";".join(flags)}
 
 

@@ -12,8 +12,9 @@ import torch
 from recipe import filled_state_dict
 from talkbench.nets.avhubert import (AVHubertConfig, AVHubertModel, AVHubertSeq2Seq, CheckpointError,
                                      load_avhubert_encoder, load_avhubert_seq2seq)
-from talkbench.safe_unpickle import load_checkpoint
 from talkbench.nets.avhubert_tokenizer import Tokenizer
+from talkbench.nets.onednn_linear import OneDNNLinear, onednn_available
+from talkbench.safe_unpickle import load_checkpoint
 from test_avhubert_common import FIXTURE, filled_checkpoint, save_official_layout
 
 FLOAT_TENSOR = "decoder.embed_positions._float_tensor"
@@ -30,6 +31,9 @@ def test_stub_loads_with_cfg_sizes_and_task_state_tokenizer() -> None:
     assert model.task_spec["max_sample_size"] == 500 and model.task_spec["image_mean"] == pytest.approx(0.421)
     assert not model.training
     assert all(not p.is_meta for p in model.parameters())
+    if onednn_available():  # CPU inference: linears on oneDNN, the beam-search decoder's weights packed
+        assert type(model.encoder.w2v_model.encoder.layers[0].fc1) is OneDNNLinear
+        assert not model.encoder.w2v_model.encoder.layers[0].fc1.packed and model.decoder.layers[0].fc1.packed
     assert float(model.decoder.embed_tokens.weight.detach().abs().sum()) == 0.0  # the stub's zero tensors
     files = Tokenizer.from_files(FIXTURE / "spm_unigram200.model", FIXTURE / "dict.wrd.txt")
     assert tokenizer.dictionary.symbols == files.dictionary.symbols

@@ -15,6 +15,7 @@ import torch
 
 from recipe import filled_state_dict
 from talkbench.crops.lipreader_inputs import conformer_crops
+from talkbench.devices import resolve_device
 from talkbench.media import Clip
 from talkbench.metrics import visemes
 from talkbench.nets.checkpoint_keys import CheckpointError
@@ -242,6 +243,6 @@ def test_load_rejects_non_state_dict(tmp_path: Path) -> None:
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
 def test_cuda_matches_cpu(checkpoint: Path, crops: dict[str, np.ndarray], npz: dict[str, np.ndarray]) -> None:
-    gpu = load_conformer(checkpoint, "cuda")
+    gpu = load_conformer(checkpoint, resolve_device("cuda"))  # also pins TF32 off, as every run does
     out = gpu.teacher_force(obs.normalise(crops["meeting"]).cuda(), CASES["meeting"]["target"])
     np.testing.assert_allclose(out["logits"].cpu().numpy(), npz["meeting/decoder_logits"], atol=1e-3, rtol=1e-3)

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from talkbench.nets.avhubert_decoding import Hypothesis, beam_search, collate_targets, teacher_forced_nll
-from talkbench.nets.avhubert import AVHubertConfig, AVHubertSeq2Seq
+from talkbench.nets.avhubert import AVHubertConfig, AVHubertSeq2Seq, LayerCache, stable_rows
 from test_avhubert_common import expected_json, loaded_parity_model, video_of
 
 
@@ -189,6 +189,57 @@ def test_batched_cached_search_equals_plain_search(seed: int, one_thread) -> Non
             np.testing.assert_allclose(got[0].positional_scores, plain[0].positional_scores, atol=1e-5)
     # early </s> happened: some hypotheses are shorter than max_len + 1
     assert any(len(h.tokens) < 9 for hyps in batched for h in hyps)
+
+
+def test_stable_rows_keep_first_children_in_place_and_copy_the_others() -> None:
+    # two clips of 4 beams: clip 0's hypotheses continue rows 0, 0, 1, 3; clip 1's 5, 5, 5, 6
+    rows, src, dst = stable_rows([0, 0, 1, 3, 5, 5, 5, 6], block=4)
+    assert rows[0] == 0 and rows[2] == 1 and rows[3] == 3 and rows[4] == 5 and rows[7] == 6
+    assert sorted(rows) == list(range(8))                  # a permutation: every row used once
+    assert all(r // 4 == i // 4 for i, r in enumerate(rows))  # never across clips
+    assert list(zip(src, dst)) == [(0, rows[1]), (5, rows[5]), (5, rows[6])]
+
+
+@pytest.mark.parametrize("stable", [True, False])
+@torch.no_grad()
+def test_cache_rows_follow_the_hypotheses(stable: bool, one_thread) -> None:
+    """After random reorders and appends, each hypothesis sees the keys/values of its own history, whether the
+    rows move (full reorder) or stay and only extra children are copied (stable rows)."""
+    model = tiny_model(vocab=11, seed=4)
+    gen = torch.Generator().manual_seed(7)
+    enc = torch.randn(2, 5, model.cfg.decoder_embed_dim, generator=gen)
+    state = model.decoder.init_state(enc, None, beam=3, max_steps=4)   # capacity 4: the 6 steps below grow it
+    state.stable = stable
+    history = [[] for _ in range(6)]                      # per logical hypothesis: its tokens so far
+    for step in range(6):
+        tokens = torch.randint(0, 11, (6,), generator=gen)
+        model.decoder.step(tokens, state)
+        history = [h + [int(t)] for h, t in zip(history, tokens)]
+        order = torch.cat([torch.randint(0, 3, (3,), generator=gen), 3 + torch.randint(0, 3, (3,), generator=gen)])
+        state.reorder(order)
+        history = [list(history[int(o)]) for o in order]
+    # a fresh state fed each hypothesis' history row by row gives the same caches
+    fresh = model.decoder.init_state(enc, None, beam=3)
+    for t in range(6):
+        model.decoder.step(torch.tensor([h[t] for h in history]), fresh)
+    rows = state.rows if state.rows is not None else torch.arange(6)
+    assert (state.rows is None) == (not stable)
+    for got, want in zip(state.caches, fresh.caches):
+        assert got.length == want.length == 6
+        torch.testing.assert_close(got.k[rows], want.k, rtol=0, atol=1e-6)
+        torch.testing.assert_close(got.v[rows], want.v, rtol=0, atol=1e-6)
+
+
+def test_cache_capacity_fits_the_search_and_grows_to_its_length() -> None:
+    cache = LayerCache(capacity=300)
+    assert cache.first_capacity == LayerCache.MAX_FIRST
+    for _ in range(200):
+        cache.append(torch.zeros(2, 1, 1, 4), torch.ones(2, 1, 1, 4))
+    assert cache.buf.shape[3] == 256 and cache.length == 200
+    for _ in range(100):
+        cache.append(torch.zeros(2, 1, 1, 4), torch.ones(2, 1, 1, 4))
+    assert cache.buf.shape[3] == 300 and float(cache.v.sum()) == 2 * 300 * 4
+    assert LayerCache(capacity=21).first_capacity == 21 and LayerCache().first_capacity == LayerCache.GROW
 
 
 def test_search_is_deterministic_and_respects_settings(one_thread) -> None:

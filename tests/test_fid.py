@@ -21,7 +21,7 @@ from talkbench.metrics.frechet import (feature_sums, frechet_distance, gaussian_
                                        pool_features)
 from talkbench.nets.checkpoint_keys import CheckpointError
 from talkbench.nets.inception_fid import FIDInception, load_fid_inception
-from talkbench.observers import fid
+from talkbench.observers import SPECS, build, fid
 from talkbench.observers.base import ClipData, ClipSkipped, ObserverContext
 from talkbench.store import ResultStore
 from talkbench.summary import NO_INTERVALS
@@ -141,7 +141,7 @@ def test_loader_refuses_other_files(tmp_path, weights_file):
 def test_options_are_checked_before_loading(weights_file):
     for options in ({"fid_frames": "mouth"}, {"fid_stride": 0}):
         with pytest.raises(ValueError, match="fid_"):
-            fid.build(ObserverContext(weights={fid.CARD: weights_file}, options=options))
+            build(SPECS["fid"], ObserverContext(weights={fid.CARD: weights_file}, options=options))
 
 
 def test_frames_follow_the_options():

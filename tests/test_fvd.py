@@ -20,7 +20,7 @@ from talkbench.media import decode_clip, write_clip
 from talkbench.metrics.frechet import feature_sums, frechet_distance, gaussian_from_sums, pool_features
 from talkbench.nets.checkpoint_keys import CheckpointError
 from talkbench.nets.i3d import InceptionI3d, load_i3d, preprocess_clips
-from talkbench.observers import fvd
+from talkbench.observers import SPECS, build, fvd
 from talkbench.observers.base import ClipSkipped, ObserverContext
 from talkbench.summary import NO_INTERVALS
 
@@ -115,7 +115,7 @@ def test_loader_refuses_other_files(tmp_path, weights_file):
     with pytest.raises(CheckpointError, match="a TorchScript archive"):  # refused before torch.jit.load runs it
         load_i3d(tmp_path / "i3d_torchscript.pt")
     with pytest.raises(ValueError, match="fvd_windows"):
-        fvd.build(ObserverContext(weights={fvd.CARD: weights_file}, options={"fvd_windows": "random"}))
+        build(SPECS["fvd"], ObserverContext(weights={fvd.CARD: weights_file}, options={"fvd_windows": "random"}))
 
 
 class StandInI3D(torch.nn.Module):

@@ -22,7 +22,7 @@ from talkbench.faces import dlib_landmarks
 from talkbench.media import Clip, decode_clip
 from talkbench.nets.arcface import arcface_input, depth_of, embeddings, iresnet, load_arcface
 from talkbench.nets.checkpoint_keys import CheckpointError
-from talkbench.observers import ClipData, ClipSkipped, ObserverContext
+from talkbench.observers import SPECS, ClipData, ClipSkipped, ObserverContext, build
 from talkbench.observers import identity
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -236,6 +236,6 @@ def test_summary_is_the_mean_over_clips():
 
 def test_bad_options_are_refused_before_loading():
     with pytest.raises(ValueError, match="csim_reference"):
-        identity.build(ObserverContext(options={"csim_reference": "last"}))
+        build(SPECS["identity"], ObserverContext(options={"csim_reference": "last"}))
     with pytest.raises(ValueError, match="csim_backbone"):
-        identity.build(ObserverContext(options={"csim_backbone": "r34"}))
+        build(SPECS["identity"], ObserverContext(options={"csim_backbone": "r34"}))

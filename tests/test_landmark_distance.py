@@ -16,7 +16,7 @@ import pytest
 
 from talkbench.faces import dlib_landmarks
 from talkbench.media import Clip, decode_clip
-from talkbench.observers import ClipData, ClipSkipped, ObserverContext
+from talkbench.observers import SPECS, ClipData, ClipSkipped, ObserverContext, build
 from talkbench.observers import landmark_distance
 from talkbench.observers.landmark_distance import mouth_distance
 
@@ -128,7 +128,7 @@ def test_summary_is_the_mean_over_all_frames():
 
 def test_bad_option_is_refused():
     with pytest.raises(ValueError, match="lmd_align"):
-        landmark_distance.build(ObserverContext(options={"lmd_align": "procrustes"}))
+        build(SPECS["landmark_distance"], ObserverContext(options={"lmd_align": "procrustes"}))
 
 
 def test_resized_reference_frames_give_a_small_distance(meeting):

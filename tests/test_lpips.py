@@ -20,7 +20,7 @@ from talkbench.media import Clip, decode_clip
 from talkbench.nets import lpips as net_lpips
 from talkbench.nets.checkpoint_keys import CheckpointError
 from talkbench.nets.lpips import LIN_FILES, LIN_SHA256, LPIPS, file_sha256, lin_state, load_lpips, to_input
-from talkbench.observers import ClipData, ClipSkipped, ObserverContext
+from talkbench.observers import SPECS, ClipData, ClipSkipped, ObserverContext, build
 from talkbench.observers import lpips as obs
 from talkbench.protocols import TALKLIP2023, build_observers, options_label
 
@@ -204,8 +204,8 @@ def test_observer_skips_and_options(checkpoints):
     with pytest.raises(ClipSkipped, match="no frames"):
         observer.measure(ClipData("x", clip_of(frames[:0], "g"), clip_of(frames, "r")))
     assert observer.measure(ClipData("x", clip_of(frames, "g"), clip_of(frames, "r")))["lpips"] == 0.0
-    with pytest.raises(ValueError, match="lpips_net must be one of alex, vgg"):
-        obs.build(ObserverContext(options={"lpips_net": "squeeze"}))   # refused before any weights are looked up
+    with pytest.raises(ValueError, match="Option `lpips_net` must be one of alex, vgg, but got 'squeeze'"):
+        build(SPECS["lpips"], ObserverContext(options={"lpips_net": "squeeze"}))  # before any weights are looked up
     assert options_label(TALKLIP2023, {"lpips_net": "vgg", "lpips_chunk": 3}) == "lpips_net=vgg"
     assert options_label(TALKLIP2023, {"lpips_net": "alex", "lpips_chunk": 3}) == ""
 

@@ -12,6 +12,7 @@ import torch
 
 from recipe import filled_state_dict
 from talkbench.crops.lipreader_inputs import lrw_crops
+from talkbench.devices import resolve_device
 from talkbench.media import Clip
 from talkbench.nets.checkpoint_keys import CheckpointError
 from talkbench.nets.mvm import MVMClassifier, load_mvm
@@ -158,7 +159,7 @@ def test_observer_row(model: MVMClassifier, frames: np.ndarray) -> None:
 
 
 def test_build_from_weights_override(checkpoint: Path) -> None:
-    from talkbench.observers import ObserverContext
+    from talkbench.observers import SPECS, ObserverContext, build
     from talkbench.protocols import build_observers
 
     ctx = ObserverContext(device="cpu", weights={"mvm-lrw": checkpoint},
@@ -167,7 +168,7 @@ def test_build_from_weights_override(checkpoint: Path) -> None:
     assert isinstance(observer, obs.MVMObserver) and observer.metrics == ("acc", "acc_top5")
     assert observer.long_clips == "center" and observer.test_aug is False
     with pytest.raises(ValueError, match="mvm_long_clips"):
-        obs.build(ObserverContext(weights={"mvm-lrw": checkpoint}, options={"mvm_long_clips": "truncate"}))
+        build(SPECS["mvm"], ObserverContext(weights={"mvm-lrw": checkpoint}, options={"mvm_long_clips": "truncate"}))
 
 
 def test_long_clips(model: MVMClassifier, frames: np.ndarray) -> None:
@@ -214,7 +215,7 @@ def test_strict_load_errors(tmp_path: Path, flat_state: dict[str, torch.Tensor])
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
 def test_cuda_matches_cpu(checkpoint: Path, npz: dict[str, np.ndarray]) -> None:
-    gpu = load_mvm(checkpoint, "cuda")
+    gpu = load_mvm(checkpoint, resolve_device("cuda"))  # also pins TF32 off, as every run does
     video = torch.from_numpy(npz["input_video"])[None, None].cuda()
     noflip, flip = gpu.logits_with_flip(video)
     np.testing.assert_allclose(noflip[0].cpu().numpy(), npz["noflip_logits"], atol=1e-3, rtol=1e-3)

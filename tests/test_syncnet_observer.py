@@ -12,7 +12,7 @@ import pytest
 from talkbench import jpeg_compat
 from talkbench.crops import CropKey, Kind
 from talkbench.media import Clip, decode_clip
-from talkbench.observers import ClipData, ClipSkipped, ObserverContext
+from talkbench.observers import SPECS, ClipData, ClipSkipped, ObserverContext, build, own_options
 from talkbench.protocols import build_observers
 from talkbench.observers import syncnet as obs
 
@@ -57,14 +57,16 @@ def test_the_protocol_sets_the_jpeg_step() -> None:
 
 
 def test_options_are_validated() -> None:
-    parsed = obs.LSEOptions.from_mapping({"lse_mode": "pipeline", "lse_jpeg_compat": "true", "lse_min_track": "20",
-                                          "lse_track_agg": "mean"})
+    """The spec parses the command line's strings (talkbench.observers.own_options); LSEOptions takes them typed."""
+    parsed = obs.LSEOptions.from_mapping(own_options(SPECS["syncnet"], {
+        "lse_mode": "pipeline", "lse_jpeg_compat": "true", "lse_min_track": "20", "lse_track_agg": "mean"}))
     assert (parsed.mode, parsed.jpeg_compat, parsed.min_track, parsed.track_agg) == ("pipeline", True, 20, "mean")
-    assert obs.LSEOptions.from_mapping({"lse_jpeg_compat": "off"}).jpeg_compat is False
+    assert obs.LSEOptions.from_mapping(own_options(SPECS["syncnet"], {"lse_jpeg_compat": "off"})).jpeg_compat is False
+    assert obs.LSEOptions.from_mapping(own_options(SPECS["syncnet"], {})) == obs.LSEOptions()  # the same defaults
     for bad, match in [({"lse_mode": "full"}, "lse_mode"), ({"lse_track_agg": "max"}, "lse_track_agg"),
                        ({"lse_min_track": "many"}, "lse_min_track"), ({"lse_detector": "mtcnn"}, "lse_detector")]:
         with pytest.raises(ValueError, match=match):
-            obs.LSEOptions.from_mapping(bad)
+            build(SPECS["syncnet"], ObserverContext(options=bad))
 
 
 def test_wav2lip_mode_row_and_jpeg_compat(observer: obs.SyncNetObserver, another_audio: np.ndarray) -> None:

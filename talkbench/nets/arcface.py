@@ -31,6 +31,7 @@ import torch
 from torch import nn
 
 from talkbench.nets.checkpoint_keys import CheckpointError, check_state_tensors, require_matching_keys
+from talkbench.nets.onednn_linear import for_inference
 from talkbench.safe_unpickle import load_checkpoint
 
 logger = logging.getLogger(__name__)
@@ -196,7 +197,7 @@ def load_arcface(path: str | Path, device: str | torch.device = "cpu") -> IResNe
     state = OrderedDict((k, v.float() if v.is_floating_point() else v) for k, v in state.items())
     model.load_state_dict(state, strict=True, assign=True)
     logger.debug("%s: IResNet-%d backbone", path, depth)
-    return model.to(device).eval()
+    return for_inference(model, device)
 
 
 __all__ = ["DEPTHS", "EMBEDDING_DIM", "INPUT_SIZE", "IBasicBlock", "IResNet", "arcface_input", "depth_of",

@@ -40,6 +40,8 @@ from torch import Tensor
 from talkbench.audio_features import avhubert_audio_features
 from talkbench.nets.avhubert_tokenizer import Tokenizer, TokenizerError
 from talkbench.nets.checkpoint_keys import CheckpointError, check_state_tensors, key_mismatch, require_shape
+from talkbench.nets.frame_pool import FrameMaxPool
+from talkbench.nets.onednn_linear import for_inference
 from talkbench.safe_unpickle import ForeignObject, load_checkpoint
 
 logger = logging.getLogger(__name__)
@@ -395,7 +397,7 @@ class ResEncoder(nn.Module):
             nn.Conv3d(1, 64, kernel_size=(5, 7, 7), stride=(1, 2, 2), padding=(2, 3, 3), bias=False),
             nn.BatchNorm3d(64),
             nn.PReLU(64) if relu_type == "prelu" else nn.ReLU(),
-            nn.MaxPool3d(kernel_size=(1, 3, 3), stride=(1, 2, 2), padding=(0, 1, 1)),
+            FrameMaxPool(),  # = MaxPool3d((1, 3, 3), (1, 2, 2), (0, 1, 1)), faster
         )
         self.trunk = ResNetTrunk(relu_type)
 
@@ -783,15 +785,22 @@ class DecoderLayer(nn.Module):
 class LayerCache:
     """Self-attention keys/values of one decoder layer for ``n`` hypotheses, ``k, v [n, H, t, hd]``.
 
-    Keys and values live in a preallocated ``[2, n, H, capacity, hd]`` buffer that grows by ``GROW`` steps
-    at a time; a reorder writes the selected rows into a spare buffer of the same size and swaps the two.
-    Fresh large allocations every step (what concatenating would do) cost page faults that were measured
-    to take about as long as the copy itself.
+    Keys and values live in a preallocated ``[2, n, H, capacity, hd]`` buffer; when a step does not fit, a
+    buffer of twice the capacity (at most the search's length) takes over (a copy). Fresh large allocations
+    every step (what concatenating would do) cost page faults that were measured to take about as long as the
+    copy itself. A full reorder writes the selected rows into a spare buffer and swaps the two.
+
+    Args:
+        capacity: the search's length in steps when known: the first buffer holds it when it is at most
+            ``MAX_FIRST`` steps (a typical search never copies its cache to grow it); None = grow from ``GROW``.
     """
 
     GROW = 16
+    MAX_FIRST = 128
 
-    def __init__(self) -> None:
+    def __init__(self, capacity: int | None = None) -> None:
+        self.steps_limit = capacity
+        self.first_capacity = max(1, min(capacity or self.GROW, self.MAX_FIRST))
         self.buf: Tensor | None = None
         self.spare: Tensor | None = None
         self.rows = 0
@@ -807,11 +816,15 @@ class LayerCache:
 
     def _grow(self, like: Tensor) -> None:
         heads, head_dim = like.shape[1], like.shape[3]
-        capacity = (self.buf.shape[3] if self.buf is not None else 0) + self.GROW
+        capacity = self.first_capacity
+        if self.buf is not None:
+            capacity = 2 * self.buf.shape[3]
+            if self.steps_limit and self.steps_limit > self.buf.shape[3]:
+                capacity = min(capacity, self.steps_limit)
         buf = like.new_empty(2, like.shape[0], heads, capacity, head_dim)
         if self.buf is not None:
             buf[:, : self.rows, :, : self.length] = self.buf[:, : self.rows, :, : self.length]
-        self.buf, self.spare = buf, like.new_empty(buf.shape)
+        self.buf, self.spare = buf, None
         self.rows = like.shape[0]
 
     def append(self, k_new: Tensor, v_new: Tensor) -> None:
@@ -828,14 +841,52 @@ class LayerCache:
         if self.buf is None:
             return
         rows = int(order.numel())
-        if rows > self.spare.shape[1]:
-            self.spare = self.buf.new_empty(2, rows, *self.buf.shape[2:])
+        if self.spare is None or self.spare.shape[1] < rows or self.spare.shape[3] != self.buf.shape[3]:
+            self.spare = self.buf.new_empty(2, max(rows, self.buf.shape[1]), *self.buf.shape[2:])
         torch.index_select(self.buf[:, : self.rows, :, : self.length], 1, order,
                            out=self.spare[:, :rows, :, : self.length])
         self.buf, self.spare = self.spare, self.buf
         self.rows = rows
-        if self.spare.shape[1] < rows:
-            self.spare = self.buf.new_empty(self.buf.shape)
+
+    def copy_rows(self, src: list[int], dst: list[int]) -> None:
+        """Rows ``dst`` take the keys/values of rows ``src`` (disjoint row sets); the other rows stay. One copy
+        per row: a few rows per step, where an indexed copy of them cost 6x more (measured)."""
+        if self.buf is not None:
+            for row_from, row_to in zip(src, dst):
+                self.buf[:, row_to, :, : self.length].copy_(self.buf[:, row_from, :, : self.length])
+
+
+def stable_rows(parents: list[int], block: int) -> tuple[list[int], list[int], list[int]]:
+    """Cache rows for the next step's hypotheses that copy as little as possible.
+
+    Hypothesis i continues the hypothesis whose keys/values are in cache row ``parents[i]``. The first
+    child of a row keeps that row; each further child takes a row no hypothesis continues, in the same
+    block of ``block`` rows (one clip's beams: children and parents always share the clip), and is copied there.
+
+    Returns:
+        ``(rows, src, dst)``: the cache row of each hypothesis, and the copies to make (row ``src[j]`` to
+        ``dst[j]``).
+    """
+    taken = [False] * len(parents)
+    rows = [-1] * len(parents)
+    extra: list[int] = []
+    for i, row in enumerate(parents):
+        if taken[row]:
+            extra.append(i)
+        else:
+            taken[row] = True
+            rows[i] = row
+    free: dict[int, list[int]] = {}
+    for row, used in enumerate(taken):
+        if not used:
+            free.setdefault(row // block, []).append(row)
+    src, dst = [], []
+    for i in extra:
+        row = free[i // block].pop()
+        rows[i] = row
+        src.append(parents[i])
+        dst.append(row)
+    return rows, src, dst
 
 
 @dataclass
@@ -848,6 +899,10 @@ class DecoderState:
         caches: per layer, the self-attention cache of the ``B·beam`` hypotheses.
         beam: hypotheses per clip.
         steps: tokens consumed so far.
+        rows: cache row of each hypothesis (None = hypothesis i is in row i). A reorder that keeps the
+            number of hypotheses moves only the rows of second and later children of a hypothesis
+            (:func:`stable_rows`) instead of copying every row's keys/values, as a full reorder does.
+        stable: use ``rows`` (False: full reorders every step, as fairseq does; for side-by-side benchmarks).
     """
 
     enc_kv: list[tuple[Tensor, Tensor]]
@@ -855,11 +910,21 @@ class DecoderState:
     caches: list[LayerCache]
     beam: int
     steps: int = 0
+    rows: Tensor | None = None
+    stable: bool = True
 
     def reorder(self, order: Tensor) -> None:
-        """Hypothesis row i takes the cache of row ``order[i]`` (rows of the current layout)."""
+        """Hypothesis i continues hypothesis ``order[i]`` (indices in the current hypothesis order)."""
+        parents = order if self.rows is None else self.rows[order]
+        if not self.stable or not self.caches or order.numel() != self.caches[0].rows:
+            for cache in self.caches:
+                cache.reorder(parents)
+            self.rows = None
+            return
+        rows, src, dst = stable_rows(parents.tolist(), self.beam)
         for cache in self.caches:
-            cache.reorder(order)
+            cache.copy_rows(src, dst)
+        self.rows = torch.tensor(rows, device=order.device)
 
     def keep_clips(self, keep: Tensor) -> None:
         """Keep only clips ``keep`` (indices into the current clip list) in the encoder keys/values."""
@@ -942,10 +1007,14 @@ class TransformerDecoder(nn.Module):
             x = self.layer_norm(x)
         return torch.matmul(x, self.output_matrix().t())
 
-    def init_state(self, encoder_out: Tensor, padding_mask: Tensor | None, beam: int) -> DecoderState:
-        """Incremental state for ``B`` clips × ``beam`` hypotheses (no copies of the encoder output per beam)."""
+    def init_state(self, encoder_out: Tensor, padding_mask: Tensor | None, beam: int,
+                   max_steps: int | None = None) -> DecoderState:
+        """Incremental state for ``B`` clips × ``beam`` hypotheses (no copies of the encoder output per beam);
+        ``max_steps``: the most steps the search will take (sizes the caches), None = unknown."""
         enc_kv, enc_mask = self.project_encoder(encoder_out, padding_mask)
-        return DecoderState(enc_kv=enc_kv, enc_mask=enc_mask, caches=[LayerCache() for _ in self.layers], beam=beam)
+        # stable cache rows save copies on the CPU; on a GPU the full reorder stays on the device (no host sync)
+        return DecoderState(enc_kv=enc_kv, enc_mask=enc_mask, caches=[LayerCache(max_steps) for _ in self.layers],
+                            beam=beam, stable=encoder_out.device.type == "cpu")
 
     def step(self, last_tokens: Tensor, state: DecoderState) -> Tensor:
         """Logits of the next token for every hypothesis.
@@ -956,6 +1025,10 @@ class TransformerDecoder(nn.Module):
         Returns:
             logits ``[N, V]``.
         """
+        if state.rows is not None:          # the network runs in cache-row order
+            by_row = torch.empty_like(last_tokens)
+            by_row[state.rows] = last_tokens
+            last_tokens = by_row
         position = None
         if self.embed_positions is not None:
             # every hypothesis has the same length and no pads: position = padding_idx + step count
@@ -966,7 +1039,8 @@ class TransformerDecoder(nn.Module):
         if self.layer_norm is not None:
             x = self.layer_norm(x)
         state.steps += 1
-        return torch.matmul(x, self.output_matrix().t())
+        logits = torch.matmul(x, self.output_matrix().t())
+        return logits if state.rows is None else logits[state.rows]
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -1311,7 +1385,7 @@ def load_avhubert_seq2seq(path: str | Path, device: str | torch.device = "cpu",
     assign_state_dict(model, state, path, "AV-HuBERT seq2seq")
     model.task_spec = task_spec_from_cfg(task_cfg)
     del ckpt, state
-    return model.to(device).eval(), tokenizer
+    return for_inference(model, device, packed=[model.decoder]), tokenizer
 
 
 def load_avhubert_encoder(path: str | Path, device: str | torch.device = "cpu") -> AVHubertModel:
@@ -1346,5 +1420,5 @@ def load_avhubert_encoder(path: str | Path, device: str | torch.device = "cpu") 
         model = AVHubertModel(cfg)
     assign_state_dict(model, state, path, "AV-HuBERT encoder")
     del ckpt, raw, state
-    return model.to(device).eval()
+    return for_inference(model, device)
 

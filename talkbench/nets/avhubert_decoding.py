@@ -146,7 +146,7 @@ def _search(model: AVHubertSeq2Seq, encoder_out: Tensor, padding_mask: Tensor | 
     vocab = model.cfg.vocab_size
     bsz = encoder_out.shape[0]
     device = encoder_out.device
-    state = decoder.init_state(encoder_out, padding_mask, beam)
+    state = decoder.init_state(encoder_out, padding_mask, beam, max_len + 1)
     del encoder_out
 
     scores = torch.zeros(bsz * beam, max_len + 1, device=device)

@@ -39,6 +39,8 @@ from torch import nn
 from talkbench.nets.checkpoint_keys import CheckpointError, check_state_tensors, require_matching_keys
 from talkbench.nets.conformer import TransformerDecoder
 from talkbench.nets.espnet_layers import ConformerEncoderLayer, ConvolutionModuleCov, LayerNorm, RelPositionalEncoding
+from talkbench.nets.frame_pool import FrameMaxPool
+from talkbench.nets.onednn_linear import for_inference
 from talkbench.safe_unpickle import load_checkpoint
 
 logger = logging.getLogger(__name__)
@@ -113,7 +115,7 @@ class VisualFrontend(nn.Module):
             nn.Conv3d(1, 64, kernel_size=(5, 7, 7), stride=(1, 2, 2), padding=(2, 3, 3), bias=False),
             nn.BatchNorm3d(64),
             nn.SiLU(),
-            nn.MaxPool3d(kernel_size=(1, 3, 3), stride=(1, 2, 2), padding=(0, 1, 1)),
+            FrameMaxPool(),  # = MaxPool3d((1, 3, 3), (1, 2, 2), (0, 1, 1)), faster
         )
 
     def forward(self, video: torch.Tensor, frame_chunk: int = 0) -> torch.Tensor:
@@ -296,7 +298,7 @@ def load_auto_avsr(path: str | Path, device: str | torch.device = "cpu") -> Auto
     require_matching_keys(model.state_dict(), state, path, "Auto-AVSR's VSR model (auto-avsr-vsr)", fix, shown=8)
     check_state_tensors(state, path, fix)
     model.load_state_dict(state, strict=True, assign=True)
-    return model.to(device).eval()
+    return for_inference(model, device, packed=[model.decoder])
 
 
 __all__ = ["AutoAVSR", "BLANK", "GRAY_WEIGHTS", "IMAGE_MEAN", "IMAGE_STD", "LEGACY_RENAMES", "SOS_EOS", "TextTransform",

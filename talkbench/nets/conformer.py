@@ -31,6 +31,8 @@ from talkbench.nets.espnet_layers import (
     RelPositionalEncoding,
     causal_mask,
 )
+from talkbench.nets.frame_pool import frame_max_pool
+from talkbench.nets.onednn_linear import for_inference
 from talkbench.safe_unpickle import load_checkpoint
 
 logger = logging.getLogger(__name__)
@@ -118,11 +120,10 @@ class VisualFrontend(nn.Module):
         frame separately, so they run here on the 5-D conv output (BN per channel, a 1×3×3 pool) and only
         the 4× smaller pooled maps are transposed: same numbers, less memory traffic and peak RSS.
         """
-        bn, pool = self.frontend3D[1], self.frontend3D[3]
+        bn = self.frontend3D[1]
         y = self.frontend3D[0](video)  # B×64×T×H/2×W/2
         y = F.relu_(F.batch_norm(y, bn.running_mean, bn.running_var, bn.weight, bn.bias, False, 0.0, bn.eps))
-        y = F.max_pool3d(y, (1, pool.kernel_size, pool.kernel_size), (1, pool.stride, pool.stride),
-                         (0, pool.padding, pool.padding))
+        y = frame_max_pool(y)          # the MaxPool2d(3, 2, 1) of frontend3D[3], on every frame
         return y.transpose(1, 2).flatten(0, 1)  # (B·T)×64×H/4×W/4
 
     def forward(self, video: torch.Tensor, frame_chunk: int = 0) -> torch.Tensor:
@@ -280,4 +281,4 @@ def load_conformer(path: str | Path, device: str | torch.device = "cpu") -> Conf
     check_state_tensors(state, path, "Check that --weights conformer-lrs2=PATH points at TalkLip's conformer "
                         "checkpoint, and download it again.")
     model.load_state_dict(state, strict=True, assign=True)
-    return model.to(device).eval()
+    return for_inference(model, device)

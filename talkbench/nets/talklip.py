@@ -36,6 +36,7 @@ from torch import Tensor, nn
 
 from talkbench.nets import avhubert
 from talkbench.nets.checkpoint_keys import CheckpointError, check_state_tensors, key_mismatch
+from talkbench.nets.onednn_linear import for_inference
 from talkbench.safe_unpickle import load_checkpoint
 
 logger = logging.getLogger(__name__)
@@ -625,7 +626,7 @@ def load_talklip_generator(path: str | Path, device: str | torch.device = "cpu",
     """
     # memory-mapped and assigned: the weights are not held twice while loading
     state_dict = unwrap_state_dict(load_checkpoint(path, map_location="cpu", mmap=True), path)
-    return generator_from_state_dict(state_dict, attention_heads, path).to(device).eval()
+    return for_inference(generator_from_state_dict(state_dict, attention_heads, path), device)
 
 
 def load_talklip_discriminator(path: str | Path, device: str | torch.device = "cpu") -> TalkLipDiscriminator:

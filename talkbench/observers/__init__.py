@@ -8,6 +8,7 @@ observer measures a metric is the protocol's choice (:mod:`talkbench.protocols`)
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 from types import ModuleType
 from typing import Any, Iterable, Mapping
@@ -115,11 +116,32 @@ def module(spec: ObserverSpec) -> ModuleType:
     return importlib.import_module(spec.module)
 
 
+def own_options(spec: ObserverSpec, options: Mapping[str, Any]) -> dict[str, Any]:
+    """``spec``'s own options, typed and checked by their :class:`OptionSpec`, with defaults filled (also for an
+    option given as None: unset); the options of other observers (e.g. of the same run) are left out.
+
+    Raises:
+        ValueError: a bad value, or a name that is no observer's option (the message lists the known ones).
+    """
+    for name in options:
+        option_spec(name)
+    own = {o.name for o in spec.options}
+    return parse_options([spec], {k: v for k, v in options.items() if k in own and v is not None})
+
+
 def build(spec: ObserverSpec, ctx: ObserverContext) -> Observer:
-    """Build the observer of ``spec`` with ``ctx`` (loads its networks)."""
-    return module(spec).build(ctx)
+    """Build the observer of ``spec`` with ``ctx`` (loads its networks).
+
+    The module's ``build`` receives ``ctx`` with only its own options, parsed by the spec (:func:`own_options`):
+    typed, defaults filled, choices and minimums checked before any file is looked for. The specs own these
+    checks; a module's ``build`` checks only what a spec cannot say (a file, two options that conflict).
+
+    Raises:
+        ValueError: a bad option (see :func:`own_options`), or what the module's ``build`` raises.
+    """
+    return module(spec).build(dataclasses.replace(ctx, options=own_options(spec, ctx.options)))
 
 
 __all__ = ["ClipData", "ClipSkipped", "METRICS", "METRIC_COLUMNS", "MetricSpec", "OPTIONS", "Observer",
            "ObserverContext", "ObserverSpec", "OptionSpec", "RegistryError", "Row", "SPECS", "build",
-           "check_compatible", "metric_spec", "module", "option_spec", "parse_options"]
+           "check_compatible", "metric_spec", "module", "option_spec", "own_options", "parse_options"]

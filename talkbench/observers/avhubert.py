@@ -39,7 +39,7 @@ import torch
 from talkbench import weights
 from talkbench.crops import Kind
 from talkbench.crops.mouth import mouth88
-from talkbench.devices import resolve_device
+from talkbench.devices import resolve_device, to_device
 from talkbench.metrics.visemes import viseme_columns
 from talkbench.metrics.text import char_edits, corpus_rate_of, word_edits
 from talkbench.nets.avhubert import IMAGE_MEAN, IMAGE_STD, load_avhubert_seq2seq, video_input
@@ -139,7 +139,8 @@ class AVHubertObserver:
     def transcribe(self, crops: np.ndarray) -> tuple[str, float, list[int]]:
         """Best beam hypothesis of gray crops ``T×88×88``: ``(text, normalised score, tokens)``."""
         spec = getattr(self.model, "task_spec", {}) or {}
-        video = video_input(crops, spec.get("image_mean", IMAGE_MEAN), spec.get("image_std", IMAGE_STD)).to(self.device)
+        video = to_device(video_input(crops, spec.get("image_mean", IMAGE_MEAN), spec.get("image_std", IMAGE_STD)),
+                          self.device)
         settings = dataclasses.replace(S2S_DECODE, beam=self.beam)
         hyps = beam_search(self.model, video, None, **dataclasses.asdict(settings))[0]
         best = hyps[0]
@@ -182,12 +183,12 @@ def _tokenizer_files(options: Mapping[str, Any]) -> tuple[Path, Path] | None:
 def build(ctx: ObserverContext) -> AVHubertObserver:
     """Load the ``avhubert-large-lrs2`` checkpoint (``--weights avhubert-large-lrs2=PATH`` or the cache).
 
-    Options (typed by the spec): ``max_frames`` (None = the checkpoint's max_sample_size, else 500),
-    ``avhubert_beam`` (default 50), ``avhubert_spm_model`` + ``avhubert_dict`` (tokenizer files for a
-    checkpoint without task_state).
+    Options (typed and checked by the spec, :func:`talkbench.observers.build`): ``max_frames`` (None = the
+    checkpoint's max_sample_size, else 500), ``avhubert_beam`` (default 50), ``avhubert_spm_model`` +
+    ``avhubert_dict`` (tokenizer files for a checkpoint without task_state).
 
     Raises:
-        ValueError: unknown crop recipe, bad options, or CUDA asked for but absent.
+        ValueError: unknown crop recipe, only one of the two tokenizer files, or CUDA asked for but absent.
     """
     if ctx.mouth_roi not in Kind.MOUTH88.recipes:
         raise ValueError(f"Unknown mouth crop recipe `{ctx.mouth_roi}` for WER1; choose from "
@@ -198,9 +199,6 @@ def build(ctx: ObserverContext) -> AVHubertObserver:
     max_frames = ctx.options.get("max_frames")
     if max_frames is None:
         max_frames = model.task_spec.get("max_sample_size") or DEFAULT_MAX_FRAMES
-    beam = int(ctx.options.get("avhubert_beam", 50) or 50)
-    if int(max_frames) <= 0 or beam <= 0:
-        raise ValueError(f"options max_frames ({max_frames}) and avhubert_beam ({beam}) must be positive.")
     return AVHubertObserver(model=model, tokenizer=tokenizer, device=device, crop_recipe=ctx.mouth_roi,
-                            max_frames=int(max_frames), beam=beam,
+                            max_frames=int(max_frames), beam=ctx.options.get("avhubert_beam", 50),
                             weights_sha256={CARD: sha})

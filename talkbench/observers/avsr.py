@@ -40,7 +40,7 @@ import torch
 
 from talkbench import weights
 from talkbench.crops.mouth import mouth88
-from talkbench.devices import resolve_device
+from talkbench.devices import resolve_device, to_device
 from talkbench.metrics.text import corpus_rate_of
 from talkbench.nets.avsr import AutoAVSR, load_auto_avsr, text_transform, video_input
 from talkbench.nets.avsr_decoding import OFFICIAL, DecodeSettings, beam_search
@@ -90,7 +90,7 @@ def crops_of(clip: ClipData, side: str = "generated") -> np.ndarray:
 
 def encoder_features(model: AutoAVSR, crops: np.ndarray, device: torch.device, frame_chunk: int = 0) -> torch.Tensor:
     """Encoder output ``T×768`` (float32, on ``device``) of gray uint8 crops ``T×88×88``."""
-    return model.encode(video_input(torch.from_numpy(np.ascontiguousarray(crops))).to(device), frame_chunk)[0]
+    return model.encode(to_device(video_input(torch.from_numpy(np.ascontiguousarray(crops))), device), frame_chunk)[0]
 
 
 @dataclass
@@ -151,18 +151,15 @@ def load_shared(ctx: ObserverContext) -> tuple[AutoAVSR, torch.device, str]:
 
 
 def build(ctx: ObserverContext) -> AutoAVSRObserver:
-    """Options (typed by the spec): ``avsr_beam`` (40), ``max_frames`` (None = no limit), ``avsr_frame_chunk`` (0).
+    """Options (typed and checked by the spec, :func:`talkbench.observers.build`): ``avsr_beam`` (40),
+    ``max_frames`` (None = no limit), ``avsr_frame_chunk`` (0).
 
     Raises:
-        ValueError: a non-positive beam or max_frames, or CUDA asked for but absent.
+        ValueError: CUDA asked for but absent.
     """
-    beam = ctx.options.get("avsr_beam")
-    beam = OFFICIAL.beam if beam is None else int(beam)
-    max_frames = ctx.options.get("max_frames")
-    if beam <= 0 or (max_frames is not None and int(max_frames) <= 0):
-        raise ValueError(f"options avsr_beam ({beam}) and max_frames ({max_frames}) must be positive.")
     model, device, sha = load_shared(ctx)
-    return AutoAVSRObserver(model=model, device=device, settings=DecodeSettings(beam=beam),
-                            max_frames=None if max_frames is None else int(max_frames),
-                            frame_chunk=int(ctx.options.get("avsr_frame_chunk") or 0),
+    return AutoAVSRObserver(model=model, device=device,
+                            settings=DecodeSettings(beam=ctx.options.get("avsr_beam", OFFICIAL.beam)),
+                            max_frames=ctx.options.get("max_frames"),
+                            frame_chunk=ctx.options.get("avsr_frame_chunk", 0),
                             weights_sha256={CARD: sha})

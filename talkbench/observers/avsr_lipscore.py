@@ -79,5 +79,5 @@ class LipScoreObserver:
 def build(ctx: ObserverContext) -> LipScoreObserver:
     """The LipScore observer on the run's Auto-AVSR model (shared with WER_AVSR)."""
     model, device, sha = load_shared(ctx)
-    return LipScoreObserver(model=model, device=device, frame_chunk=int(ctx.options.get("avsr_frame_chunk", 0) or 0),
+    return LipScoreObserver(model=model, device=device, frame_chunk=ctx.options.get("avsr_frame_chunk", 0),
                             weights_sha256={CARD: sha})

@@ -185,7 +185,8 @@ class ObserverContext:
         device: torch device string, ``"cpu"`` or ``"cuda"`` (or ``"cuda:1"``).
         protocol: protocol name, e.g. ``"talklip2023"`` (provenance and messages only).
         weights: card name -> local checkpoint path given with ``--weights NAME=PATH``.
-        options: observer options (e.g. ``lse_mode``, ``lse_jpeg_compat``, ``max_frames``), typed by their specs.
+        options: observer options (e.g. ``lse_mode``, ``lse_jpeg_compat``, ``max_frames``), typed by their specs;
+            a module's ``build`` gets only its own, parsed and checked by :func:`talkbench.observers.build`.
         mouth_roi: the lip readers' crop recipe (``centre88`` or ``landmark-aligned``).
         text_normalisation: how transcripts are normalised for WER1 (``talkbench.metrics.text.NORMALISATIONS``).
     """

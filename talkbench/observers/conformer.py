@@ -27,7 +27,7 @@ import torch
 
 from talkbench import weights
 from talkbench.crops.lipreader_inputs import conformer112
-from talkbench.devices import resolve_device
+from talkbench.devices import resolve_device, to_device
 from talkbench.metrics.text import corpus_rate, corpus_rate_of, mean_utterance_rate
 from talkbench.metrics.visemes import viseme_columns
 from talkbench.nets.conformer import BLANK, SOS_EOS, SPACE, ConformerLipReader, load_conformer
@@ -186,7 +186,7 @@ class ConformerObserver:
         if frames.shape[0] == 0:
             raise ClipSkipped("WER2: the generated clip has no frames")
         crops = conformer112(clip.cache, frames)
-        out = self.model.teacher_force(normalise(crops).to(self.device), target, frame_chunk=self.frame_chunk)
+        out = self.model.teacher_force(to_device(normalise(crops), self.device), target, frame_chunk=self.frame_chunk)
         score = score_utterance(out["argmax"].cpu().tolist(), target)
         hyp = indices_text(score.hypothesis)
         return {"wer2": 100.0 * score.wer, "hyp2": hyp, "edits2": score.word_edits,
@@ -206,6 +206,5 @@ def build(ctx: ObserverContext) -> ConformerObserver:
     device = resolve_device(ctx.device)
     path, sha = weights.resolve_with_sha(CARD, ctx.weights)
     model = load_conformer(path, device)
-    chunk = int(ctx.options.get("conformer_frame_chunk", 0) or 0)
     return ConformerObserver(model=model, device=device, weights_sha256={CARD: sha},
-                             frame_chunk=chunk)
+                             frame_chunk=ctx.options.get("conformer_frame_chunk", 0))

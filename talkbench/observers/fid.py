@@ -34,7 +34,7 @@ import numpy as np
 import torch
 
 from talkbench import weights
-from talkbench.devices import resolve_device
+from talkbench.devices import resolve_device, to_device
 from talkbench.metrics.frechet import frechet_distance, gaussian_unbiased, pool_features
 from talkbench.nets.inception_fid import load_fid_inception
 from talkbench.observers.base import ClipData, ClipSkipped, ObserverContext, Row
@@ -46,7 +46,6 @@ CARD = "fid-inception"
 METRIC = "fid"
 #: Per-clip feature arrays: float32 ``n×2048`` pool3 features of the generated and of the ground-truth frames.
 FEATURES: tuple[str, str] = ("fid_generated", "fid_reference")
-FRAME_CHOICES: tuple[str, ...] = ("whole", "face96")
 #: No bootstrap interval for FID (see the module docstring).
 set_statistic = None
 
@@ -69,14 +68,18 @@ def frames_for_fid(clip: ClipData, frames: str, stride: int) -> tuple[np.ndarray
 
 
 def pool3_features(model: Any, frames_bgr: np.ndarray, device: torch.device, batch: int) -> np.ndarray:
-    """BGR uint8 ``N×H×W×3`` → float32 ``N×2048`` pool3 features (RGB, ``/255``, the network's resize)."""
+    """BGR uint8 ``N×H×W×3`` → float32 ``N×2048`` pool3 features (RGB, ``/255``, the network's resize).
+
+    Each batch goes to the device as uint8 (:func:`talkbench.devices.to_device`); the features come back to the
+    host once, after the last batch (on a GPU the host does not wait for each batch).
+    """
     out = []
     with torch.no_grad():
         for start in range(0, len(frames_bgr), batch):
             rgb = np.ascontiguousarray(frames_bgr[start:start + batch, :, :, ::-1])
-            images = torch.from_numpy(rgb).to(device).permute(0, 3, 1, 2).float() / 255
-            out.append(model.pool3(images).float().cpu().numpy())
-    return np.concatenate(out).astype(np.float32, copy=False)
+            images = to_device(torch.from_numpy(rgb), device).permute(0, 3, 1, 2).float() / 255
+            out.append(model.pool3(images).float())
+    return np.concatenate([features.cpu().numpy() for features in out]).astype(np.float32, copy=False)
 
 
 def fid_of_features(generated: np.ndarray, reference: np.ndarray) -> float:
@@ -123,15 +126,12 @@ class FIDObserver:
 def build(ctx: ObserverContext) -> FIDObserver:
     """Load the ``fid-inception`` weights on ``ctx.device``.
 
-    Options: ``fid_frames`` (``whole`` | ``face96``), ``fid_stride`` (every n-th frame, >= 1), ``fid_batch``
-    (frames per forward pass; speed and memory only).
+    Options (typed and checked by the spec, :func:`talkbench.observers.build`): ``fid_frames`` (``whole`` |
+    ``face96``), ``fid_stride`` (every n-th frame, >= 1), ``fid_batch`` (frames per forward pass; speed and
+    memory only).
     """
-    frames = str(ctx.options.get("fid_frames", "whole"))
-    if frames not in FRAME_CHOICES:
-        raise ValueError(f"Option `fid_frames` must be one of {', '.join(FRAME_CHOICES)}, but got {frames!r}.")
-    stride, batch = int(ctx.options.get("fid_stride", 1)), int(ctx.options.get("fid_batch", 32))
-    if stride < 1 or batch < 1:
-        raise ValueError(f"Options `fid_stride` and `fid_batch` must be >= 1, but got {stride} and {batch}.")
+    frames = ctx.options.get("fid_frames", "whole")
+    stride, batch = ctx.options.get("fid_stride", 1), ctx.options.get("fid_batch", 32)
     device = resolve_device(ctx.device)
     path, sha = weights.resolve_with_sha(CARD, ctx.weights)
     return FIDObserver(load_fid_inception(path, device), device, frames, stride, batch, weights_sha256={CARD: sha})

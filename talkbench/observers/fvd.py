@@ -35,7 +35,7 @@ import numpy as np
 import torch
 
 from talkbench import weights
-from talkbench.devices import resolve_device
+from talkbench.devices import resolve_device, to_device
 from talkbench.metrics.frechet import feature_sums, frechet_distance, gaussian_from_sums, pool_features
 from talkbench.nets.i3d import CLIP_FRAMES, load_i3d, preprocess_clips
 from talkbench.observers.base import ClipData, ClipSkipped, ObserverContext, Row
@@ -46,7 +46,6 @@ CARD = "fvd-i3d"
 METRIC = "fvd"
 #: Per-clip feature arrays: float32 ``w×400`` I3D logits of the generated and of the ground-truth windows.
 FEATURES: tuple[str, str] = ("fvd_generated", "fvd_reference")
-WINDOW_CHOICES: tuple[str, ...] = ("first", "all")
 #: No bootstrap interval for FVD (see the module docstring).
 set_statistic = None
 
@@ -74,13 +73,17 @@ def clip_windows(frames_bgr: np.ndarray, windows: str, stride: int, side: str) -
 
 
 def i3d_logits(model: Any, windows_rgb: np.ndarray, device: torch.device, batch: int) -> np.ndarray:
-    """RGB uint8 windows ``w×16×H×W×3`` → float32 logits ``w×400``."""
+    """RGB uint8 windows ``w×16×H×W×3`` → float32 logits ``w×400``.
+
+    Each batch goes to the device as uint8 (:func:`talkbench.devices.to_device`); the logits come back to the host
+    once, after the last batch.
+    """
     out = []
     with torch.no_grad():
         for start in range(0, len(windows_rgb), batch):
-            clips = torch.from_numpy(np.ascontiguousarray(windows_rgb[start:start + batch])).to(device)
-            out.append(model(preprocess_clips(clips)).float().cpu().numpy())
-    return np.concatenate(out).astype(np.float32, copy=False)
+            clips = to_device(torch.from_numpy(np.ascontiguousarray(windows_rgb[start:start + batch])), device)
+            out.append(model(preprocess_clips(clips)).float())
+    return np.concatenate([logits.cpu().numpy() for logits in out]).astype(np.float32, copy=False)
 
 
 def fvd_of_features(generated: np.ndarray, reference: np.ndarray) -> float:
@@ -127,15 +130,12 @@ class FVDObserver:
 def build(ctx: ObserverContext) -> FVDObserver:
     """Load the ``fvd-i3d`` weights on ``ctx.device``.
 
-    Options: ``fvd_windows`` (``first`` | ``all``), ``fvd_stride`` (frame step inside a window, >= 1),
-    ``fvd_batch`` (windows per forward pass; speed and memory only).
+    Options (typed and checked by the spec, :func:`talkbench.observers.build`): ``fvd_windows`` (``first`` |
+    ``all``), ``fvd_stride`` (frame step inside a window, >= 1), ``fvd_batch`` (windows per forward pass; speed
+    and memory only).
     """
-    windows = str(ctx.options.get("fvd_windows", "first"))
-    if windows not in WINDOW_CHOICES:
-        raise ValueError(f"Option `fvd_windows` must be one of {', '.join(WINDOW_CHOICES)}, but got {windows!r}.")
-    stride, batch = int(ctx.options.get("fvd_stride", 1)), int(ctx.options.get("fvd_batch", 4))
-    if stride < 1 or batch < 1:
-        raise ValueError(f"Options `fvd_stride` and `fvd_batch` must be >= 1, but got {stride} and {batch}.")
+    windows = ctx.options.get("fvd_windows", "first")
+    stride, batch = ctx.options.get("fvd_stride", 1), ctx.options.get("fvd_batch", 4)
     device = resolve_device(ctx.device)
     path, sha = weights.resolve_with_sha(CARD, ctx.weights)
     return FVDObserver(load_i3d(path, device), device, windows, stride, batch, weights_sha256={CARD: sha})

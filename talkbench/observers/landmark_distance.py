@@ -129,8 +129,6 @@ class LandmarkDistanceObserver:
 
 
 def build(ctx: ObserverContext) -> LandmarkDistanceObserver:
-    """The observer; option ``lmd_align`` (``none`` default, or ``mouth-centre``). No weights, any device."""
-    align = str(ctx.options.get("lmd_align", "none"))
-    if align not in ALIGNS:
-        raise ValueError(f"Option `lmd_align` must be one of {', '.join(ALIGNS)}, but got {align!r}.")
-    return LandmarkDistanceObserver(align=align)
+    """The observer; option ``lmd_align`` (``none`` default, or ``mouth-centre``; checked by the spec,
+    :func:`talkbench.observers.build`). No weights, any device."""
+    return LandmarkDistanceObserver(align=ctx.options.get("lmd_align", "none"))

@@ -35,8 +35,8 @@ import torch
 
 from talkbench import weights
 from talkbench.crops.face import face96_pair
-from talkbench.devices import resolve_device
-from talkbench.nets.lpips import BACKBONES, CARDS, LIN_SHA256, LPIPS, load_lpips, to_input
+from talkbench.devices import resolve_device, to_device
+from talkbench.nets.lpips import CARDS, LIN_SHA256, LPIPS, load_lpips, to_input
 from talkbench.observers.base import ClipData, ClipSkipped, ObserverContext, Row
 
 METRICS: tuple[str, ...] = ("lpips",)
@@ -52,14 +52,17 @@ def frame_distances(model: LPIPS, crops_gen: np.ndarray, crops_ref: np.ndarray, 
         chunk: pairs per forward pass.
     Returns:
         float64 ``(N,)``.
+
+    The inputs are made on the host (``to_input``'s float64 arithmetic, bit-identical to lpips.im2tensor) and sent
+    with :func:`talkbench.devices.to_device`; the distances come back once, after the last chunk.
     """
     out = []
     with torch.inference_mode():
         for start in range(0, len(crops_gen), chunk):
-            a = to_input(torch.from_numpy(np.ascontiguousarray(crops_gen[start:start + chunk]))).to(device)
-            b = to_input(torch.from_numpy(np.ascontiguousarray(crops_ref[start:start + chunk]))).to(device)
-            out.append(model(a, b).double().cpu())
-    return torch.cat(out).numpy() if out else np.zeros(0)
+            a = to_device(to_input(torch.from_numpy(np.ascontiguousarray(crops_gen[start:start + chunk]))), device)
+            b = to_device(to_input(torch.from_numpy(np.ascontiguousarray(crops_ref[start:start + chunk]))), device)
+            out.append(model(a, b).double())
+    return torch.cat(out).cpu().numpy() if out else np.zeros(0)
 
 
 @dataclass
@@ -106,15 +109,11 @@ def summarize(rows: Sequence[Row]) -> dict[str, float]:
 def build(ctx: ObserverContext) -> LPIPSObserver:
     """Load LPIPS (backbone card ``lpips-alexnet`` or ``lpips-vgg16`` by ``lpips_net``) on ``ctx.device``.
 
-    Raises:
-        ValueError: ``lpips_net`` not ``alex``/``vgg`` or ``lpips_chunk`` < 1 (before any file is read).
+    Options ``lpips_net`` (``alex`` | ``vgg``) and ``lpips_chunk`` (>= 1) are typed and checked by the spec
+    (:func:`talkbench.observers.build`) before any file is read.
     """
-    net = str(ctx.options.get("lpips_net", "alex"))
-    if net not in BACKBONES:
-        raise ValueError(f"option lpips_net must be one of {', '.join(BACKBONES)}, got {net!r}.")
-    chunk = int(ctx.options.get("lpips_chunk", DEFAULT_CHUNK))
-    if chunk < 1:
-        raise ValueError(f"option lpips_chunk must be at least 1, got {chunk}.")
+    net = ctx.options.get("lpips_net", "alex")
+    chunk = ctx.options.get("lpips_chunk", DEFAULT_CHUNK)
     device = resolve_device(ctx.device)
     card = CARDS[net]
     path, sha = weights.resolve_with_sha(card, ctx.weights)

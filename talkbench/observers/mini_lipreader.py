@@ -81,14 +81,14 @@ class MiniLipReaderObserver:
 def build(ctx: ObserverContext) -> MiniLipReaderObserver:
     """Load the mini lip reader (card ``mini-lipreader-b``, bundled in the package) on ``ctx.device``.
 
+    Options ``mini_lipreader`` (``a`` | ``b``) and ``mini_lexicon`` are typed and checked by the spec
+    (:func:`talkbench.observers.build`).
+
     Raises:
-        ValueError: bad option values, or CUDA asked for but absent.
+        ValueError: CUDA asked for but absent.
     """
-    which = str(ctx.options.get("mini_lipreader", "b")).lower()
-    if which not in CARDS:
-        raise ValueError(f"Option `mini_lipreader` must be one of {sorted(CARDS)}, got {which!r}.")
     device = resolve_device(ctx.device)
-    card = CARDS[which]
+    card = CARDS[ctx.options.get("mini_lipreader", "b")]
     path, sha = weights.resolve_with_sha(card, ctx.weights)
     model, _ = load_lipreader(path, device)
     lexicon = tuple(grammar.VOCABULARY) if ctx.options.get("mini_lexicon", True) else None

@@ -18,7 +18,7 @@ from talkbench import weights
 from talkbench.devices import resolve_device
 from talkbench.nets.mini_syncnet import load_mini_syncnet
 from talkbench.observers.base import ClipData, ObserverContext, Row
-from talkbench.observers.syncnet import METRICS, LSEOptions, SyncNetObserver, observer_around, summarize
+from talkbench.observers.syncnet import METRICS, SyncNetObserver, observer_around, summarize
 from talkbench.synthetic.corpus import FPS as CORPUS_FPS
 from talkbench.synthetic.render import SIZE as RENDER_SIZE
 
@@ -60,7 +60,6 @@ class MiniSyncNetObserver(SyncNetObserver):
 
 def build(ctx: ObserverContext) -> MiniSyncNetObserver:
     """Load the mini SyncNet on ``ctx.device`` and wrap it in the SyncNet observer (same options, S3FD included)."""
-    LSEOptions.from_mapping(ctx.options)  # bad options fail before a checkpoint is looked for
     path, sha = weights.resolve_with_sha(CARD, ctx.weights)
     model, _ = load_mini_syncnet(path, resolve_device(ctx.device))
     observer = observer_around(model, CARD, sha, ctx, name="mini-syncnet")

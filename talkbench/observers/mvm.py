@@ -32,7 +32,7 @@ import torch
 
 from talkbench import weights
 from talkbench.crops.lipreader_inputs import LRW_SIZE, mvm_lrw112
-from talkbench.devices import resolve_device
+from talkbench.devices import resolve_device, to_device
 from talkbench.nets.mvm import MAX_FRAMES, NUM_CLASSES, MVMClassifier, load_mvm
 from talkbench.observers.base import ClipData, ClipSkipped, ObserverContext, Row
 
@@ -42,7 +42,6 @@ CARD = "mvm-lrw"
 MEAN = 0.4136
 STD = 0.1700
 WORDS_FILE = Path(__file__).resolve().parent.parent / "data" / "lrw_500_words_sorted.txt"
-LONG_CLIP_POLICIES = ("skip", "center", "first")
 
 
 @lru_cache(maxsize=1)
@@ -135,7 +134,7 @@ class MVMObserver:
             crops = mvm_lrw112(clip.cache, frames)
         except ValueError as err:
             raise ClipSkipped(f"ACC: {err}") from None
-        video = input_tensor(crops[chosen]).to(self.device)
+        video = to_device(input_tensor(crops[chosen]), self.device)
         with torch.no_grad():
             if self.test_aug:
                 noflip, flip = self.model.logits_with_flip(video)
@@ -166,15 +165,12 @@ class MVMObserver:
 def build(ctx: ObserverContext) -> MVMObserver:
     """Load the ``mvm-lrw`` checkpoint on ``ctx.device``.
 
-    Options: ``mvm_test_aug`` (bool, default True: add the mirrored clip's logits, as ``--test_aug``);
-    ``mvm_long_clips`` (``skip`` | ``center`` | ``first``, default ``skip``) for clips over 29 frames.
+    Options (typed and checked by the spec, :func:`talkbench.observers.build`): ``mvm_test_aug`` (bool, default
+    True: add the mirrored clip's logits, as ``--test_aug``); ``mvm_long_clips`` (``skip`` | ``center`` |
+    ``first``, default ``skip``) for clips over 29 frames.
     """
-    policy = str(ctx.options.get("mvm_long_clips", "skip"))
-    if policy not in LONG_CLIP_POLICIES:
-        raise ValueError(f"option mvm_long_clips must be one of {', '.join(LONG_CLIP_POLICIES)}, got {policy!r}.")
+    policy = ctx.options.get("mvm_long_clips", "skip")
     test_aug = ctx.options.get("mvm_test_aug", True)
-    if isinstance(test_aug, str):
-        test_aug = test_aug.strip().lower() not in ("0", "false", "no", "off")
     device = resolve_device(ctx.device)
     path, sha = weights.resolve_with_sha(CARD, ctx.weights)
     model = load_mvm(path, device)

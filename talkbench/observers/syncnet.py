@@ -57,7 +57,6 @@ logger = logging.getLogger(__name__)
 CARD = "syncnet-v2"
 S3FD_CARD = "s3fd"
 METRICS: tuple[str, ...] = ("lse_c", "lse_d", "av_offset")
-MODES: tuple[str, ...] = ("wav2lip", "pipeline")
 TRACK_AGGREGATIONS: tuple[str, ...] = ("first", "best", "mean")
 CUDA_CHUNK = 64                          # lip-network windows per step on a GPU (auto chunk)
 JPEG_ROUTE_KEY = "lse-jpeg-route"        # provenance entry of the JPEG-compat route
@@ -77,37 +76,13 @@ class LSEOptions:
 
     @classmethod
     def from_mapping(cls, options: Mapping[str, Any]) -> "LSEOptions":
-        """Parse ``ctx.options`` (values may be strings from the command line)."""
-        mode = str(options.get("lse_mode", cls.mode))
-        if mode not in MODES:
-            raise ValueError(f"Option `lse_mode` must be one of {MODES}, but got {mode!r}.")
-        agg = str(options.get("lse_track_agg", cls.track_agg))
-        if agg not in TRACK_AGGREGATIONS:
-            raise ValueError(f"Option `lse_track_agg` must be one of {TRACK_AGGREGATIONS}, but got {agg!r}.")
-        detector = str(options.get("lse_detector", cls.detector))
-        if detector not in faces.DETECTORS:
-            raise ValueError(f"Option `lse_detector` must be one of {faces.DETECTORS}, but got {detector!r}.")
-        min_track = _as_int(options.get("lse_min_track", cls.min_track), "lse_min_track")
-        chunk = _as_int(options.get("lse_chunk", cls.chunk), "lse_chunk")
-        if min_track < 0 or chunk < 0:
-            raise ValueError(f"Options `lse_min_track` >= 0 and `lse_chunk` >= 0 (0 = auto) are required, got "
-                             f"{min_track}, {chunk}.")
-        return cls(mode=mode, jpeg_compat=_as_bool(options.get("lse_jpeg_compat", cls.jpeg_compat)),
-                   min_track=min_track, min_face_size=float(options.get("lse_min_face_size", cls.min_face_size)),
-                   track_agg=agg, detector=detector, chunk=chunk)
-
-
-def _as_bool(value: Any) -> bool:
-    if isinstance(value, str):
-        return value.strip().lower() not in ("", "0", "false", "no", "off")
-    return bool(value)
-
-
-def _as_int(value: Any, name: str) -> int:
-    try:
-        return int(value)
-    except (TypeError, ValueError):
-        raise ValueError(f"Option `{name}` must be an integer, but got {value!r}.") from None
+        """The options of ``ctx.options`` as typed and checked by the spec (:func:`talkbench.observers.build`,
+        :data:`talkbench.observers.specs.LSE_OPTIONS`); a missing one takes the field's default."""
+        return cls(mode=options.get("lse_mode", cls.mode), jpeg_compat=options.get("lse_jpeg_compat", cls.jpeg_compat),
+                   min_track=options.get("lse_min_track", cls.min_track),
+                   min_face_size=options.get("lse_min_face_size", cls.min_face_size),
+                   track_agg=options.get("lse_track_agg", cls.track_agg),
+                   detector=options.get("lse_detector", cls.detector), chunk=options.get("lse_chunk", cls.chunk))
 
 
 def summarize(rows: Sequence[Row]) -> dict[str, float]:
@@ -253,7 +228,6 @@ def observer_around(model: Any, card: str, sha: str, ctx: ObserverContext, name:
 
 def build(ctx: ObserverContext) -> SyncNetObserver:
     """Load ``syncnet-v2`` (and ``s3fd`` when pipeline mode uses it) on ``ctx.device``."""
-    LSEOptions.from_mapping(ctx.options)  # bad options fail before a checkpoint is looked for
     path, sha = weights.resolve_with_sha(CARD, ctx.weights)
     return observer_around(load_syncnet(path, resolve_device(ctx.device)), CARD, sha, ctx)
 
