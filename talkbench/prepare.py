@@ -384,7 +384,10 @@ def prepare_folder(in_dir: str | Path, out_dir: str | Path, config: PrepareConfi
                     shutil.copyfile(text_file, _target(out_dir, clip_id, ".txt"))
             if records.get(clip_id, {}).get("detected_fraction", 1.0) < LOW_DETECTION:
                 result.flagged.append(clip_id)
-                logger.warning("%s: a face was detected on only %.0f%% of the frames; check the prepared clip",
+                logger.warning("%s: a face was detected on only %.0f%% of the frames (the boxes between are "
+                               "interpolated); check the prepared clip. dlib's frontal detector misses turned or "
+                               "partly hidden faces, which a larger input does not help; S3FD finds more "
+                               "(--detector s3fd --weights s3fd=PATH)",
                                clip_id, 100 * records[clip_id]["detected_fraction"])
         except (ValueError, OSError, RuntimeError) as err:
             if strict:
