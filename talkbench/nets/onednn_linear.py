@@ -3,15 +3,16 @@
 Why: on this workplace's CPUs (AMD EPYC, Zen 5 with AVX-512) PyTorch's ``F.linear`` calls MKL, whose sgemm
 takes its AVX2 code path on AMD processors, while oneDNN — already used by PyTorch for every convolution —
 detects AVX-512 itself. Measured on the 2-core machine, fp32, 2 threads (``benchmarks/bench_profile.py``
-prints both rates in each run): 2048³ matmul 227 GFLOP/s through MKL, 485-509 through oneDNN; the beam
-search's 50×1024 @ 1024×4096 step 121 → 310 (weight as it is) → 516 GFLOP/s (weight packed once).
-On CPUs where MKL is at its best (Intel with AVX-512) the two are close; oneDNN is never the slower one for
-the shapes routed here (below ``MIN_MACS`` its ~10 µs call overhead would be).
+prints both rates in each run): 2048³ matmul 224-233 GFLOP/s through MKL, 457-509 through oneDNN; the beam
+search's 50×1024 @ 1024×4096 step 121 → 310 (weight as it is) → 516 GFLOP/s (weight packed once). Below
+``MIN_MACS`` multiply-adds oneDNN's ~10 µs call overhead makes it the slower one, so such calls stay on MKL.
+On Intel CPUs MKL takes its AVX-512 path; the two were not compared there (no such machine here).
 ``TALKBENCH_ONEDNN=0`` in the environment keeps PyTorch's default path (then a run sums exactly as the
 reference scripts do on the same CPU, more slowly).
 
 What it changes: the sum order inside each dot product, so results differ from ``F.linear`` by fp32
-rounding (relative ~1e-7); the parity fixtures pass unchanged. Parameters and state-dict keys are untouched
+rounding (relative ~1e-7); the parity fixtures pass, with one bound moved by the measured cause (Auto-AVSR's
+encoder, ``tests/test_avsr.py``). Parameters and state-dict keys are untouched
 (:class:`OneDNNLinear` *is* an ``nn.Linear`` sharing the same parameters).
 
 When it applies (else plain ``F.linear``): CPU tensors, float32 input and weight, at least 2-D input, no
@@ -27,6 +28,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import platform
 from typing import Iterable, Iterator
 
 import torch
@@ -43,9 +45,9 @@ ENV_SWITCH = "TALKBENCH_ONEDNN"
 
 
 def onednn_available() -> bool:
-    """True when this PyTorch build has oneDNN with the linear op this module calls (x86-64 CPU builds) and
-    ``TALKBENCH_ONEDNN`` is not ``0``."""
-    if os.environ.get(ENV_SWITCH, "1").strip() == "0":
+    """True on x86-64 when this PyTorch build has oneDNN with the linear op this module calls and
+    ``TALKBENCH_ONEDNN`` is not ``0``. (Arm builds route oneDNN through other kernels, never measured here.)"""
+    if os.environ.get(ENV_SWITCH, "1").strip() == "0" or platform.machine().lower() not in ("x86_64", "amd64"):
         return False
     return bool(torch.backends.mkldnn.is_available()) and hasattr(torch.ops.mkldnn, "_linear_pointwise") \
         and hasattr(torch.ops.mkldnn, "_reorder_linear_weight")
@@ -121,6 +123,7 @@ def use_onednn_linears(module: nn.Module, packed: bool = False) -> int:
             layer._packed_weight = None
             layer._packed_key = None
             count += 1
+    logger.debug("%d linear layers of %s on oneDNN (packed: %s)", count, type(module).__name__, packed)
     return count
 
 
