@@ -434,7 +434,10 @@ def face_centred_clip(path: str | Path, track: ClipTrack, size: int, scale: floa
     header = media.probe_video(path)
     if header.width and (header.height, header.width) != tuple(track.frame_size):
         raise media.MediaError(f"{path}: frames are {header.width}×{header.height} but the face track was made on "
-                               f"{track.frame_size[1]}×{track.frame_size[0]} frames; one track cannot cut both.")
+                               f"{track.frame_size[1]}×{track.frame_size[0]} frames; one track cannot cut both. "
+                               "Export the generated clip at its reference's size, or cut each side around its "
+                               "own face first: `talkbench prepare GEN_DIR OUT_DIR` and `talkbench prepare REF_DIR "
+                               "OUT_DIR` (without --track-from), then evaluate the prepared folders.")
     if indices is None and abs(header.source_fps - media.TARGET_FPS) > 1e-6:
         indices = media.scan_video(path, max_frame_pixels=max_frame_pixels).indices
     frames = square_frames(media.iter_frames(path, indices, max_frame_pixels=max_frame_pixels), track, size, scale,
