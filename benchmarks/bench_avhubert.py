@@ -72,16 +72,6 @@ def median_clean(fn: Callable[[], Any], quick: bool = False) -> dict[str, Any]:
             "others_share": [round(t.others_share, 2) for t in runs.timings], "clean": not runs.noisy}
 
 
-def matmul_gflops(threads: int) -> float:
-    torch.set_num_threads(threads)
-    a, b = torch.randn(2048, 2048), torch.randn(2048, 2048)
-    torch.mm(a, b)
-    t0 = time.perf_counter()
-    for _ in range(5):
-        torch.mm(a, b)
-    return 5 * 2 * 2048 ** 3 / (time.perf_counter() - t0) / 1e9
-
-
 # ------------------------------------------------------------------------------------------------------
 # the Large stand-in checkpoint (official layout)
 # ------------------------------------------------------------------------------------------------------
@@ -170,7 +160,7 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
 
     torch.set_num_threads(args.threads)
     ckpt, dict_txt = large_checkpoint(Path(args.workdir))
-    rate = matmul_gflops(args.threads)
+    rate = _timing.matmul_rates(repeats=5)["mkl"]      # the anchors' rate (PERF_ANCHORS scales by torch.mm)
     load_avg = os.getloadavg()
 
     t0 = time.perf_counter()

@@ -12,9 +12,9 @@ fixture clip (tests/fixtures/syncnet: meeting 73 frames, another 82 frames, 160Ã
 - talkbench network part alone (frames already resized), and its counted FLOPs / achieved GFLOP/s.
 - batch-size independence: the lip tower run with chunks of 1, 4 (the CPU default), 16 and 64 windows
   (values and time).
-- this machine's fp32 matmul rate, and from it the FLOP floor of the network (counted FLOPs / rate) and the
-  largest speed-up over the reference any float32 implementation of the same FLOPs could reach; and the
-  first lip layer's time alone (half of the FLOPs), i.e. the speed-up bound even if it cost nothing.
+- this machine's fp32 matmul rates (``_timing.matmul_rates``: MKL and oneDNN), and from the faster the FLOP floor
+  of the network (counted FLOPs / rate) and the largest speed-up over the reference any float32 implementation of
+  the same FLOPs could reach; and the first lip layer's time alone (half of the FLOPs), i.e. the speed-up bound even if it cost nothing.
 - seconds of compute per minute of video, and peak RSS (VmHWM reset after the model is loaded).
 - the reference, when ``--reference-dir`` holds ``SyncNetModel.py`` (joonson/syncnet_python) and
   ``SyncNetInstance_calc_scores.py`` (Wav2Lip's evaluation/scores_LSE) with their ``.cuda()`` calls removed:
@@ -49,8 +49,8 @@ FIX = ROOT / "tests" / "fixtures" / "syncnet"
 sys.path.insert(0, str(ROOT / "tests"))  # tests/recipe.py: the stand-in weights rule
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # benchmarks/_timing.py
 
-from _timing import (alternate, counted_gflop, median_clean, peak_rss_mib, reset_peak_rss, rss_mib,  # noqa: E402
-                     timed)
+from _timing import (alternate, counted_gflop, matmul_rates, median_clean, peak_rss_mib, reset_peak_rss,  # noqa: E402
+                     rss_mib, timed)
 from recipe import filled_state_dict  # noqa: E402
 
 from talkbench import lse, media, reference_ffmpeg  # noqa: E402
@@ -62,7 +62,6 @@ from talkbench.observers.syncnet import LSEOptions, SyncNetObserver  # noqa: E40
 logger = logging.getLogger("bench_syncnet")
 ANCHOR_E2E_S = {"meeting": 3.94, "another": 4.32}
 CHUNKS = (1, 4, 16, 64)
-MATMUL_SIZE = 2048
 
 
 def first_layer_seconds(model: Any, n_windows: int) -> float:
@@ -77,13 +76,6 @@ def first_layer_seconds(model: Any, n_windows: int) -> float:
     steps = -(-n_windows // chunk)
     with torch.inference_mode():
         return median_clean(lambda: [F.relu_(F.conv2d(x, weight, bias, stride=stride)) for _ in range(steps)]).median_s
-
-
-def matmul_gflops() -> float:
-    """This machine's fp32 matmul rate now (``torch.mm`` of 2048Â² matrices, median of clean runs), GFLOP/s."""
-    a, b = torch.randn(MATMUL_SIZE, MATMUL_SIZE), torch.randn(MATMUL_SIZE, MATMUL_SIZE)
-    runs = median_clean(lambda: [torch.mm(a, b) for _ in range(5)])
-    return 5 * 2 * MATMUL_SIZE ** 3 / runs.median_s / 1e9
 
 
 # ------------------------------------------------------------------------------------------ reference
@@ -119,8 +111,10 @@ def main() -> None:
     print(f"torch {torch.__version__}, {args.threads} threads; /proc/loadavg at start: "
           f"{Path('/proc/loadavg').read_text().strip()}")
 
-    matmul_rate = matmul_gflops()
-    print(f"fp32 matmul rate of this machine now: {matmul_rate:.0f} GFLOP/s (the FLOP floor below divides by it)")
+    rates = matmul_rates(repeats=5)
+    matmul_rate = max(rates.values())
+    print("fp32 matmul rates of this machine now: " + ", ".join(f"{k} {v:.0f} GFLOP/s" for k, v in rates.items())
+          + f" (the FLOP floor below divides by the faster, {matmul_rate:.0f})")
     tmp = Path(tempfile.mkdtemp(prefix="bench_syncnet_"))
     try:
         checkpoint = tmp / "syncnet_v2.model"
@@ -193,7 +187,8 @@ def main() -> None:
                       f"so even a free first layer gives at most {ref_e2e / (e2e - first):.2f}x")
             else:
                 print(f"  vs PERF_ANCHORS reference e2e {ANCHOR_E2E_S[name]:.2f} s: {ANCHOR_E2E_S[name] / e2e:.2f}x "
-                      f"(another run on a 135.5 GFLOP/s CPU, this one does {matmul_rate:.0f}: only indicative; "
+                      f"(another run on a 135.5 GFLOP/s CPU, this one does {rates['mkl']:.0f} through torch.mm: "
+                      "only indicative; "
                       "pass --reference-dir for a side-by-side ratio)")
 
         # batch-size independence on the longer clip

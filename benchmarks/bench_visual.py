@@ -10,7 +10,8 @@ Each entry of :data:`ENTRIES` measures one observer's ``measure`` on a short cli
 - seconds of compute per minute of video (25 fps, generated + ground truth, as a run computes both sides), scaled
   from the measured short run;
 - the FLOP floor: FLOPs counted by ``torch.utils.flop_counter`` for that minute ÷ this machine's fp32 matmul rate
-  (``torch.mm`` of 2048² matrices, the fastest of the runs in the same process), and the ratio measured time / floor;
+  (2048³, the faster of ``torch.mm`` (MKL) and oneDNN, the fastest of the runs in the same process:
+  ``_timing.matmul_rates``), and the ratio measured time / floor;
 - the reference side by side when it can run here: a child process of ``--reference-python`` (a throwaway venv
   with the reference's own packages; default ``/work/refvenv/bin/python`` when it exists) times the reference
   network on the same input size with the same stand-in weights; otherwise the row says it was not available.
@@ -44,7 +45,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))  # tests/recipe.py: the stand-in weights rule
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # benchmarks/_timing.py
 
-from _timing import counted_gflop, median_clean  # noqa: E402
+from _timing import counted_gflop, matmul_rates, median_clean  # noqa: E402
 from recipe import filled_state_dict  # noqa: E402
 
 from talkbench import media  # noqa: E402
@@ -57,7 +58,6 @@ from talkbench.observers.base import ClipData  # noqa: E402
 logger = logging.getLogger("bench_visual")
 DEMO = ROOT / "talkbench" / "data" / "demo"
 FPS = 25.0
-MATMUL_SIZE = 2048
 DEFAULT_REFERENCE_PYTHON = Path("/work/refvenv/bin/python")
 
 
@@ -85,14 +85,6 @@ class Entry:
 
     metric: str
     prepare: Callable[[Path, argparse.Namespace], Prepared]
-
-
-def matmul_gflops() -> float:
-    """This machine's fp32 matmul rate now (``torch.mm`` of 2048² matrices), GFLOP/s, from the **fastest** of the
-    timed runs: the floor is what the machine can do, and on a shared machine the median is the load's, not its."""
-    a, b = torch.randn(MATMUL_SIZE, MATMUL_SIZE), torch.randn(MATMUL_SIZE, MATMUL_SIZE)
-    runs = median_clean(lambda: [torch.mm(a, b) for _ in range(3)])
-    return 3 * 2 * MATMUL_SIZE ** 3 / runs.min_s / 1e9
 
 
 def demo_pair(n_frames: int) -> ClipData:
@@ -308,8 +300,10 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     print(f"torch {torch.__version__}, {args.threads} thread(s); /proc/loadavg at start: "
           f"{Path('/proc/loadavg').read_text().strip()}")
-    rate = matmul_gflops()
-    print(f"fp32 matmul rate of this machine now: {rate:.0f} GFLOP/s (the FLOP floor divides by it)")
+    rates = matmul_rates(repeats=3, best=True)   # the fastest run: what the machine can do
+    rate = max(rates.values())
+    print("fp32 matmul rates of this machine now: " + ", ".join(f"{k} {v:.0f} GFLOP/s" for k, v in rates.items())
+          + f" (the FLOP floor divides by the faster, {rate:.0f})")
     wanted = {m for m in args.only.split(",") if m}
     with tempfile.TemporaryDirectory(prefix="bench_visual_") as tmp:
         for entry in ENTRIES:
